@@ -1,0 +1,1 @@
+"""nnsam2 helper module."""

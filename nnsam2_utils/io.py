@@ -1,0 +1,137 @@
+"""File input/output: read-only loading, atomic writes, checksums.
+
+Every writer here writes to a temporary name in the destination folder and moves the
+file into place with :func:`os.replace`, so an interrupted run never leaves a
+half-written output that a later run would mistake for a finished one.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from .errors import DataError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it onto ``path`` if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = suffix if suffix is not None else "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_image(path: str | os.PathLike) -> sitk.Image:
+    """Read a 3-D image (NIfTI, NRRD, MHA or a DICOM series folder) with a clear error."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found. Check the path in the manifest or re-run the step that writes it.")
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            files = reader.GetGDCMSeriesFileNames(str(path))
+            if not files:
+                raise DataError(f"{path}: folder holds no DICOM series. Point the manifest at a NIfTI file or a DICOM series folder.")
+            reader.SetFileNames(files)
+            image = reader.Execute()
+        else:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown reader error"
+        raise DataError(f"{path}: cannot be read as an image ({first}). The file may be truncated or corrupted; re-export or re-download it.") from exc
+    if image.GetDimension() != 3:
+        raise DataError(f"{path}: expected a 3-D image, found {image.GetDimension()}-D. Export a single 3-D volume (one time point, one channel).")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise DataError(f"{path}: expected one channel, found {image.GetNumberOfComponentsPerPixel()}. Store each channel (e.g. Dixon water, fat) as its own file.")
+    return image
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
+    """Write an image atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), compress)
+    return path
+
+
+def array_to_image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """Wrap a (z, y, x) array in the geometry of ``reference``."""
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference)
+    return image
+
+
+def write_json(data: Any, path: str | os.PathLike) -> Path:
+    """Write JSON atomically (sorted keys, numpy scalars converted)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+    return path
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read JSON with a clear error."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found. Run the stage that writes it first.")
+    return json.loads(path.read_text())
+
+
+def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a table as CSV atomically (no index)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return path
+
+
+def read_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a CSV table with a clear error."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found. Run the stage that writes it first.")
+    return pd.read_csv(path)
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    """Save arrays to a compressed .npz atomically."""
+    path = Path(path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

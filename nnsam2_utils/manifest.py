@@ -161,3 +161,24 @@ def dump_manifest(manifest: DatasetManifest, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def cohort_table(manifests: list[DatasetManifest]) -> "pd.DataFrame":
+    """One row per scan from file headers only: dataset, modality, case, subject, size, voxel size, region slices."""
+    import pandas as pd
+    import SimpleITK as sitk
+
+    rows = []
+    for manifest in manifests:
+        for case in manifest.cases:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(manifest.resolve(case.image)))
+            reader.ReadImageInformation()
+            sx, sy, sz = reader.GetSpacing()
+            rows.append({"dataset": manifest.name, "modality": manifest.modality, "sequence": manifest.sequence,
+                         "case": case.id, "subject": case.subject or case.id, "timepoint": case.timepoint,
+                         "size": "×".join(str(s) for s in reader.GetSize()),
+                         "voxel_mm": f"{sx:.2f}×{sy:.2f}×{sz:.2f}",
+                         "region_slices": abs(case.discs.L3L4 - case.discs.L5S1) + 1,
+                         "has_label": case.label is not None})
+    return pd.DataFrame(rows)

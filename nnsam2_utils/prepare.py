@@ -218,3 +218,42 @@ def write_prepared(case: PreparedCase, folder: str | Path, modality: str) -> Pat
                 "has_label": case.label is not None, "has_fat": case.fat is not None},
                folder / "meta.json")
     return folder
+
+
+def prepare_dataset(manifest: DatasetManifest, out_dir: str | Path) -> "pd.DataFrame":
+    """Prepare every case of a dataset into ``out_dir/<case>/`` (finished cases are skipped).
+
+    Returns the case table: dataset, case, subject, timepoint, n_slices, spacing (x, y, z in mm),
+    decimation, has_label, has_fat.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from .io import read_json
+
+    out_dir = Path(out_dir)
+    rows = []
+    for case in tqdm(manifest.cases, desc=f"prepare {manifest.name}", leave=False):
+        folder = out_dir / case.id
+        if not (folder / "meta.json").exists():
+            write_prepared(prepare_case(manifest, case), folder, manifest.modality)
+        meta = read_json(folder / "meta.json")
+        rows.append({"dataset": manifest.name, "case": case.id, "subject": case.subject or case.id,
+                     "timepoint": case.timepoint, "n_slices": meta["n_slices"],
+                     "spacing_x": meta["spacing"][0], "spacing_y": meta["spacing"][1], "spacing_z": meta["spacing"][2],
+                     "decimation": meta["decimation"], "has_label": meta["has_label"], "has_fat": meta["has_fat"]})
+    return pd.DataFrame(rows)
+
+
+def load_stack(folder: str | Path, name: str = "image") -> tuple[np.ndarray, sitk.Image]:
+    """A prepared volume as a superior→inferior stack, with its LPS image for geometry."""
+    from .io import read_image
+
+    image = read_image(Path(folder) / f"{name}.nii.gz")
+    return to_stack(image), image
+
+
+def load_model_input(folder: str | Path) -> np.ndarray:
+    """The prepared (n, 256, 256) uint8 model-input stack of a case."""
+    with np.load(Path(folder) / "model_input.npz") as data:
+        return data["frames"]

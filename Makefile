@@ -1,0 +1,29 @@
+# Two commands do everything: `make book` and `make test`. Each creates .venv if missing.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PROFILE ?= demo
+CORES ?= 2
+
+.PHONY: book test lab venv clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q "setuptools>=70.1" wheel
+	SAM2_BUILD_CUDA=0 $(VENV)/bin/pip install -q --no-build-isolation -e .
+	$(PY) -m ipykernel install --prefix $(VENV) --name python3 >/dev/null
+	touch $@
+
+venv: $(VENV)/.installed
+
+book: venv
+	$(VENV)/bin/snakemake --snakefile Snakefile --cores $(CORES) --config profile=$(PROFILE) -- book
+
+test: venv
+	$(VENV)/bin/python -m pytest tests
+
+lab: venv
+	$(VENV)/bin/jupyter lab notebooks
+
+clean:
+	rm -rf work/$(PROFILE) book/_build book/generated

@@ -1,0 +1,108 @@
+# The nnsam2 workflow: papermill runs each notebook per (dataset, stage); the book renders them.
+#   snakemake --cores 2 --config profile=demo -- book
+# Config keys: profile (config/<profile>.yaml), book (the book source folder, default "book").
+import os
+from pathlib import Path
+
+import yaml
+
+PROFILE = config.get("profile", "demo")
+BOOK = config.get("book", "book")
+P = yaml.safe_load(open(f"config/{PROFILE}.yaml"))
+WORK = os.environ.get("NNSAM2_WORK", "work")
+W = f"{WORK}/{PROFILE}"
+G = f"{BOOK}/generated"
+
+COHORT = P.get("cohort") or {}
+DATASETS = list(COHORT.get("datasets") or []) if COHORT.get("generate") else []
+DATASETS += [yaml.safe_load(open(m))["name"] for m in P.get("manifests") or []]
+STAGES = list(range(1, int((P.get("refine") or {}).get("stages", 1)) + 1))
+CODE = sorted(str(p) for p in Path("nnsam2_utils").rglob("*.py"))
+PM = f"papermill --log-level WARNING --no-progress-bar -k python3 -p profile {PROFILE}"
+
+
+def notebook(name):
+    return f"notebooks/{name}.ipynb"
+
+
+rule book:
+    input:
+        f"{G}/04_results.ipynb",
+        f"{G}/00_cohort.ipynb",
+        expand(f"{G}/01_prepare_{{dataset}}.ipynb", dataset=DATASETS),
+        expand(f"{G}/02_stage0_{{dataset}}.ipynb", dataset=DATASETS),
+        expand(f"{G}/03_refine_{{stage}}.ipynb", stage=STAGES),
+        sorted(str(p) for p in Path(BOOK).glob("*.md")),
+        f"{BOOK}/_toc.yml",
+        f"{BOOK}/_config.yml",
+    output:
+        f"{BOOK}/_build/html/index.html",
+    shell:
+        "jupyter-book build {BOOK} --quiet --keep-going"
+
+
+rule cohort:
+    input:
+        notebook("00_cohort"),
+        f"config/{PROFILE}.yaml",
+        CODE,
+    output:
+        f"{G}/00_cohort.ipynb",
+    shell:
+        "{PM} {input[0]} {output}"
+
+
+rule prepare:
+    input:
+        notebook("01_prepare"),
+        f"{G}/00_cohort.ipynb",
+        CODE,
+    output:
+        f"{G}/01_prepare_{{dataset}}.ipynb",
+    shell:
+        "{PM} -p dataset {wildcards.dataset} {input[0]} {output}"
+
+
+rule stage0:
+    input:
+        notebook("02_stage0"),
+        f"{G}/01_prepare_{{dataset}}.ipynb",
+        CODE,
+    output:
+        f"{G}/02_stage0_{{dataset}}.ipynb",
+    resources:
+        gpu=1 if (P.get("propagation") or {}).get("device") == "cuda" else 0,
+    shell:
+        "{PM} -p dataset {wildcards.dataset} {input[0]} {output}"
+
+
+def refine_inputs(wildcards):
+    stage = int(wildcards.stage)
+    if stage == 1:
+        return expand(f"{G}/02_stage0_{{dataset}}.ipynb", dataset=DATASETS)
+    return [f"{G}/03_refine_{stage - 1}.ipynb"]
+
+
+rule refine:
+    input:
+        notebook("03_refine"),
+        refine_inputs,
+        CODE,
+    output:
+        f"{G}/03_refine_{{stage}}.ipynb",
+    threads: workflow.cores
+    resources:
+        gpu=1 if (P.get("refine") or {}).get("device") == "cuda" else 0,
+    shell:
+        "{PM} -p stage {wildcards.stage} {input[0]} {output}"
+
+
+rule results:
+    input:
+        notebook("04_results"),
+        expand(f"{G}/03_refine_{{stage}}.ipynb", stage=STAGES),
+        CODE,
+    output:
+        f"{G}/04_results.ipynb",
+    shell:
+        "{PM} {input[0]} {output}"

@@ -1,0 +1,44 @@
+"""Model checkpoints: presence and SHA-256 checks with messages that say what to do.
+
+Nothing here downloads anything: a missing or altered file stops the run with a
+:class:`~nnsam2_utils.errors.CheckpointError` that names the file, where it is expected and
+which file to fetch.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from .errors import CheckpointError
+from .io import sha256 as file_sha256
+
+log = logging.getLogger(__name__)
+
+
+def verify_checkpoint(path: str | os.PathLike, sha256: str | None, download_hint: str | None = None) -> Path:
+    """Return ``path`` as a Path once it exists and (when ``sha256`` is given) matches it.
+
+    ``download_hint`` is appended to the error message (e.g. which official file to fetch
+    and from where). A ``sha256`` of None skips the digest check with a warning.
+    """
+    path = Path(path).expanduser()
+    hint = f" {download_hint}" if download_hint else ""
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "not found"
+        raise CheckpointError(
+            f"{path}: checkpoint {what}. Put the checkpoint file at {path.resolve()} "
+            f"(or point the profile's checkpoint setting at where it is).{hint}"
+        )
+    if sha256 is None:
+        log.warning("%s: no SHA-256 configured, the checkpoint is used unverified. Pin its sha256 in the profile.", path)
+        return path
+    expected = sha256.strip().lower()
+    found = file_sha256(path)
+    if found != expected:
+        raise CheckpointError(
+            f"{path}: SHA-256 mismatch (expected {expected}, found {found}). The file is incomplete, "
+            f"corrupted or a different model: download it again, or, if you meant to use this file, "
+            f"set the profile's sha256 to {found}.{hint}"
+        )
+    return path

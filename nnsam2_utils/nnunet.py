@@ -1,0 +1,205 @@
+"""nnU-Net v2 driven from Python: raw dataset, planning, training and prediction.
+
+One nnU-Net per refinement stage, trained on pseudo-labels pooled across datasets (MRI and
+CT in one single-channel model, z-score normalisation per image). Every stage lives in its
+own folder ``<stage_dir>/nnunet/{raw,preprocessed,results}``; nnU-Net's path variables are
+set for the duration of each call only.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .io import read_json, write_image, write_json
+
+log = logging.getLogger(__name__)
+
+TRAINER = "nnUNetTrainer_nnsam2"
+PLANS = "nnUNetPlans"
+LABELS = {"background": 0, "right_lpm": 1, "left_lpm": 2}
+IGNORE = 3
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Training budget and configuration of one nnU-Net stage (a run-profile setting)."""
+
+    configuration: Literal["2d", "3d_fullres"] = "2d"
+    epochs: int | None = None            # None: nnU-Net's default (1000)
+    iterations_per_epoch: int | None = None  # None: 250
+    val_iterations: int | None = 2
+    batch_size: int | None = None        # None: nnU-Net's plan
+    target_spacing_mm: float | None = None   # in-plane; None: nnU-Net's plan
+    device: str = "cpu"
+    fold: int | str = "all"
+    seed: int = 0
+    augmentation_workers: int = 1
+
+
+@dataclass(frozen=True)
+class TrainingCase:
+    """One training case: an image file and a label array in that image's (z, y, x) grid."""
+
+    case_id: str
+    image: sitk.Image
+    label: np.ndarray
+
+
+@contextlib.contextmanager
+def nnunet_environment(root: str | Path, workers: int = 1) -> Iterator[Path]:
+    """Point nnU-Net at ``root/{raw,preprocessed,results}`` and at nnsam2's trainer for the block."""
+    root = Path(root)
+    values = {
+        "nnUNet_raw": str(root / "raw"),
+        "nnUNet_preprocessed": str(root / "preprocessed"),
+        "nnUNet_results": str(root / "results"),
+        "nnUNet_extTrainer": str(Path(__file__).parent / "trainers"),
+        "nnUNet_n_proc_DA": str(workers),
+    }
+    saved = {k: os.environ.get(k) for k in values}
+    for key, value in values.items():
+        if key.startswith("nnUNet_") and key not in ("nnUNet_extTrainer", "nnUNet_n_proc_DA"):
+            Path(value).mkdir(parents=True, exist_ok=True)
+        os.environ[key] = value
+    try:
+        yield root
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def dataset_name(dataset_id: int, name: str) -> str:
+    """nnU-Net's folder name ``DatasetXXX_Name``."""
+    return f"Dataset{dataset_id:03d}_{name}"
+
+
+def write_raw_dataset(root: str | Path, dataset_id: int, name: str, cases: Sequence[TrainingCase],
+                      ignore_label: bool = False) -> Path:
+    """Write an nnU-Net raw dataset (imagesTr, labelsTr, dataset.json) under ``root/raw``."""
+    folder = Path(root) / "raw" / dataset_name(dataset_id, name)
+    if folder.exists():
+        shutil.rmtree(folder)
+    for case in cases:
+        write_image(sitk.Cast(case.image, sitk.sitkFloat32), folder / "imagesTr" / f"{case.case_id}_0000.nii.gz")
+        label = sitk.GetImageFromArray(case.label.astype(np.uint8))
+        label.CopyInformation(case.image)
+        write_image(label, folder / "labelsTr" / f"{case.case_id}.nii.gz")
+    labels = dict(LABELS)
+    if ignore_label:
+        labels["ignore"] = IGNORE
+    write_json({"channel_names": {"0": "MRI_or_CT_zscore"}, "labels": labels, "numTraining": len(cases),
+                "file_ending": ".nii.gz", "name": name}, folder / "dataset.json")
+    return folder
+
+
+def plan_and_preprocess(root: str | Path, dataset_id: int, budget: Budget) -> dict:
+    """Fingerprint, plan (with the budget's spacing and batch size) and preprocess one configuration."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprints, plan_experiments, preprocess)
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+
+    with nnunet_environment(root, budget.augmentation_workers):
+        extract_fingerprints([dataset_id], num_processes=1, check_dataset_integrity=True, verbose=False,
+                             show_progress_bar=False)
+        spacing = None
+        if budget.target_spacing_mm:
+            fingerprint = read_json(Path(root) / "preprocessed" / convert_id_to_dataset_name(dataset_id) / "dataset_fingerprint.json")
+            z = float(np.median([s[0] for s in fingerprint["spacings"]]))
+            spacing = (z, float(budget.target_spacing_mm), float(budget.target_spacing_mm))
+        plan_experiments([dataset_id], overwrite_target_spacing=spacing)
+        plans_file = Path(root) / "preprocessed" / convert_id_to_dataset_name(dataset_id) / f"{PLANS}.json"
+        plans = read_json(plans_file)
+        if budget.batch_size:
+            for config in plans["configurations"].values():
+                if "batch_size" in config:
+                    config["batch_size"] = min(int(config["batch_size"]), budget.batch_size)
+            write_json(plans, plans_file)
+        preprocess([dataset_id], PLANS, configurations=(budget.configuration,), num_processes=(1,),
+                   verbose=False, show_progress_bar=False)
+    return plans
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def model_folder(root: str | Path, dataset_id: int, budget: Budget) -> Path:
+    """nnU-Net's results folder of this dataset, trainer, plans and configuration."""
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+
+    with nnunet_environment(root, budget.augmentation_workers):
+        name = convert_id_to_dataset_name(dataset_id)
+    return Path(root) / "results" / name / f"{TRAINER}__{PLANS}__{budget.configuration}"
+
+
+def train(root: str | Path, dataset_id: int, budget: Budget) -> Path:
+    """Train (or resume, or skip when finished) one fold; returns the model folder."""
+    from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
+
+    folder = model_folder(root, dataset_id, budget)
+    fold_dir = folder / f"fold_{budget.fold}"
+    if (fold_dir / "checkpoint_final.pth").exists():
+        log.info("nnU-Net already trained: %s", fold_dir)
+        return folder
+    env = {"NNSAM2_EPOCHS": budget.epochs, "NNSAM2_ITERATIONS": budget.iterations_per_epoch,
+           "NNSAM2_VAL_ITERATIONS": budget.val_iterations}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: str(v) for k, v in env.items() if v is not None})
+    try:
+        with nnunet_environment(root, budget.augmentation_workers):
+            seed_everything(budget.seed)
+            trainer = get_trainer_from_args(str(dataset_id), budget.configuration, budget.fold, TRAINER, PLANS,
+                                            device=torch.device(budget.device))
+            resume = (fold_dir / "checkpoint_latest.pth").exists()
+            if resume:
+                log.info("resuming nnU-Net training from %s", fold_dir / "checkpoint_latest.pth")
+            maybe_load_checkpoint(trainer, resume, False, None)
+            trainer.run_training()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return folder
+
+
+def load_predictor(folder: str | Path, budget: Budget):
+    """An nnUNetPredictor for a trained model folder, mirroring off."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                perform_everything_on_device=budget.device != "cpu",
+                                device=torch.device(budget.device), verbose=False, verbose_preprocessing=False,
+                                allow_tqdm=False)
+    with nnunet_environment(Path(folder).parents[2], budget.augmentation_workers):
+        predictor.initialize_from_trained_model_folder(str(folder), use_folds=(budget.fold,),
+                                                       checkpoint_name="checkpoint_final.pth")
+    return predictor
+
+
+def predict_image(predictor, image: sitk.Image) -> np.ndarray:
+    """Predict one image in memory; returns a (z, y, x) uint8 class array in the image's grid."""
+    array = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32))[None]
+    spacing = image.GetSpacing()
+    # the same properties nnU-Net's SimpleITKIO reader returns
+    props = {"sitk_stuff": {"spacing": spacing, "origin": image.GetOrigin(), "direction": image.GetDirection()},
+             "spacing": list(spacing)[::-1]}
+    seg = predictor.predict_single_npy_array(array, props, None, None, False)
+    return np.asarray(seg, dtype=np.uint8)

@@ -1,0 +1,51 @@
+"""Figures of the book: consistent colours per class, stage and dataset; labelled axes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import ListedColormap
+
+CLASS_COLOURS = {1: "#e4572e", 2: "#17bebb"}   # right LPM, left LPM
+STAGE_ORDER = ["stage0", "nnunet1", "nnunet2", "nnunet3", "supervised", "registration", "threshold"]
+STAGE_LABELS = {"stage0": "Stage 0 (promptable)", "nnunet1": "nnU-Net 1", "nnunet2": "nnU-Net 2",
+                "nnunet3": "nnU-Net 3 (nnsam2)", "supervised": "Supervised nnU-Net", "registration": "Registration",
+                "threshold": "Threshold"}
+STAGE_COLOURS = {"stage0": "#8d99ae", "nnunet1": "#4361ee", "nnunet2": "#3a0ca3", "nnunet3": "#7209b7",
+                 "supervised": "#2b9348", "registration": "#f4a261", "threshold": "#bc4749"}
+
+
+def label_cmap() -> ListedColormap:
+    """Transparent background, then the class colours."""
+    return ListedColormap([(0, 0, 0, 0), CLASS_COLOURS[1], CLASS_COLOURS[2]])
+
+
+def show_slice(ax, image: np.ndarray, label: np.ndarray | None = None, title: str = "", contour: bool = False,
+               window: tuple[float, float] | None = None) -> None:
+    """One axial slice (radiological view: patient right on the left), label as fill or contour."""
+    low, high = window if window else np.percentile(image, (1, 99))
+    ax.imshow(image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+    if label is not None:
+        if contour:
+            for cls, colour in CLASS_COLOURS.items():
+                if (label == cls).any():
+                    ax.contour(label == cls, levels=[0.5], colors=[colour], linewidths=1.2)
+        else:
+            ax.imshow(np.ma.masked_equal(label, 0), cmap=label_cmap(), vmin=0, vmax=2, alpha=0.45,
+                      interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.text(0.02, 0.5, "R", transform=ax.transAxes, color="w", fontsize=8, va="center")
+    ax.text(0.95, 0.5, "L", transform=ax.transAxes, color="w", fontsize=8, va="center")
+
+
+def save(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Save a figure as PNG atomically (the book shows these files)."""
+    from .io import atomic_path
+
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+    return path

@@ -1,0 +1,29 @@
+"""Promptable propagation backends behind one interface (see :mod:`.base`)."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ConfigError
+from .base import CONFIDENCE_COLUMNS, PropagationResult, Propagator
+
+BACKENDS = ("litemedsam", "sam2")
+
+
+def make_propagator(settings: dict[str, Any]) -> Propagator:
+    """Build the backend a run profile's ``propagation`` section asks for (no silent fallback)."""
+    backend = settings.get("backend", "litemedsam")
+    device = settings.get("device", "cpu")
+    if backend == "litemedsam":
+        from .litemedsam import LiteMedSAMPropagator
+
+        return LiteMedSAMPropagator(device=device)
+    if backend == "sam2":
+        from .sam2 import SAM2Propagator
+
+        return SAM2Propagator(config=settings.get("sam2_config", "configs/sam2.1/sam2.1_hiera_l.yaml"),
+                              checkpoint=settings.get("sam2_checkpoint"), sha256=settings.get("sam2_sha256"),
+                              device=device, image_size=settings.get("sam2_image_size"))
+    raise ConfigError(f"propagation.backend '{backend}' is unknown; use one of {BACKENDS}.")
+
+
+__all__ = ["BACKENDS", "CONFIDENCE_COLUMNS", "PropagationResult", "Propagator", "make_propagator"]

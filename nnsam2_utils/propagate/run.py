@@ -1,0 +1,65 @@
+"""Stage 0 over a dataset: reference selection, propagation to every scan, pseudo-labels on disk."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ..io import read_csv, write_csv, write_image, write_json
+from ..prepare import label_from_model, label_to_model, load_model_input, load_stack, from_stack
+from .base import Propagator
+
+log = logging.getLogger(__name__)
+
+
+def select_reference(propagator: Propagator, prepared_dir: Path, cases: list[str]) -> tuple[str, pd.DataFrame]:
+    """The medoid scan of a dataset by the backend's image-encoder embeddings (METHOD §2)."""
+    from ..reference import medoid, scan_embedding
+
+    embeddings = {case: scan_embedding(propagator, load_model_input(prepared_dir / case)) for case in cases}
+    return medoid(embeddings)
+
+
+def annotated_slice_mask(prepared_dir: Path, reference_case: str, slice_index: int = 0) -> np.ndarray:
+    """The one annotated slice at model size: the expert label of the reference scan's top slice."""
+    label, _ = load_stack(prepared_dir / reference_case, "label")
+    mask = label_to_model(label[slice_index : slice_index + 1])[0]
+    if not mask.any():
+        raise ValueError(f"{prepared_dir / reference_case / 'label.nii.gz'}: slice {slice_index} of the region has no label; "
+                         "the annotated slice must show both muscles.")
+    return mask
+
+
+def propagate_case(propagator: Propagator, prepared_dir: Path, out_dir: Path, dataset: str, case: str,
+                   reference_case: str, annotated_slice: int, annotated_mask: np.ndarray) -> pd.DataFrame:
+    """Propagate into one scan; write its pseudo-label (native grid) and confidence table. Resumable."""
+    label_path = out_dir / "labels" / dataset / f"{case}.nii.gz"
+    conf_path = out_dir / "confidence" / dataset / f"{case}.csv"
+    if label_path.exists() and conf_path.exists():
+        return read_csv(conf_path)
+    reference = load_model_input(prepared_dir / reference_case)
+    target = load_model_input(prepared_dir / case)
+    result = propagator.propagate(reference, annotated_slice, annotated_mask, target, case,
+                                  target_is_reference=(case == reference_case))
+    image_stack, image = load_stack(prepared_dir / case)
+    native = label_from_model(result.masks, image_stack.shape[1:])
+    write_image(from_stack(native, image), label_path)
+    confidence = result.confidence.assign(dataset=dataset, reference=reference_case)
+    write_csv(confidence, conf_path)
+    return confidence
+
+
+def propagate_dataset(propagator: Propagator, prepared_dir: Path, out_dir: Path, dataset: str, cases: list[str],
+                      reference_case: str, annotated_slice: int = 0) -> pd.DataFrame:
+    """Stage 0 for every scan of a dataset (reference first); returns the pooled confidence table."""
+    mask = annotated_slice_mask(prepared_dir, reference_case, annotated_slice)
+    write_json({"dataset": dataset, "reference_case": reference_case, "annotated_slice": annotated_slice,
+                "backend": propagator.name, "classes_in_annotation": sorted(set(np.unique(mask).tolist()) - {0})},
+               out_dir / "annotation" / f"{dataset}.json")
+    order = [reference_case] + [c for c in cases if c != reference_case]
+    tables = [propagate_case(propagator, prepared_dir, out_dir, dataset, case, reference_case, annotated_slice, mask)
+              for case in tqdm(order, desc=f"stage 0 {dataset}", leave=False)]
+    return pd.concat(tables, ignore_index=True)

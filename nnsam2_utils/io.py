@@ -61,6 +61,8 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
             reader.SetFileNames(files)
             image = reader.Execute()
         else:
+            if path.name.endswith((".nii", ".nii.gz")):
+                check_nifti_payload(path)
             image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown reader error"
@@ -70,6 +72,24 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise DataError(f"{path}: expected one channel, found {image.GetNumberOfComponentsPerPixel()}. Store each channel (e.g. Dixon water, fat) as its own file.")
     return image
+
+
+def check_nifti_payload(path: Path) -> None:
+    """Read a NIfTI file's whole voxel payload with nibabel: truncation and NaN/Inf are errors.
+
+    SimpleITK 2.5 silently zero-fills a truncated NIfTI file and reads NaN voxels as 0, so this
+    check runs before every NIfTI read.
+    """
+    import nibabel as nib
+
+    try:
+        data = np.asanyarray(nib.load(str(path)).dataobj)
+    except Exception as exc:  # nibabel raises several types for damaged files
+        raise DataError(f"{path}: cannot be read as an image ({type(exc).__name__}: {exc}). The file may be truncated "
+                        "or corrupted; re-export or re-download it.") from exc
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise DataError(f"{path}: holds {bad} NaN or Inf voxels. Replace them (e.g. with the background value) before running.")
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:

@@ -32,7 +32,8 @@ class _Strict(BaseModel):
 
 
 class Discs(_Strict):
-    """Voxel index (k, third axis of the file as stored) of the disc slices of one scan."""
+    """Slice index of the disc levels of one scan, counted along the stored axis closest to
+    superior–inferior (k for an axial scan), as a viewer shows it."""
 
     L3L4: int = Field(ge=0)
     L4L5: int | None = Field(default=None, ge=0)

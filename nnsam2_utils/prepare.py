@@ -50,19 +50,31 @@ def canonical(image: sitk.Image) -> sitk.Image:
     return sitk.DICOMOrient(image, "LPS")
 
 
+def slice_axis(image: sitk.Image) -> int:
+    """The stored axis (0, 1 or 2) closest to the superior–inferior direction (2 for axial scans)."""
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    return int(np.argmax(np.abs(direction[2])))
+
+
 def region_slices(image: sitk.Image, k_a: int, k_b: int) -> tuple[int, int]:
-    """Map two disc slice indices of the stored image to the LPS z-range (low, high), inclusive."""
-    size_k = image.GetSize()[2]
+    """Map two disc slice indices of the stored image to the LPS z-range (low, high), inclusive.
+
+    Disc indices count along the stored axis closest to superior–inferior (k for an axial
+    scan, whatever its storage order), so they can be read off any viewer's slice number.
+    """
+    axis = slice_axis(image)
+    size_k = image.GetSize()[axis]
     for k in (k_a, k_b):
         if not 0 <= k < size_k:
-            raise GeometryError(f"disc slice index {k} is outside the volume (0..{size_k - 1}). Fix the disc levels in the manifest.")
+            raise GeometryError(f"disc slice index {k} is outside the volume (0..{size_k - 1} along the "
+                                "superior–inferior axis). Fix the disc levels in the manifest.")
     oriented = canonical(image)
     zs = []
     for k in (k_a, k_b):
-        centre = [(s - 1) / 2 for s in image.GetSize()[:2]] + [k]
-        point = image.TransformContinuousIndexToPhysicalPoint(centre)
-        z = oriented.TransformPhysicalPointToContinuousIndex(point)[2]
-        zs.append(int(round(z)))
+        index = [(s - 1) / 2 for s in image.GetSize()]
+        index[axis] = k
+        point = image.TransformContinuousIndexToPhysicalPoint(index)
+        zs.append(int(round(oriented.TransformPhysicalPointToContinuousIndex(point)[2])))
     return min(zs), max(zs)
 
 

@@ -153,8 +153,8 @@ def test_every_target_slice_has_mask_and_confidence(unequal_run):
     assert not conf["prompted"].any()
     assert np.isfinite(conf["iou"]).all() and conf["iou"].between(-0.01, 1.01).all()
     assert np.isfinite(conf["object_score"]).all()
-    for row in conf.itertuples():
-        assert row.area == int((masks[row.slice] == getattr(row, "_3")).sum())
+    for index, cls, area in zip(conf["slice"], conf["class"], conf["area"]):
+        assert area == int((masks[index] == cls).sum())
 
 
 def test_prompt_frame_output_is_the_prompt(propagator):

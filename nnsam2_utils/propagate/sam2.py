@@ -69,7 +69,7 @@ def download_hint(config: str) -> str:
     family = Path(config).name.split("_hiera_")[0]
     url = CHECKPOINT_URL.get(family)
     where = f" from {url}{name} (or the facebook/{family}-hiera-* model on Hugging Face)" if url and name.endswith(".pt") else ""
-    return f"The config {config} needs {name}: download it{where} on a machine with internet and copy it here."
+    return f"The config {config} needs {name}: download it{where} on a machine with internet and copy it to this machine."
 
 
 def interleave(n_reference: int, n_target: int, reference_start: int = 0) -> list[tuple[str, int]]:
@@ -213,6 +213,7 @@ class SAM2Propagator:
         allow_random_weights: bool = False,
         postprocess: bool = True,
         embed_batch: int = 4,
+        seed: int = 0,
     ) -> None:
         self.config = config
         self.device = torch.device(device)
@@ -221,8 +222,9 @@ class SAM2Propagator:
         if checkpoint is None:
             if not allow_random_weights:
                 raise CheckpointError(
-                    f"no SAM2 checkpoint configured for {config}. Set the profile's SAM2 checkpoint path "
-                    f"(and its sha256). {download_hint(config)} Random weights are for tests only "
+                    f"no SAM2 checkpoint configured for {config}. Set the run profile's propagation.sam2_checkpoint "
+                    f"to the file's path (and propagation.sam2_sha256 to its SHA-256). {download_hint(config)} "
+                    f"Random weights are for tests only "
                     f"(allow_random_weights=True)."
                 )
             log.warning("SAM2 with RANDOM weights (%s): for testing the plumbing only.", config)
@@ -230,7 +232,9 @@ class SAM2Propagator:
         else:
             self.checkpoint = verify_checkpoint(checkpoint, sha256, download_hint(config))
             self.checkpoint_sha256 = sha256.strip().lower() if sha256 else file_sha256(self.checkpoint)
-        self.predictor = build_predictor(config, self.checkpoint, self.device, image_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # random weights (tests) are the same in every run
+            self.predictor = build_predictor(config, self.checkpoint, self.device, image_size)
         self.image_size = int(self.predictor.image_size)
 
     # ------------------------------------------------------------------ embeddings
@@ -314,6 +318,8 @@ class SAM2Propagator:
             log.warning("%s: slices 0..%d lie above the annotated slice; forward-only propagation leaves them empty.", case_id, annotated_slice - 1)
         if self.postprocess:
             masks = clean_pseudo_label(masks, CLASS_IDS)
+        if target_is_reference:
+            masks[annotated_slice] = annotated_mask  # the annotation itself, never altered by cleaning
         rows = []
         for index in range(len(target)):
             ious, scores, prompted = raw.get(index, (None, None, False))

@@ -1,0 +1,141 @@
+"""Benchmark of stage-0 propagation: seconds per slice, peak memory, time outside model forward passes.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_propagation.py [--slices 8] [--batch-sizes 1 2 4] [--device cpu] [--threads N]
+
+For LiteMedSAM it reports, on a synthetic scan (two bright ellipses either side of the midline
+drifting over the slices):
+
+* encoder seconds per slice for each encoder batch size (each slice encoded once, no cache);
+* prompt encoder + mask decoder seconds per box (one and two boxes per call);
+* a full propagation (encoding included): seconds per slice, and the share of its wall time
+  spent outside the encoder and decoder forward passes (box chaining, overlap resolution,
+  post-processing, table building);
+* peak memory: the process's maximum resident set size (``resource.getrusage``) and the peak of
+  Python-level allocations during the propagation (``tracemalloc``; torch's own buffers are not
+  seen by tracemalloc, hence both).
+
+The SAM2 section is a marked hook (``bench_sam2``) for the SAM2 backend in ``propagate/sam2.py``.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+from scipy import ndimage
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+
+from nnsam2_utils.metrics import dice_per_class  # noqa: E402
+
+
+def synthetic_scan(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (n, 256, 256) stack and its class masks: body, vertebra, two drifting muscle ellipses."""
+    rng = np.random.default_rng(seed)
+    r, c = np.ogrid[:256, :256]
+
+    def ellipse(centre, axes):
+        return ((r - centre[0]) / axes[0]) ** 2 + ((c - centre[1]) / axes[1]) ** 2 <= 1
+
+    images, labels = [], []
+    for k in range(n):
+        image = np.full((256, 256), 5.0)
+        label = np.zeros((256, 256), np.uint8)
+        image[ellipse((128, 128), (90, 115))] = 70
+        image[ellipse((112, 128), (14, 14))] = 235
+        for cls, col in ((1, 84 - k), (2, 172 + k)):
+            muscle = ellipse((165 + 2 * k, col), (20 + k, 24 + k))
+            image[muscle] = 185
+            label[muscle] = cls
+        image = ndimage.gaussian_filter(image, 1.0) + rng.normal(0, 4, image.shape)
+        images.append(np.clip(image, 0, 255).astype(np.uint8))
+        labels.append(label)
+    return np.stack(images), np.stack(labels)
+
+
+def peak_rss_mb() -> float:
+    """Maximum resident set size of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def bench_litemedsam(frames: np.ndarray, labels: np.ndarray, device: str, threads: int | None,
+                     batch_sizes: list[int], repeats: int) -> dict[str, float]:
+    """LiteMedSAM timings and memory on one synthetic scan (see the module docstring)."""
+    from nnsam2_utils.propagate.litemedsam import LiteMedSAMPropagator
+
+    start = time.perf_counter()
+    propagator = LiteMedSAMPropagator(device=device, threads=threads, cache_slices=0)
+    out: dict[str, float] = {"load_s": time.perf_counter() - start}
+
+    for batch in batch_sizes:
+        propagator.batch_size = batch
+        propagator.seconds["encoder"] = 0.0
+        embeddings = propagator.encode(frames)
+        out[f"encoder_s_per_slice_batch{batch}"] = propagator.seconds["encoder"] / len(frames)
+
+    for n_boxes in (1, 2):
+        boxes = [(60, 140, 110, 190), (146, 140, 196, 190)][:n_boxes]
+        propagator.decode(embeddings[0], boxes)  # warm-up
+        propagator.seconds["decoder"] = 0.0
+        for _ in range(repeats):
+            propagator.decode(embeddings[0], boxes)
+        out[f"decoder_s_per_call_{n_boxes}box"] = propagator.seconds["decoder"] / repeats
+
+    propagator.batch_size = 1
+    propagator.seconds.update(encoder=0.0, decoder=0.0)
+    tracemalloc.start()
+    start = time.perf_counter()
+    result = propagator.propagate(frames, 0, labels[0], frames, "bench")
+    wall = time.perf_counter() - start
+    _, traced_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    inside = propagator.seconds["encoder"] + propagator.seconds["decoder"]
+    dsc = dice_per_class(result.masks, labels)
+    out.update(propagate_s_per_slice=wall / len(frames), share_outside_forward=(wall - inside) / wall,
+               tracemalloc_peak_mb=traced_peak / 2**20, peak_rss_mb=peak_rss_mb(),
+               dsc_class1=dsc[1], dsc_class2=dsc[2])
+    return out
+
+
+# =============================================================================== SAM2 HOOK
+def bench_sam2(frames: np.ndarray, labels: np.ndarray, device: str, threads: int | None) -> dict[str, float] | None:
+    """SAM2 section: to be written with the SAM2 backend (``nnsam2_utils/propagate/sam2.py``).
+
+    Return the same keys as :func:`bench_litemedsam` where they apply (propagate_s_per_slice,
+    share_outside_forward, tracemalloc_peak_mb, peak_rss_mb, dsc_class1/2), or None to skip.
+    """
+    return None
+# =========================================================================== END SAM2 HOOK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=8)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--repeats", type=int, default=5, help="decoder calls timed per setting")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    frames, labels = synthetic_scan(args.slices)
+    sections = {"litemedsam": bench_litemedsam(frames, labels, args.device, args.threads, args.batch_sizes, args.repeats),
+                "sam2": bench_sam2(frames, labels, args.device, args.threads)}
+    import torch
+
+    print(f"synthetic scan: {args.slices} slices of 256x256; device {args.device}; torch threads {torch.get_num_threads()}")
+    for backend, values in sections.items():
+        if values is None:
+            print(f"[{backend}] skipped (no benchmark yet)")
+            continue
+        for key, value in values.items():
+            print(f"[{backend}] {key:32s} {value:10.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,80 @@
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from nnsam2_utils import refine
+from nnsam2_utils.io import write_image
+from nnsam2_utils.nnunet import IGNORE
+from conftest import make_image
+
+
+def confidence_table(values, dataset="d", prompted=()):
+    """values: {(case, slice): (iou_class1, iou_class2)}"""
+    rows = []
+    for (case, index), ious in values.items():
+        for cls, iou in zip((1, 2), ious):
+            rows.append({"dataset": dataset, "case": case, "slice": index, "class": cls, "iou": iou,
+                         "object_score": np.nan, "area": 10, "prompted": (case, index) in prompted})
+    return pd.DataFrame(rows)
+
+
+def test_frame_confidence_sums_classes_and_excludes_prompted_frames():
+    table = confidence_table({("a", 0): (0.9, 0.8), ("a", 1): (0.5, np.nan)}, prompted={("a", 0)})
+    frames = refine.frame_confidence(table)
+    assert frames[["case", "slice"]].values.tolist() == [["a", 1]]
+    assert frames.confidence.tolist() == [pytest.approx(0.5)]
+
+
+def test_stage1_keeps_top_percentile_then_quota_per_position():
+    rng = np.random.default_rng(1)
+    values = {(f"c{i:02d}", s): tuple(rng.uniform(0.3, 1.0, 2)) for i in range(20) for s in range(5)}
+    table = refine.stage1_filter(confidence_table(values), percentile=90, slice_fraction=0.02)
+    assert len(table) == 100
+    threshold = np.percentile(table.confidence, 90)
+    kept = table[table.kept]
+    assert (kept.confidence >= threshold).all()
+    # quota: max(1, floor(0.02 * 20)) = 1 per slice position
+    assert kept.groupby("slice").size().max() == 1
+    for index, group in table[table.above_threshold].groupby("slice"):
+        assert group.loc[group.kept, "confidence"].iloc[0] == group.confidence.max()
+    assert set(table.reason) <= {"kept", "below dataset percentile", "over the per-position quota"}
+
+
+def test_stage1_quota_grows_with_the_number_of_scans_and_percentiles_are_per_dataset():
+    values = {(f"c{i:03d}", 0): (0.9, 0.9) for i in range(150)}
+    low = {(f"x{i}", 0): (0.1, 0.1) for i in range(10)}
+    table = pd.concat([confidence_table(values, "big"), confidence_table(low, "small")])
+    out = refine.stage1_filter(table, percentile=90, slice_fraction=0.02)
+    # ties: every frame equals the big dataset's threshold; quota floor(0.02*150)=3, ties broken by case id
+    big = out[out.dataset == "big"]
+    assert big.kept.sum() == 3 and big[big.kept].case.tolist() == ["c000", "c001", "c002"]
+    # the small, low-confidence dataset still contributes: its percentile is its own
+    assert out[out.dataset == "small"].kept.sum() == 1
+
+
+def test_stage1_single_frame_dataset_and_empty_masks():
+    table = confidence_table({("only", 3): (np.nan, np.nan)})
+    out = refine.stage1_filter(table)
+    assert out.kept.tolist() == [True] and out.confidence.tolist() == [0.0]
+
+
+def test_sparse_training_cases_slices_and_ignore_label(tmp_path):
+    label = np.zeros((4, 8, 8), np.uint8)
+    label[:, 2:6, 1:3] = 1
+    label[:, 2:6, 5:7] = 2
+    image = make_image(np.random.default_rng(0).normal(size=(4, 8, 8)).astype(np.float32))
+    write_image(image, tmp_path / "img.nii.gz")
+    lab = sitk.GetImageFromArray(label)
+    lab.CopyInformation(image)
+    write_image(lab, tmp_path / "lab.nii.gz")
+    selection = pd.DataFrame({"dataset": "d", "case": "c", "slice": [0, 1, 2, 3], "kept": [True, False, False, True]})
+    paths = dict(label_path=lambda d, c: tmp_path / "lab.nii.gz", image_path=lambda d, c: tmp_path / "img.nii.gz")
+    slices = refine.sparse_training_cases(selection, mode="slices", **paths)
+    # stack slice 0 is the most superior = LPS z index 3
+    assert [c.case_id for c in slices] == ["d__c__z000", "d__c__z003"]
+    assert all(c.image.GetSize()[2] == 1 and c.label.shape == (1, 8, 8) for c in slices)
+    sparse = refine.sparse_training_cases(selection, mode="ignore_label", **paths)
+    assert len(sparse) == 1
+    assert (sparse[0].label[[1, 2]] == IGNORE).all()
+    assert (sparse[0].label[[0, 3]] == label[[0, 3]]).all()

@@ -2,6 +2,7 @@
 #   snakemake --cores 2 --config profile=demo -- book
 # Config keys: profile (config/<profile>.yaml), book (the book source folder, default "book").
 import os
+import sys
 from pathlib import Path
 
 import yaml
@@ -18,7 +19,8 @@ DATASETS = list(COHORT.get("datasets") or []) if COHORT.get("generate") else []
 DATASETS += [yaml.safe_load(open(m))["name"] for m in P.get("manifests") or []]
 STAGES = list(range(1, int((P.get("refine") or {}).get("stages", 1)) + 1))
 CODE = sorted(str(p) for p in Path("nnsam2_utils").rglob("*.py"))
-PM = f"papermill --log-level WARNING --no-progress-bar -k python3 -p profile {PROFILE}"
+BIN = Path(sys.executable).parent  # the environment Snakemake runs in (.venv/bin)
+PM = f"{BIN}/papermill --log-level WARNING --no-progress-bar -k python3 -p profile {PROFILE}"
 
 
 def notebook(name):
@@ -38,7 +40,7 @@ rule book:
     output:
         f"{BOOK}/_build/html/index.html",
     shell:
-        "jupyter-book build {BOOK} --quiet --keep-going"
+        f"{BIN}/jupyter-book build {BOOK} --quiet --keep-going"
 
 
 rule cohort:

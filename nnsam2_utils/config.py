@@ -58,11 +58,14 @@ class Workspace:
         folder = self.root / "prepared" / dataset
         return folder / case if case else folder
 
-    def stage(self, stage: str) -> Path:
-        return self.root / stage
+    def stage(self, stage: str, dataset: str | None = None) -> Path:
+        """A stage's folder; stage 0 has one per dataset, refinement stages one pooled folder."""
+        folder = self.root / stage
+        return folder / dataset if dataset else folder
 
     def labels(self, stage: str, dataset: str, case: str) -> Path:
-        return self.stage(stage) / "labels" / dataset / f"{case}.nii.gz"
+        """The label volume a stage produced for a case (prepared LPS grid)."""
+        return self.stage(stage, dataset) / "labels" / f"{case}.nii.gz"
 
     @property
     def tables(self) -> Path:

@@ -139,20 +139,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def model_folder(root: str | Path, dataset_id: int, budget: Budget) -> Path:
+def model_folder(root: str | Path, dataset_id: int, name: str, budget: Budget) -> Path:
     """nnU-Net's results folder of this dataset, trainer, plans and configuration."""
-    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
-
-    with nnunet_environment(root, budget.augmentation_workers):
-        name = convert_id_to_dataset_name(dataset_id)
-    return Path(root) / "results" / name / f"{TRAINER}__{PLANS}__{budget.configuration}"
+    return Path(root) / "results" / dataset_name(dataset_id, name) / f"{TRAINER}__{PLANS}__{budget.configuration}"
 
 
-def train(root: str | Path, dataset_id: int, budget: Budget) -> Path:
-    """Train (or resume, or skip when finished) one fold; returns the model folder."""
+def is_trained(root: str | Path, dataset_id: int, name: str, budget: Budget) -> bool:
+    """Whether the final checkpoint of this model exists."""
+    return (model_folder(root, dataset_id, name, budget) / f"fold_{budget.fold}" / "checkpoint_final.pth").exists()
+
+
+def fit(root: str | Path, dataset_id: int, name: str, cases: Sequence[TrainingCase], budget: Budget,
+        ignore_label: bool = False) -> Path:
+    """Write the raw dataset, plan, preprocess and train — or resume / skip what is already done."""
+    if not is_trained(root, dataset_id, name, budget):
+        preprocessed = Path(root) / "preprocessed" / dataset_name(dataset_id, name) / f"{PLANS}.json"
+        resuming = any((model_folder(root, dataset_id, name, budget) / f"fold_{budget.fold}").glob("checkpoint_latest.pth"))
+        if not (resuming and preprocessed.exists()):
+            write_raw_dataset(root, dataset_id, name, cases, ignore_label=ignore_label)
+            plan_and_preprocess(root, dataset_id, budget)
+    return train(root, dataset_id, name, budget)
+
+
+def train(root: str | Path, dataset_id: int, name: str, budget: Budget) -> Path:
+    """Train (or resume, or skip when finished) one fold of a planned dataset; returns the model folder."""
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
-    folder = model_folder(root, dataset_id, budget)
+    folder = model_folder(root, dataset_id, name, budget)
     fold_dir = folder / f"fold_{budget.fold}"
     if (fold_dir / "checkpoint_final.pth").exists():
         log.info("nnU-Net already trained: %s", fold_dir)

@@ -17,7 +17,7 @@ DSC_COLUMNS = ["dataset", "case", "class", "stage", "dsc"]
 
 def collect_dsc(workspace: Workspace, datasets: list[str]) -> pd.DataFrame:
     """The tidy DSC table of a run: stage 0 per dataset, then every refinement stage that ran."""
-    frames = [pd.read_csv(p) for d in datasets if (p := workspace.stage("stage0") / "dsc" / f"{d}.csv").exists()]
+    frames = [pd.read_csv(p) for d in datasets if (p := workspace.stage("stage0", d) / "dsc.csv").exists()]
     for stage in STAGE_ORDER[1:]:
         path = workspace.stage(stage) / "dsc.csv"
         if path.exists():
@@ -54,7 +54,7 @@ def confidence_vs_dsc(workspace: Workspace, dataset: str, confidence: pd.DataFra
     rows = []
     for case, group in confidence.loc[~confidence["prompted"].astype(bool)].groupby("case"):
         truth, _ = load_stack(workspace.prepared(dataset, case), "label")
-        pseudo, _ = load_stack(workspace.labels("stage0", dataset, case).parent, case)
+        pseudo, _ = load_stack(workspace.labels("stage0", dataset, case).parent, case)  # labels/<case>.nii.gz
         for record in group.to_dict("records"):
             cls, index = int(record["class"]), int(record["slice"])
             rows.append({"dataset": dataset, "case": case, "slice": index, "class": cls, "iou": record["iou"],

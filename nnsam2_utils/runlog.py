@@ -62,3 +62,51 @@ def timings_table(folder: str | Path) -> pd.DataFrame:
     records = collect_records(folder)
     columns = ["step", "dataset", "seconds", "peak_mb"]
     return pd.DataFrame([{c: r.get(c) for c in columns} for r in records], columns=columns)
+
+
+def code_fingerprint() -> str:
+    """SHA-256 over the helper package's source files (what produced a result)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def run_key(parameters: dict, upstream: list[str | Path] = ()) -> str:
+    """A key for a step's outputs: its parameters, the helper code and the keys of the steps it reads."""
+    import hashlib
+    import json
+
+    parts = {"parameters": parameters, "code": code_fingerprint(),
+             "upstream": [read_key(p) for p in upstream]}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def read_key(folder: str | Path) -> str | None:
+    """The run key stored in a step's output folder (None if there is none)."""
+    path = Path(folder) / ".runkey"
+    return path.read_text().strip() if path.exists() else None
+
+
+def claim_folder(folder: str | Path, key: str) -> bool:
+    """Make ``folder`` hold the outputs of the run identified by ``key``.
+
+    Same key as stored: the folder is kept, and finished work in it is resumed (returns True).
+    Different or no key: stale outputs are removed first and the key is stored (returns False).
+    This is what makes resuming safe: a file left by an interrupted run is reused only when it
+    was produced by the same parameters, code and inputs.
+    """
+    import shutil
+
+    folder = Path(folder)
+    if read_key(folder) == key:
+        return True
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    (folder / ".runkey").write_text(key + "\n")
+    return False

@@ -197,3 +197,44 @@ def test_cuda_matches_cpu(reference_scan, target_scan, target_result):
     result = gpu.propagate(reference_scan[0], 0, reference_scan[1][0], target_scan[0], "target")
     dsc = dice_per_class(result.masks, target_result.masks)
     assert min(dsc.values()) > 0.98, dsc
+
+
+def test_limit_shrink():
+    from nnsam2_utils.propagate.litemedsam import limit_shrink
+
+    assert limit_shrink((20, 20, 40, 40), (10, 10, 50, 50), 1) == (11, 11, 49, 49)
+    assert limit_shrink((5, 20, 60, 40), (10, 10, 50, 50), 1) == (5, 11, 60, 49)
+    assert limit_shrink((20, 20, 40, 40), (10, 10, 50, 50), None) == (20, 20, 40, 40)
+
+
+# ----------------------------------------------------------------------------- the tiny cohort
+TINY_DSC_BAR = 0.55
+
+
+@pytest.mark.slow
+def test_tiny_cohort_stage0(tiny_cohort, propagator):
+    """prepare_case → model_input → reference → propagation into every scan; mean stage-0 DSC ≥ the bar.
+
+    Measured (box margin 3, max shrink 1): see the module docstring of the report; the bar is set below.
+    """
+    from nnsam2_utils import prepare
+    from nnsam2_utils.manifest import load_manifest
+    from nnsam2_utils.reference import choose_reference
+
+    scores = []
+    for path in sorted(tiny_cohort.glob("*.yaml")):
+        manifest = load_manifest(path)
+        stacks, labels = {}, {}
+        for case in manifest.cases:
+            prepared = prepare.prepare_case(manifest, case)
+            stacks[case.id] = prepare.model_input(prepared.image, manifest.modality)
+            labels[case.id] = prepare.to_stack(prepared.label)
+        choice = choose_reference(propagator, stacks, progress=False)
+        mask = prepare.label_to_model(labels[choice.case][choice.annotated_slice : choice.annotated_slice + 1])[0]
+        for case_id, frames in stacks.items():
+            result = propagator.propagate(stacks[choice.case], choice.annotated_slice, mask, frames, case_id,
+                                          target_is_reference=case_id == choice.case)
+            assert len(result.confidence) == 2 * len(frames)
+            native = prepare.label_from_model(result.masks, labels[case_id].shape[1:])
+            scores.append(np.nanmean(list(dice_per_class(native, labels[case_id]).values())))
+    assert np.mean(scores) >= TINY_DSC_BAR, scores

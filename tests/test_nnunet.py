@@ -25,9 +25,8 @@ def trained(tmp_path_factory):
     rng = np.random.default_rng(0)
     root = tmp_path_factory.mktemp("nnunet")
     budget = nnunet.Budget(epochs=2, iterations_per_epoch=6, val_iterations=1, batch_size=4, target_spacing_mm=2.0)
-    nnunet.write_raw_dataset(root, 501, "blobs", [blob_case(i, rng) for i in range(6)])
-    plans = nnunet.plan_and_preprocess(root, 501, budget)
-    folder = nnunet.train(root, 501, budget)
+    folder = nnunet.fit(root, 501, "blobs", [blob_case(i, rng) for i in range(6)], budget)
+    plans = json.loads((root / "preprocessed" / "Dataset501_blobs" / "nnUNetPlans.json").read_text())
     return root, budget, plans, folder
 
 
@@ -65,5 +64,6 @@ def test_prediction_keeps_the_image_grid_and_left_right(trained):
 def test_a_finished_model_is_not_trained_again(trained):
     root, budget, _, folder = trained
     stamp = (folder / "fold_all" / "checkpoint_final.pth").stat().st_mtime_ns
-    assert nnunet.train(root, 501, budget) == folder
+    assert nnunet.is_trained(root, 501, "blobs", budget)
+    assert nnunet.fit(root, 501, "blobs", [], budget) == folder
     assert (folder / "fold_all" / "checkpoint_final.pth").stat().st_mtime_ns == stamp

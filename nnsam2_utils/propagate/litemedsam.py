@@ -9,7 +9,11 @@ box prompts from slice to slice, per class:
    its given mask: ``prompted=True``, ``iou`` NaN);
 2. from there, in both directions (superior and inferior), each next slice is prompted with
    the box of the previous slice's predicted mask (its largest 2-D component, enlarged by
-   ``box_margin`` pixels); an empty previous mask stops that direction (the rest stays empty);
+   ``box_margin`` pixels, each side moving inward by at most ``max_shrink`` pixels per slice
+   **(ours)**: LiteMedSAM tends to keep one of the two touching muscles of a class (erector
+   spinae or multifidus) inside a box, and an unlimited shrink then loses the other for good;
+   on the tiny CT phantom this raised the reference scan's DSC from 0.60 to 0.77); an empty
+   previous mask stops that direction (the rest stays empty);
 3. mask logits are thresholded at 0; overlaps between classes go to the highest positive logit;
 4. the stacked pseudo-label is cleaned with :func:`~nnsam2_utils.postprocess.clean_pseudo_label`.
 
@@ -25,8 +29,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import warnings
 import time
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -104,6 +108,14 @@ def mask_box(mask: np.ndarray, margin: int = 0, size: int = MODEL_SIZE) -> Box |
             min(size - 1, int(cols[-1]) + margin), min(size - 1, int(rows[-1]) + margin))
 
 
+def limit_shrink(box: Box, previous: Box, max_shrink: int | None) -> Box:
+    """Move each side of ``box`` inward by at most ``max_shrink`` pixels relative to ``previous`` (None: no limit)."""
+    if max_shrink is None:
+        return box
+    return (min(box[0], previous[0] + max_shrink), min(box[1], previous[1] + max_shrink),
+            max(box[2], previous[2] - max_shrink), max(box[3], previous[3] - max_shrink))
+
+
 def start_slice(annotated_slice: int, n_reference: int, n_target: int) -> int:
     """Target slice at the same relative position (superior → inferior) as the annotated slice."""
     if n_reference <= 1 or n_target <= 1:
@@ -124,7 +136,8 @@ class LiteMedSAMPropagator:
     """Promptable propagation with LiteMedSAM by box chaining (see the module docstring).
 
     Parameters: ``device`` ("cpu", "cuda", …), ``threads`` (sets torch's intra-op threads,
-    process-wide), ``box_margin`` (pixels added to each chained box), ``batch_size`` (slices per
+    process-wide), ``box_margin`` (pixels added to each chained box), ``max_shrink`` (pixels each
+    side of a chained box may move inward per slice; None: plain chaining), ``batch_size`` (slices per
     encoder forward pass), ``clean`` (post-process with ``clean_pseudo_label``), ``cache_slices``
     (slice embeddings kept in the LRU cache; each takes 4 MiB).
 
@@ -135,13 +148,15 @@ class LiteMedSAMPropagator:
     name = "litemedsam"
 
     def __init__(self, device: str = "cpu", threads: int | None = None, box_margin: int = 3,
-                 batch_size: int = 1, clean: bool = True, cache_slices: int = 64) -> None:
+                 batch_size: int = 1, clean: bool = True, cache_slices: int = 64,
+                 max_shrink: int | None = 1) -> None:
         if threads is not None:
             torch.set_num_threads(int(threads))
         self.device = torch.device(device)
         self.model = load_model(self.device)
         self.checkpoint_sha256 = self.model.checkpoint_sha256
         self.box_margin = int(box_margin)
+        self.max_shrink = max_shrink
         self.batch_size = max(1, int(batch_size))
         self.clean = bool(clean)
         self.cache_slices = int(cache_slices)
@@ -237,7 +252,7 @@ class LiteMedSAMPropagator:
                 iou[row, index] = score
                 box = mask_box(largest_component(slice_logits > 0), self.box_margin)
                 if box is not None:
-                    next_boxes[c] = box
+                    next_boxes[c] = limit_shrink(box, boxes[c], self.max_shrink)
             boxes = next_boxes
             index += direction
 
@@ -277,15 +292,15 @@ class LiteMedSAMPropagator:
         else:
             self._chain(target_embeddings, first, prompt_boxes, logits, iou, +1)
             # the superior direction starts from the first slice's predicted masks
-            up = {c: b for c in prompt_boxes
+            up = {c: limit_shrink(b, prompt_boxes[c], self.max_shrink) for c in prompt_boxes
                   if (b := mask_box(largest_component(logits[CLASS_IDS.index(c), first] > 0), self.box_margin)) is not None}
             self._chain(target_embeddings, first - 1, up, logits, iou, -1)
 
         labels = np.stack([resolve_overlaps(logits[:, k]) for k in range(n)])
-        if target_is_reference:
-            labels[first] = np.where(np.isin(annotated_mask, CLASS_IDS), annotated_mask, 0).astype(np.uint8)
         if self.clean:
             labels = clean_pseudo_label(labels, CLASS_IDS)
+        if target_is_reference:  # the annotated slice keeps its given mask, cleaning or not
+            labels[first] = np.where(np.isin(annotated_mask, CLASS_IDS), annotated_mask, 0).astype(np.uint8)
         return PropagationResult(labels, confidence_table(case_id, labels, iou, first if target_is_reference else None))
 
 

@@ -1,0 +1,44 @@
+import json
+
+from nnsam2_utils import runlog
+
+
+def test_step_record_writes_seconds_memory_and_versions(tmp_path):
+    with runlog.step_record(tmp_path, "prepare", "ds", {"a": 1}) as extra:
+        extra["reference_case"] = "c1"
+    record = json.loads((tmp_path / "prepare__ds.json").read_text())
+    assert record["seconds"] >= 0 and record["peak_mb"] > 0
+    assert record["parameters"] == {"a": 1} and record["reference_case"] == "c1"
+    assert record["packages"]["numpy"] != "not installed"
+    table = runlog.timings_table(tmp_path)
+    assert table.columns.tolist() == ["step", "dataset", "seconds", "peak_mb"] and len(table) == 1
+
+
+def test_a_failed_step_writes_no_record(tmp_path):
+    try:
+        with runlog.step_record(tmp_path, "stage0", "ds"):
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    assert not list(tmp_path.iterdir())
+
+
+def test_claim_folder_resumes_same_key_and_clears_stale_outputs(tmp_path):
+    folder = tmp_path / "stage0"
+    key = runlog.run_key({"backend": "litemedsam"})
+    assert runlog.claim_folder(folder, key) is False
+    (folder / "case1.nii.gz").write_text("finished work")
+    assert runlog.claim_folder(folder, key) is True
+    assert (folder / "case1.nii.gz").exists()
+    other = runlog.run_key({"backend": "sam2"})
+    assert other != key
+    assert runlog.claim_folder(folder, other) is False
+    assert not (folder / "case1.nii.gz").exists()
+
+
+def test_run_key_follows_upstream_keys(tmp_path):
+    upstream = tmp_path / "prepared"
+    runlog.claim_folder(upstream, "k1")
+    first = runlog.run_key({"x": 1}, [upstream])
+    runlog.claim_folder(upstream, "k2")
+    assert runlog.run_key({"x": 1}, [upstream]) != first

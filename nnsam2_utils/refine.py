@@ -65,6 +65,70 @@ def stage1_filter(confidence: pd.DataFrame, percentile: float = 90.0, slice_frac
     return table.sort_values(["dataset", "case", "slice"], ignore_index=True)
 
 
+def area_profile(labels: np.ndarray, cls: int) -> np.ndarray:
+    """Pixel count of one class per slice of a superior→inferior stack."""
+    return (labels == cls).reshape(len(labels), -1).sum(axis=1)
+
+
+def is_smooth(areas: np.ndarray, max_growth: float) -> bool:
+    """True if, slice to slice (superior → inferior), the area grows by at most ``max_growth``×.
+
+    Pairs of two empty slices are skipped; an empty slice followed by a non-empty one is
+    unbounded growth (not smooth); shrinking is always allowed.
+    """
+    for before, after in zip(areas[:-1], areas[1:]):
+        if before == 0 and after == 0:
+            continue
+        if before == 0 or after > max_growth * before:
+            return False
+    return True
+
+
+def scan_agreement(current: np.ndarray, previous: np.ndarray, classes: tuple[int, ...] = (1, 2)) -> float:
+    """Mean class DSC between a stage's output and the previous stage's label (NaN classes ignored)."""
+    from .metrics import dice_per_class
+
+    values = [v for v in dice_per_class(current, previous, classes).values() if not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def scan_filter(scans: pd.DataFrame, min_agreement: float = 0.90, fraction: float = 0.10,
+                min_scans: int = 2) -> pd.DataFrame:
+    """Stage-2/3 selection of whole scans, per dataset (METHOD §4).
+
+    ``scans`` has one row per scan: dataset, case, agreement (mean class DSC of this stage's
+    output against the previous stage's label) and smooth (bool). Eligible scans agree above
+    ``min_agreement`` and are smooth; per dataset the top ``max(min_scans, floor(fraction · n))``
+    eligible scans by agreement are kept (n = the dataset's scans). **(ours)** When fewer are
+    eligible, the quota is filled with the best remaining scans by agreement, marked
+    ``filled to minimum``, so that every dataset contributes ``min_scans`` scans.
+    """
+    out = []
+    for _, group in scans.groupby("dataset", sort=True):
+        group = group.sort_values(["agreement", "case"], ascending=[False, True], kind="stable").copy()
+        quota = min(len(group), max(min_scans, math.floor(fraction * len(group))))
+        group["eligible"] = (group["agreement"] > min_agreement) & group["smooth"].astype(bool)
+        group["quota"] = quota
+        eligible = group.index[group["eligible"]][:quota]
+        filler = group.index[~group["eligible"]][: max(0, quota - len(eligible))]
+        group["kept"] = group.index.isin(eligible) | group.index.isin(filler)
+        group["reason"] = [_scan_reason(i in eligible, i in filler, row.eligible, row.agreement > min_agreement)
+                           for i, row in group.iterrows()]
+        out.append(group)
+    columns = list(scans.columns) + ["eligible", "quota", "kept", "reason"]
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=columns)
+
+
+def _scan_reason(kept: bool, filled: bool, eligible: bool, agrees: bool) -> str:
+    if kept:
+        return "kept"
+    if filled:
+        return "filled to minimum"
+    if eligible:
+        return "over the quota"
+    return "not smooth" if agrees else "low agreement"
+
+
 def sparse_training_cases(kept: pd.DataFrame, label_path, image_path,
                           mode: Literal["slices", "ignore_label"] = "slices") -> list[TrainingCase]:
     """nnU-Net training cases from kept frames.
@@ -134,3 +198,57 @@ def predict_all(model_folder: Path, budget, datasets: list[str], workspace, stag
                 truth = sitk.GetArrayFromImage(read_image(folder / "label.nii.gz"))
                 rows += dsc_rows(dataset, case, stage, labels, truth)
     return pd.DataFrame(rows, columns=["dataset", "case", "class", "stage", "dsc"])
+
+
+STAGE_RULES = {  # METHOD §4 defaults, every value a profile parameter
+    2: {"min_agreement": 0.90, "max_growth": 1.5, "fraction": 0.10, "min_scans": 2},
+    3: {"min_agreement": 0.90, "max_growth": 1.25, "fraction": 0.20, "min_scans": 2},
+}
+
+
+def scan_table(workspace, datasets: list[str], current: str, previous: str, max_growth: float) -> pd.DataFrame:
+    """Per scan: agreement of stage ``current`` with stage ``previous`` and smoothness of ``current``."""
+    from .prepare import to_stack
+
+    rows = []
+    for dataset in datasets:
+        cases = pd.read_csv(workspace.prepared(dataset) / "cases.csv")
+        for case in cases.case:
+            now = to_stack(read_image(workspace.labels(current, dataset, case)))
+            before = to_stack(read_image(workspace.labels(previous, dataset, case)))
+            areas = {cls: area_profile(now, cls) for cls in (1, 2)}
+            rows.append({"dataset": dataset, "case": case, "agreement": scan_agreement(now, before),
+                         "smooth": all(is_smooth(a, max_growth) for a in areas.values()),
+                         "max_growth_seen": max(_max_growth(a) for a in areas.values())})
+    return pd.DataFrame(rows)
+
+
+def _max_growth(areas: np.ndarray) -> float:
+    ratios = [after / before for before, after in zip(areas[:-1], areas[1:]) if before > 0]
+    return float(max(ratios)) if ratios else float("nan")
+
+
+def stage_names(stage: int) -> tuple[str, str, str | None]:
+    """(this stage, the stage whose labels it trains on, the stage those labels are checked against)."""
+    name = f"nnunet{stage}"
+    previous = "stage0" if stage == 1 else f"nnunet{stage - 1}"
+    before = None if stage == 1 else ("stage0" if stage == 2 else f"nnunet{stage - 2}")
+    return name, previous, before
+
+
+def training_set(workspace, datasets: list[str], stage: int, settings: dict) -> tuple[pd.DataFrame, list[TrainingCase]]:
+    """The filter table and the nnU-Net training cases of a refinement stage (METHOD §4)."""
+    name, previous, before = stage_names(stage)
+    image_path = lambda d, c: workspace.prepared(d, c) / "image.nii.gz"  # noqa: E731
+    label_path = lambda d, c: workspace.labels(previous, d, c)  # noqa: E731
+    if stage == 1:
+        confidence = pd.concat([pd.read_csv(workspace.stage("stage0", d) / "confidence.csv") for d in datasets],
+                               ignore_index=True)
+        selection = stage1_filter(confidence, settings.get("confidence_percentile", 90.0),
+                                  settings.get("slice_fraction", 0.02))
+        return selection, sparse_training_cases(selection, label_path, image_path,
+                                                settings.get("sparse_mode", "slices"))
+    rules = {**STAGE_RULES[stage], **(settings.get(f"stage{stage}") or {})}
+    scans = scan_table(workspace, datasets, previous, before, rules["max_growth"])
+    selection = scan_filter(scans, rules["min_agreement"], rules["fraction"], rules["min_scans"])
+    return selection, full_training_cases(selection.loc[selection["kept"]], label_path, image_path)

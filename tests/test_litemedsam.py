@@ -2,8 +2,8 @@
 
 The synthetic scan: a darker body ellipse, a bright vertebral body, and two bright muscle
 ellipses either side of the midline (class 1 on the image's left = patient right), drifting
-down and growing over six slices. Measured on this machine (box margin 3): DSC 0.995 (class 1)
-and 0.996 (class 2) on the target scan; the bar below is 0.95.
+down and growing over the slices. Measured on this machine (box margin 3, max shrink 1): DSC
+≥ 0.99 per class on such scans (benchmarks/bench_propagation.py: 0.995 / 0.995); the bar is 0.95.
 """
 from __future__ import annotations
 
@@ -208,14 +208,16 @@ def test_limit_shrink():
 
 
 # ----------------------------------------------------------------------------- the tiny cohort
-TINY_DSC_BAR = 0.55
+TINY_DSC_BAR = 0.65
 
 
 @pytest.mark.slow
 def test_tiny_cohort_stage0(tiny_cohort, propagator):
     """prepare_case → model_input → reference → propagation into every scan; mean stage-0 DSC ≥ the bar.
 
-    Measured (box margin 3, max shrink 1): see the module docstring of the report; the bar is set below.
+    Measured (box margin 3, max shrink 1, seed 0): mean 0.74 over six scans (per scan 0.95, 0.38,
+    0.94 MRI; 0.65, 0.79, 0.74 CT; the 0.38 is a scan posed 24 px away from the reference, where
+    the first box misses); bar 0.65. Takes minutes (about 45 slices to encode).
     """
     from nnsam2_utils import prepare
     from nnsam2_utils.manifest import load_manifest

@@ -78,3 +78,46 @@ def test_sparse_training_cases_slices_and_ignore_label(tmp_path):
     assert len(sparse) == 1
     assert (sparse[0].label[[1, 2]] == IGNORE).all()
     assert (sparse[0].label[[0, 3]] == label[[0, 3]]).all()
+
+
+def test_smoothness_rule_skips_empty_pairs_and_bounds_growth():
+    assert refine.is_smooth(np.array([100, 140, 150, 90, 0, 0]), 1.5)
+    assert not refine.is_smooth(np.array([100, 160]), 1.5)
+    assert refine.is_smooth(np.array([100, 150]), 1.5)          # exactly 1.5× is allowed
+    assert not refine.is_smooth(np.array([100, 0, 80]), 1.5)    # a gap then regrowth
+    assert refine.is_smooth(np.array([0, 0, 0]), 1.25)
+    stack = np.zeros((3, 4, 4), np.uint8)
+    stack[0, :2, :2] = 1
+    stack[1, :3, :2] = 1
+    assert refine.area_profile(stack, 1).tolist() == [4, 6, 0]
+
+
+def test_scan_agreement_ignores_classes_absent_from_both():
+    a = np.zeros((2, 4, 4), np.uint8)
+    a[:, :2, :2] = 1
+    assert refine.scan_agreement(a, a) == 1.0
+    b = a.copy()
+    b[:, 2:, 2:] = 2
+    assert refine.scan_agreement(a, b) == pytest.approx(0.5)
+
+
+def test_scan_filter_quota_eligibility_and_minimum():
+    scans = pd.DataFrame({"dataset": ["d"] * 30 + ["small"] * 3,
+                          "case": [f"c{i:02d}" for i in range(30)] + ["s0", "s1", "s2"],
+                          "agreement": list(np.linspace(0.80, 0.99, 30)) + [0.95, 0.5, 0.6],
+                          "smooth": [True] * 29 + [False] + [True, True, True]})
+    out = refine.scan_filter(scans, min_agreement=0.90, fraction=0.10, min_scans=2)
+    big = out[out.dataset == "d"]
+    # quota max(2, floor(3)) = 3; the most agreeing scan (c29) is not smooth
+    assert big[big.kept].case.tolist() == ["c28", "c27", "c26"]
+    assert big.set_index("case").loc["c29", "reason"] == "not smooth"
+    small = out[out.dataset == "small"]
+    assert small[small.kept].case.tolist() == ["s0", "s2"]
+    assert small.set_index("case").loc["s2", "reason"] == "filled to minimum"
+    assert small.set_index("case").loc["s1", "reason"] == "low agreement"
+
+
+def test_scan_filter_ties_are_broken_by_case_id():
+    scans = pd.DataFrame({"dataset": "d", "case": ["b", "a", "c"], "agreement": 0.95, "smooth": True})
+    out = refine.scan_filter(scans, min_scans=2)
+    assert out[out.kept].case.tolist() == ["a", "b"]

@@ -20,7 +20,7 @@ DATASETS += [yaml.safe_load(open(m))["name"] for m in P.get("manifests") or []]
 STAGES = list(range(1, int((P.get("refine") or {}).get("stages", 1)) + 1))
 CODE = sorted(str(p) for p in Path("nnsam2_utils").rglob("*.py"))
 BIN = Path(sys.executable).parent  # the environment Snakemake runs in (.venv/bin)
-PM = f"{BIN}/papermill --log-level WARNING --no-progress-bar -k python3 -p profile {PROFILE}"
+PM = f"{BIN}/nnsam2 execute -p profile {PROFILE}"
 
 
 def notebook(name):

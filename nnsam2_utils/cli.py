@@ -30,6 +30,13 @@ def _run(args: argparse.Namespace) -> int:
     return subprocess.call(command)
 
 
+def _execute(args: argparse.Namespace) -> int:
+    from .notebooks import execute, parse_parameters
+
+    execute(args.notebook, args.output, parse_parameters(args.parameter or []))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``nnsam2``."""
     parser = argparse.ArgumentParser(prog="nnsam2", description=__doc__)
@@ -48,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true")
     run.add_argument("target", nargs="?", default="book")
     run.set_defaults(func=_run)
+    exe = sub.add_parser("execute", help="run one notebook with papermill; the output appears only on success")
+    exe.add_argument("notebook")
+    exe.add_argument("output")
+    exe.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"))
+    exe.set_defaults(func=_execute)
     return parser
 
 

@@ -1,0 +1,42 @@
+"""papermill executes notebooks for real: parameters as data, output only on success."""
+import nbformat
+import pytest
+
+from nnsam2_utils import notebooks
+
+
+def make_notebook(path, body: str):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("stage = 1\nname = 'x'")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_parameters_are_yaml_scalars_never_code():
+    assert notebooks.parse_parameters([("stage", "2"), ("dataset", "word_ct"), ("x", "null")]) == \
+        {"stage": 2, "dataset": "word_ct", "x": None}
+    assert notebooks.parse_parameters([("cmd", "__import__('os').system('echo hi')")])["cmd"].startswith("__import__")
+    with pytest.raises(ValueError, match="scalar"):
+        notebooks.parse_parameters([("x", "[1, 2]")])
+    with pytest.raises(ValueError, match="identifier"):
+        notebooks.parse_parameters([("a b", "1")])
+
+
+def test_execute_injects_parameters_and_hides_the_injected_cell(tmp_path):
+    source = make_notebook(tmp_path / "in.ipynb", "print(stage * 10, name)")
+    out = notebooks.execute(source, tmp_path / "out" / "run.ipynb", {"stage": 3, "name": "ct"})
+    nb = nbformat.read(str(out), as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and "remove-input" in injected[0].metadata["tags"]
+    assert "30 ct" in nb.cells[-1].outputs[0]["text"]
+
+
+def test_a_failing_notebook_leaves_no_output(tmp_path):
+    source = make_notebook(tmp_path / "in.ipynb", "raise RuntimeError('boom')")
+    with pytest.raises(Exception, match="boom"):
+        notebooks.execute(source, tmp_path / "out.ipynb")
+    assert not (tmp_path / "out.ipynb").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["in.ipynb"]

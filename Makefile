@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 book: venv
-	$(VENV)/bin/snakemake --snakefile Snakefile --cores $(CORES) --config profile=$(PROFILE) -- book
+	$(VENV)/bin/snakemake --snakefile Snakefile --cores $(CORES) --rerun-incomplete --config profile=$(PROFILE) -- book
 
 test: venv
 	$(VENV)/bin/python -m pytest tests

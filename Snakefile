@@ -18,6 +18,7 @@ COHORT = P.get("cohort") or {}
 DATASETS = list(COHORT.get("datasets") or []) if COHORT.get("generate") else []
 DATASETS += [yaml.safe_load(open(m))["name"] for m in P.get("manifests") or []]
 STAGES = list(range(1, int((P.get("refine") or {}).get("stages", 1)) + 1))
+BASELINES = [name for name, on in (P.get("baselines") or {}).items() if on]
 CODE = sorted(str(p) for p in Path("nnsam2_utils").rglob("*.py"))
 BIN = Path(sys.executable).parent  # the environment Snakemake runs in (.venv/bin)
 PM = f"{BIN}/nnsam2 execute -p profile {PROFILE}"
@@ -34,6 +35,7 @@ rule book:
         expand(f"{G}/01_prepare_{{dataset}}.ipynb", dataset=DATASETS),
         expand(f"{G}/02_stage0_{{dataset}}.ipynb", dataset=DATASETS),
         expand(f"{G}/03_refine_{{stage}}.ipynb", stage=STAGES),
+        expand(f"{G}/05_{{baseline}}.ipynb", baseline=BASELINES),
         sorted(str(p) for p in Path(BOOK).glob("*.md")),
         f"{BOOK}/_toc.yml",
         f"{BOOK}/_config.yml",
@@ -99,10 +101,25 @@ rule refine:
         "{PM} -p stage {wildcards.stage} {input[0]} {output}"
 
 
+rule supervised:
+    input:
+        notebook("05_supervised"),
+        expand(f"{G}/01_prepare_{{dataset}}.ipynb", dataset=DATASETS),
+        CODE,
+    output:
+        f"{G}/05_supervised.ipynb",
+    threads: workflow.cores
+    resources:
+        gpu=1 if (P.get("refine") or {}).get("device") == "cuda" else 0,
+    shell:
+        "{PM} {input[0]} {output}"
+
+
 rule results:
     input:
         notebook("04_results"),
         expand(f"{G}/03_refine_{{stage}}.ipynb", stage=STAGES),
+        expand(f"{G}/05_{{baseline}}.ipynb", baseline=BASELINES),
         CODE,
     output:
         f"{G}/04_results.ipynb",

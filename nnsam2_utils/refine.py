@@ -252,3 +252,14 @@ def training_set(workspace, datasets: list[str], stage: int, settings: dict) -> 
     scans = scan_table(workspace, datasets, previous, before, rules["max_growth"])
     selection = scan_filter(scans, rules["min_agreement"], rules["fraction"], rules["min_scans"])
     return selection, full_training_cases(selection.loc[selection["kept"]], label_path, image_path)
+
+
+def supervised_cases(workspace, datasets: list[str]) -> list[TrainingCase]:
+    """Every scan with its expert label: the fully supervised upper bound's training set."""
+    rows = []
+    for dataset in datasets:
+        cases = pd.read_csv(workspace.prepared(dataset) / "cases.csv")
+        rows += [{"dataset": dataset, "case": c} for c in cases.loc[cases["has_label"].astype(bool), "case"]]
+    return full_training_cases(pd.DataFrame(rows, columns=["dataset", "case"]),
+                               lambda d, c: workspace.prepared(d, c) / "label.nii.gz",
+                               lambda d, c: workspace.prepared(d, c) / "image.nii.gz")

@@ -1,0 +1,281 @@
+"""Two non-learned baselines for the stage-0 comparison.
+
+* :func:`registration_baseline` — classical one-shot atlas registration: the dataset's one
+  annotated slice (image + 2-class mask) is registered to every slice of a target scan with
+  SimpleITK (moments-initialised 2-D affine, then a cubic B-spline deformable stage, both with
+  Mattes mutual information, multi-resolution), and its mask is warped with nearest-neighbour
+  interpolation. The result is post-processed like stage-0 pseudo-labels
+  (:func:`postprocess.clean_pseudo_label`).
+* :func:`threshold_baseline` — the "is the cohort trivially easy?" check: two Otsu levels per
+  scan (air/body, then muscle/not-muscle inside the body), a left/right split at the body's
+  midline column, and per side the largest muscle-like component posterior to the body's
+  centre. No learning, no tuning to the phantom.
+
+Both work on **native prepared slices** (the ``prepare.to_stack`` arrays of the prepared
+image, in their own pixel spacing), not on the 256² model input: registration then happens in
+millimetres (spacings of reference and target may differ — CT fields of view follow the
+patient), the output is already on the grid of the manual label (no resize round trip), and
+the tiny/default cohorts' native slices (128² / 256²) are no larger than the model input.
+
+Conventions (see :mod:`nnsam2_utils.prepare`): stacks are ``(slice, row, column)`` ordered
+superior → inferior, rows anterior → posterior, columns patient right → left (radiological
+view), classes 0 background, 1 right LPM, 2 left LPM.
+
+Determinism: registration uses regular (grid) metric sampling, a fixed seed and one thread by
+default, so two runs on the same input give identical masks.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+from tqdm.auto import tqdm
+
+from .postprocess import clean_pseudo_label, fill_holes, largest_component
+from .prepare import CT_WINDOW
+
+log = logging.getLogger(__name__)
+
+CLASS_IDS: tuple[int, ...] = (1, 2)
+
+
+# --- registration baseline -------------------------------------------------------------------
+@dataclass(frozen=True)
+class RegistrationSettings:
+    """Parameters of the 2-D registration (defaults are the baseline's; none is tuned per scan).
+
+    ``bspline_grid_mm``: approximate B-spline control-point spacing; ``None`` skips the
+    deformable stage (affine only). ``threads``: ITK threads per registration (1 keeps results
+    bit-identical across machines with different core counts).
+    """
+
+    histogram_bins: int = 32
+    sampling_fraction: float = 0.25
+    seed: int = 0
+    affine_iterations: int = 200
+    affine_shrink: tuple[int, ...] = (4, 2, 1)
+    affine_smoothing_mm: tuple[float, ...] = (4.0, 2.0, 0.0)
+    bspline_grid_mm: float | None = 50.0
+    bspline_iterations: int = 30
+    bspline_shrink: tuple[int, ...] = (2, 1)
+    bspline_smoothing_mm: tuple[float, ...] = (2.0, 0.0)
+    threads: int = 1
+
+
+DEFAULT_SETTINGS = RegistrationSettings()
+
+
+def _as_image(array: np.ndarray, spacing: tuple[float, float]) -> sitk.Image:
+    """A float32 2-D image from a (row, column) array; ``spacing`` is (row, column) in mm.
+
+    Intensities are clipped to the slice's own 0.5–99.5th percentiles and scaled to [0, 1],
+    so that the mutual-information histogram bins cover the tissues, not outliers.
+    """
+    values = np.asarray(array, dtype=np.float32)
+    low, high = np.percentile(values, (0.5, 99.5))
+    scaled = np.zeros_like(values) if high <= low else (np.clip(values, low, high) - low) / (high - low)
+    image = sitk.GetImageFromArray(scaled.astype(np.float32))
+    image.SetSpacing((float(spacing[1]), float(spacing[0])))  # SimpleITK order: (x = column, y = row)
+    return image
+
+
+def _method(settings: RegistrationSettings, shrink: tuple[int, ...], smoothing_mm: tuple[float, ...]) -> sitk.ImageRegistrationMethod:
+    """A registration method with Mattes MI, deterministic regular sampling and a pyramid."""
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.histogram_bins)
+    if settings.sampling_fraction < 1.0:
+        method.SetMetricSamplingStrategy(method.REGULAR)
+        method.SetMetricSamplingPercentage(settings.sampling_fraction, settings.seed)
+    else:
+        method.SetMetricSamplingStrategy(method.NONE)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetShrinkFactorsPerLevel(list(shrink))
+    method.SetSmoothingSigmasPerLevel(list(smoothing_mm))
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    method.SetNumberOfThreads(settings.threads)
+    return method
+
+
+def _affine(fixed: sitk.Image, moving: sitk.Image, settings: RegistrationSettings) -> sitk.Transform:
+    """Moments-initialised 2-D affine transform (fixed → moving points) maximising Mattes MI."""
+    initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(2),
+                                                sitk.CenteredTransformInitializerFilter.MOMENTS)
+    method = _method(settings, settings.affine_shrink, settings.affine_smoothing_mm)
+    method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3,
+                                                    numberOfIterations=settings.affine_iterations,
+                                                    relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetInitialTransform(initial, inPlace=False)
+    return method.Execute(fixed, moving)
+
+
+def _bspline(fixed: sitk.Image, moving: sitk.Image, affine: sitk.Transform, settings: RegistrationSettings) -> sitk.Transform:
+    """A cubic B-spline stage on top of ``affine``; returns the composite (fixed → moving)."""
+    extent = [size * spacing for size, spacing in zip(fixed.GetSize(), fixed.GetSpacing())]
+    mesh = [max(1, int(round(e / settings.bspline_grid_mm))) for e in extent]
+    bspline = sitk.BSplineTransformInitializer(fixed, mesh, order=3)
+    method = _method(settings, settings.bspline_shrink, settings.bspline_smoothing_mm)
+    method.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=settings.bspline_iterations,
+                                maximumNumberOfCorrections=5, maximumNumberOfFunctionEvaluations=4 * settings.bspline_iterations)
+    method.SetMovingInitialTransform(affine)
+    method.SetInitialTransform(bspline, inPlace=True)
+    method.Execute(fixed, moving)
+    composite = sitk.CompositeTransform(2)
+    composite.AddTransform(affine)   # applied second
+    composite.AddTransform(bspline)  # applied first (ITK composites apply the last-added first)
+    return composite
+
+
+def register_slice(fixed: np.ndarray, moving: np.ndarray, moving_mask: np.ndarray,
+                   spacing: tuple[float, float], moving_spacing: tuple[float, float] | None = None,
+                   settings: RegistrationSettings = DEFAULT_SETTINGS) -> np.ndarray:
+    """Register ``moving`` (the annotated slice) to ``fixed`` (a target slice) and warp its mask.
+
+    Arrays are 2-D ``(row, column)``; ``spacing`` is the fixed slice's (row, column) pixel
+    spacing in mm, ``moving_spacing`` the moving slice's (default: the same). Returns a uint8
+    class mask on the fixed grid (nearest-neighbour warp; pixels mapped outside the moving
+    slice are background). No post-processing.
+
+    Edge cases: a constant fixed or moving slice (e.g. all zeros), or an empty moving mask,
+    gives an all-background mask; a registration that ITK cannot complete (e.g. too few
+    samples overlap) falls back to the affine result when only the B-spline stage fails, and
+    otherwise to an all-background mask — each with a logged warning, never an exception.
+    """
+    fixed = np.asarray(fixed)
+    moving = np.asarray(moving)
+    moving_mask = np.asarray(moving_mask)
+    if fixed.ndim != 2 or moving.ndim != 2 or moving.shape != moving_mask.shape:
+        raise ValueError(f"need 2-D slices and a mask the shape of the moving slice; got fixed {fixed.shape}, "
+                         f"moving {moving.shape}, mask {moving_mask.shape}")
+    empty = np.zeros(fixed.shape, dtype=np.uint8)
+    if not moving_mask.any() or np.ptp(fixed) == 0 or np.ptp(moving) == 0:
+        return empty
+    fixed_image = _as_image(fixed, spacing)
+    moving_image = _as_image(moving, moving_spacing or spacing)
+    try:
+        transform = _affine(fixed_image, moving_image, settings)
+    except RuntimeError as error:
+        log.warning("affine registration failed (%s); returning an empty mask", str(error).strip().splitlines()[-1])
+        return empty
+    if settings.bspline_grid_mm:
+        try:
+            transform = _bspline(fixed_image, moving_image, transform, settings)
+        except RuntimeError as error:
+            log.warning("B-spline registration failed (%s); keeping the affine result", str(error).strip().splitlines()[-1])
+    mask_image = sitk.GetImageFromArray(moving_mask.astype(np.uint8))
+    mask_image.CopyInformation(moving_image)
+    warped = sitk.Resample(mask_image, fixed_image, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(warped).astype(np.uint8)
+
+
+def registration_baseline(reference_slice: np.ndarray, reference_mask: np.ndarray, target_stack: np.ndarray,
+                          spacing: tuple[float, float], reference_spacing: tuple[float, float] | None = None,
+                          settings: RegistrationSettings = DEFAULT_SETTINGS, postprocess: bool = True) -> np.ndarray:
+    """One-shot registration baseline for one target scan.
+
+    ``reference_slice``/``reference_mask``: the annotated native slice and its class mask;
+    ``target_stack``: the target's native ``(slice, row, column)`` stack, superior → inferior;
+    ``spacing``/``reference_spacing``: (row, column) pixel spacing in mm of target and
+    reference (default: equal). Every target slice is registered independently
+    (:func:`register_slice`); the stacked masks are cleaned with
+    :func:`postprocess.clean_pseudo_label` unless ``postprocess`` is False. Returns a uint8
+    stack of the target's shape (an empty target stack gives an empty stack).
+    """
+    target_stack = np.asarray(target_stack)
+    if target_stack.ndim != 3:
+        raise ValueError(f"target_stack must be (slice, row, column); got shape {target_stack.shape}")
+    masks = np.zeros(target_stack.shape, dtype=np.uint8)
+    for k in tqdm(range(len(target_stack)), desc="register", leave=False, disable=len(target_stack) < 2):
+        masks[k] = register_slice(target_stack[k], reference_slice, reference_mask, spacing, reference_spacing, settings)
+    return clean_pseudo_label(masks) if postprocess and len(masks) else masks
+
+
+# --- threshold baseline ----------------------------------------------------------------------
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of a 1-D sample (the bin edge maximising between-class variance).
+
+    Values above the returned threshold form the upper class. A constant sample returns its value.
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0:
+        raise ValueError("Otsu threshold of an empty sample")
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return low
+    counts, edges = np.histogram(values, bins=bins, range=(low, high))
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight_low = np.cumsum(counts)[:-1]
+    weight_high = counts.sum() - weight_low
+    sum_low = np.cumsum(counts * centres)[:-1]
+    mean_low = sum_low / np.maximum(weight_low, 1)
+    mean_high = (np.sum(counts * centres) - sum_low) / np.maximum(weight_high, 1)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    return float(edges[1:-1][int(np.argmax(between))])
+
+
+def muscle_is_bright(modality: str, sequence: str | None = None) -> bool:
+    """Whether muscle is brighter than fat: CT and Dixon water images yes, T1w/T2w MRI no."""
+    if modality == "CT" or sequence in ("CT", "Dixon"):
+        return True
+    if modality != "MRI":
+        raise ValueError(f"modality must be 'MRI' or 'CT', not {modality!r}")
+    return False
+
+
+def body_mask(image: np.ndarray, air_threshold: float) -> np.ndarray:
+    """The body on one 2-D slice: largest component above ``air_threshold``, holes filled."""
+    return fill_holes(largest_component(np.asarray(image) > air_threshold))
+
+
+def threshold_slice(image: np.ndarray, body: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Plain rule on one slice: muscle-like pixels (``low <= value <= high``) inside ``body``,
+    split at the body's centroid column (image left = class 1, patient right), restricted to
+    rows posterior to the body's centroid row; per side the largest 2-D component.
+
+    An empty body gives an empty mask.
+    """
+    out = np.zeros(image.shape, dtype=np.uint8)
+    if not body.any():
+        return out
+    row_c, col_c = ndimage.center_of_mass(body)
+    rows, cols = np.indices(image.shape)
+    candidate = body & (image >= low) & (image <= high) & (rows > row_c)
+    for cls, side in ((1, cols < col_c), (2, cols >= col_c)):
+        out[largest_component(candidate & side)] = cls
+    return out
+
+
+def threshold_baseline(stack: np.ndarray, modality: str, sequence: str | None = None,
+                       bright: bool | None = None) -> np.ndarray:
+    """Plain intensity-threshold segmentation of one scan's native stack (superior → inferior).
+
+    Per scan: ``t_air`` = Otsu threshold of all voxels (air vs body); per slice the body mask
+    (:func:`body_mask`); ``t_muscle`` = Otsu threshold of the body voxels of the whole scan.
+    Muscle-like = below ``t_muscle`` where muscle is darker than fat (T1w/T2w MRI), otherwise
+    above it (CT, Dixon water; see :func:`muscle_is_bright`, or force with ``bright``), and for
+    CT at most the top of the model's CT window (150 HU, excludes bone and contrast). Each slice
+    then goes through :func:`threshold_slice`; the stack is cleaned with
+    :func:`postprocess.clean_pseudo_label`. Returns a uint8 stack with labels in {0, 1, 2};
+    a constant scan (e.g. all zeros) gives an all-background stack.
+    """
+    stack = np.asarray(stack, dtype=np.float32)
+    if stack.ndim != 3:
+        raise ValueError(f"stack must be (slice, row, column); got shape {stack.shape}")
+    out = np.zeros(stack.shape, dtype=np.uint8)
+    if stack.size == 0 or np.ptp(stack) == 0:
+        return out
+    bright = muscle_is_bright(modality, sequence) if bright is None else bright
+    t_air = otsu_threshold(stack)
+    bodies = np.stack([body_mask(s, t_air) for s in stack])
+    t_muscle = otsu_threshold(stack[bodies])
+    if bright:
+        low, high = t_muscle, (CT_WINDOW[1] if modality == "CT" else np.inf)
+    else:
+        low, high = -np.inf, t_muscle
+    log.debug("threshold baseline: t_air %.1f, t_muscle %.1f, muscle in [%.1f, %.1f]", t_air, t_muscle, low, high)
+    for k, (image, body) in enumerate(zip(stack, bodies)):
+        out[k] = threshold_slice(image, body, low, high)
+    return clean_pseudo_label(out)

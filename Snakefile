@@ -42,7 +42,7 @@ rule book:
     output:
         f"{BOOK}/_build/html/index.html",
     shell:
-        f"{BIN}/jupyter-book build {BOOK} --quiet --keep-going"
+        f"{BIN}/jupyter-book build {BOOK} --quiet --keep-going -W"
 
 
 rule cohort:

@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field, replace
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 from urllib.parse import unquote, urlsplit
 
 log = logging.getLogger(__name__)

@@ -165,9 +165,12 @@ def dump_manifest(manifest: DatasetManifest, path: str | os.PathLike) -> Path:
 
 
 def cohort_table(manifests: list[DatasetManifest]) -> "pd.DataFrame":
-    """One row per scan from file headers only: dataset, modality, case, subject, size, voxel size, region slices."""
+    """One row per scan from file headers only: dataset, modality, case, subject, size, voxel size, and
+    the number of region slices the pipeline will use (L3/L4 to L5/S1 inclusive, after CT decimation)."""
     import pandas as pd
     import SimpleITK as sitk
+
+    from .prepare import decimation_factor
 
     rows = []
     for manifest in manifests:
@@ -176,10 +179,12 @@ def cohort_table(manifests: list[DatasetManifest]) -> "pd.DataFrame":
             reader.SetFileName(str(manifest.resolve(case.image)))
             reader.ReadImageInformation()
             sx, sy, sz = reader.GetSpacing()
+            span = abs(case.discs.L3L4 - case.discs.L5S1) + 1
+            step = decimation_factor(sz, manifest.decimate_to_mm) if manifest.modality == "CT" else 1
             rows.append({"dataset": manifest.name, "modality": manifest.modality, "sequence": manifest.sequence,
                          "case": case.id, "subject": case.subject or case.id, "timepoint": case.timepoint,
                          "size": "×".join(str(s) for s in reader.GetSize()),
                          "voxel_mm": f"{sx:.2f}×{sy:.2f}×{sz:.2f}",
-                         "region_slices": abs(case.discs.L3L4 - case.discs.L5S1) + 1,
+                         "region_slices": len(range(0, span, step)),
                          "has_label": case.label is not None})
     return pd.DataFrame(rows)

@@ -56,3 +56,20 @@ def test_a_second_run_with_nothing_changed_does_nothing(built_book):
                             text=True, timeout=300)
     assert result.returncode == 0
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_the_built_book_has_no_broken_link_image_or_page_error(built_book):
+    from nnsam2_utils import bookcheck
+
+    tmp, book, _, _ = built_book
+    html = book / "_build" / "html"
+    link_errors = bookcheck.errors(bookcheck.check_links(html))
+    assert not link_errors, [str(p) for p in link_errors]
+    if bookcheck.find_chromium() is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium); the link check above still ran")
+    shots = tmp / "work" / "tiny" / "screenshots"
+    report = bookcheck.browse(html, shots, screenshots={"intro.html": "landing.png",
+                                                        "generated/04_results.html": "results.png"},
+                              allow=bookcheck.KNOWN_SPHINX_ISSUES)
+    assert report.ok, [str(p) for p in report.errors]
+    assert (shots / "landing.png").stat().st_size > 10_000 and (shots / "results.png").stat().st_size > 10_000

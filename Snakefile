@@ -19,7 +19,14 @@ DATASETS = list(COHORT.get("datasets") or []) if COHORT.get("generate") else []
 DATASETS += [yaml.safe_load(open(m))["name"] for m in P.get("manifests") or []]
 STAGES = list(range(1, int((P.get("refine") or {}).get("stages", 1)) + 1))
 BASELINES = [name for name, on in (P.get("baselines") or {}).items() if on]
-CODE = sorted(str(p) for p in Path("nnsam2_utils").rglob("*.py"))
+from nnsam2_utils.steps import step_files
+
+
+def code(step):
+    """The helper modules a step depends on (see nnsam2_utils/steps.py)."""
+    return [str(p) for p in step_files(step)]
+
+
 BIN = Path(sys.executable).parent  # the environment Snakemake runs in (.venv/bin)
 PM = f"{BIN}/nnsam2 execute -p profile {PROFILE}"
 
@@ -49,7 +56,7 @@ rule cohort:
     input:
         notebook("00_cohort"),
         f"config/{PROFILE}.yaml",
-        CODE,
+        code("cohort"),
     output:
         f"{G}/00_cohort.ipynb",
     shell:
@@ -60,7 +67,7 @@ rule prepare:
     input:
         notebook("01_prepare"),
         f"{G}/00_cohort.ipynb",
-        CODE,
+        code("prepare"),
     output:
         f"{G}/01_prepare_{{dataset}}.ipynb",
     shell:
@@ -71,7 +78,7 @@ rule stage0:
     input:
         notebook("02_stage0"),
         f"{G}/01_prepare_{{dataset}}.ipynb",
-        CODE,
+        code("stage0"),
     output:
         f"{G}/02_stage0_{{dataset}}.ipynb",
     resources:
@@ -91,7 +98,7 @@ rule refine:
     input:
         notebook("03_refine"),
         refine_inputs,
-        CODE,
+        code("refine"),
     output:
         f"{G}/03_refine_{{stage}}.ipynb",
     threads: workflow.cores
@@ -105,7 +112,7 @@ rule supervised:
     input:
         notebook("05_supervised"),
         expand(f"{G}/01_prepare_{{dataset}}.ipynb", dataset=DATASETS),
-        CODE,
+        code("supervised"),
     output:
         f"{G}/05_supervised.ipynb",
     threads: workflow.cores
@@ -120,7 +127,7 @@ rule results:
         notebook("04_results"),
         expand(f"{G}/03_refine_{{stage}}.ipynb", stage=STAGES),
         expand(f"{G}/05_{{baseline}}.ipynb", baseline=BASELINES),
-        CODE,
+        code("results"),
     output:
         f"{G}/04_results.ipynb",
     shell:

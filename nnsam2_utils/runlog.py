@@ -64,24 +64,26 @@ def timings_table(folder: str | Path) -> pd.DataFrame:
     return pd.DataFrame([{c: r.get(c) for c in columns} for r in records], columns=columns)
 
 
-def code_fingerprint() -> str:
-    """SHA-256 over the helper package's source files (what produced a result)."""
+def code_fingerprint(step: str | None = None) -> str:
+    """SHA-256 over the helper source files a step depends on (all of them when ``step`` is None)."""
     import hashlib
 
+    from .steps import PACKAGE, step_files
+
     digest = hashlib.sha256()
-    package = Path(__file__).resolve().parent
-    for path in sorted(package.rglob("*.py")):
-        digest.update(str(path.relative_to(package)).encode())
+    files = step_files(step) if step else sorted(PACKAGE.rglob("*.py"))
+    for path in files:
+        digest.update(str(path.relative_to(PACKAGE)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
-def run_key(parameters: dict, upstream: list[str | Path] = ()) -> str:
-    """A key for a step's outputs: its parameters, the helper code and the keys of the steps it reads."""
+def run_key(parameters: dict, upstream: list[str | Path] = (), step: str | None = None) -> str:
+    """A key for a step's outputs: its parameters, its helper code and the keys of the steps it reads."""
     import hashlib
     import json
 
-    parts = {"parameters": parameters, "code": code_fingerprint(),
+    parts = {"parameters": parameters, "code": code_fingerprint(step),
              "upstream": [read_key(p) for p in upstream]}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 

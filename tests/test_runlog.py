@@ -42,3 +42,13 @@ def test_run_key_follows_upstream_keys(tmp_path):
     first = runlog.run_key({"x": 1}, [upstream])
     runlog.claim_folder(upstream, "k2")
     assert runlog.run_key({"x": 1}, [upstream]) != first
+
+
+def test_step_code_fingerprints_depend_only_on_their_modules():
+    from nnsam2_utils import steps
+
+    prepare_files = {p.name for p in steps.step_files("prepare")}
+    assert "prepare.py" in prepare_files and "nnunet.py" not in prepare_files
+    assert "litemedsam.py" in {p.name for p in steps.step_files("stage0")}
+    assert runlog.code_fingerprint("prepare") != runlog.code_fingerprint("refine")
+    assert set(steps.STEP_CODE) >= {"cohort", "prepare", "stage0", "refine", "results"}

@@ -1,0 +1,33 @@
+"""Which helper modules each workflow step depends on.
+
+Snakemake re-runs a step's notebook when one of its modules changes, and the step's run key
+(see :func:`nnsam2_utils.runlog.run_key`) hashes the same modules, so editing, say, a plot
+helper re-executes the results notebook but neither propagation nor training.
+Patterns are relative to the package folder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent
+
+COMMON = ("__init__.py", "errors.py", "io.py", "config.py", "session.py", "runlog.py", "steps.py",
+          "notebooks.py", "manifest.py")
+
+STEP_CODE: dict[str, tuple[str, ...]] = {
+    "cohort": ("phantom*.py", "describe.py", "prepare.py", "plots.py"),
+    "prepare": ("prepare.py", "plots.py"),
+    "stage0": ("prepare.py", "propagate/*.py", "reference.py", "postprocess.py", "metrics.py", "checkpoints.py",
+               "report.py", "plots.py"),
+    "refine": ("prepare.py", "refine.py", "nnunet.py", "trainers/*.py", "postprocess.py", "metrics.py"),
+    "supervised": ("prepare.py", "refine.py", "nnunet.py", "trainers/*.py", "postprocess.py", "metrics.py"),
+    "results": ("report.py", "metrics.py", "plots.py", "prepare.py"),
+}
+
+
+def step_files(step: str) -> list[Path]:
+    """The source files a step depends on (common modules included), sorted."""
+    files: set[Path] = set()
+    for pattern in COMMON + STEP_CODE[step]:
+        files.update(PACKAGE.glob(pattern))
+    return sorted(files)

@@ -38,6 +38,7 @@ def notebook(name):
 rule book:
     input:
         f"{G}/04_results.ipynb",
+        f"{G}/06_agreement.ipynb",
         f"{G}/00_cohort.ipynb",
         expand(f"{G}/01_prepare_{{dataset}}.ipynb", dataset=DATASETS),
         expand(f"{G}/02_stage0_{{dataset}}.ipynb", dataset=DATASETS),
@@ -130,5 +131,16 @@ rule results:
         code("results"),
     output:
         f"{G}/04_results.ipynb",
+    shell:
+        "{PM} {input[0]} {output}"
+
+
+rule agreement:
+    input:
+        notebook("06_agreement"),
+        f"{G}/04_results.ipynb",
+        code("agreement"),
+    output:
+        f"{G}/06_agreement.ipynb",
     shell:
         "{PM} {input[0]} {output}"

@@ -49,3 +49,34 @@ def save(fig, path: str | Path, dpi: int = 110) -> Path:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     return path
+
+
+def bland_altman_axes(ax, auto, expert, title: str, unit: str, colour: str = "#4361ee") -> None:
+    """Bland–Altman plot: difference (auto − expert) against the mean, bias and 95 % limits."""
+    auto, expert = np.asarray(auto, float), np.asarray(expert, float)
+    keep = np.isfinite(auto) & np.isfinite(expert)
+    auto, expert = auto[keep], expert[keep]
+    mean, diff = (auto + expert) / 2, auto - expert
+    ax.scatter(mean, diff, s=14, color=colour, alpha=0.8)
+    if len(diff) > 1:
+        bias, sd = diff.mean(), diff.std(ddof=1)
+        for value, style in ((bias, "-"), (bias - 1.96 * sd, "--"), (bias + 1.96 * sd, "--")):
+            ax.axhline(value, color="0.3", linestyle=style, linewidth=1)
+    ax.axhline(0, color="0.7", linewidth=0.8)
+    ax.set_xlabel(f"mean of automated and expert ({unit})")
+    ax.set_ylabel(f"automated − expert ({unit})")
+    ax.set_title(title, fontsize=9)
+
+
+def agreement_scatter_axes(ax, auto, expert, title: str, unit: str, colour: str = "#4361ee") -> None:
+    """Automated against expert measurement with the identity line."""
+    auto, expert = np.asarray(auto, float), np.asarray(expert, float)
+    ax.scatter(expert, auto, s=14, color=colour, alpha=0.8)
+    finite = np.concatenate([auto[np.isfinite(auto)], expert[np.isfinite(expert)]])
+    if finite.size:
+        low, high = finite.min(), finite.max()
+        pad = 0.05 * (high - low or 1)
+        ax.plot([low - pad, high + pad], [low - pad, high + pad], color="0.5", linewidth=0.8)
+    ax.set_xlabel(f"expert ({unit})")
+    ax.set_ylabel(f"automated ({unit})")
+    ax.set_title(title, fontsize=9)

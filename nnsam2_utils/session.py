@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import logging
+import os
+
+# Executed notebooks are read, not watched: no progress bars in their outputs (set before tqdm is imported).
+os.environ.setdefault("TQDM_DISABLE", "1")
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

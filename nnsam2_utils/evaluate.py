@@ -1,0 +1,47 @@
+"""Measurements of a run: volume, Dixon fat ratio and CT attenuation from automated and expert masks."""
+from __future__ import annotations
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .io import read_image
+from .measure import measurement_rows
+
+MEASURE_LABELS = {"volume_ml": "Volume (mL)", "fat_ratio": "Dixon fat ratio", "hu_mean": "CT attenuation (HU)"}
+
+
+def dataset_group(modality: str, sequence: str) -> str:
+    """The agreement group of a dataset: CT, Dixon, or MRI (T1w/T2w)."""
+    if modality == "CT":
+        return "CT"
+    return "Dixon" if sequence == "Dixon" else "MRI"
+
+
+def scan_measurements(workspace, dataset: str, modality: str, case: str, stage: str) -> list[dict]:
+    """Tidy measurement rows of one scan: the stage's mask (``auto``) and the expert label (``expert``)."""
+    folder = workspace.prepared(dataset, case)
+    image = read_image(folder / "image.nii.gz")
+    extra = {}
+    if (folder / "fat.nii.gz").exists():
+        extra = {"water": image, "fat": read_image(folder / "fat.nii.gz")}
+    elif modality == "CT":
+        extra = {"ct": image}
+    rows = measurement_rows(dataset, case, "auto", read_image(workspace.labels(stage, dataset, case)), **extra)
+    if (folder / "label.nii.gz").exists():
+        muscles = read_image(folder / "muscles.nii.gz") if (folder / "muscles.nii.gz").exists() else None
+        rows += measurement_rows(dataset, case, "expert", read_image(folder / "label.nii.gz"), muscles=muscles, **extra)
+    return rows
+
+
+def measurements(workspace, run, stage: str) -> pd.DataFrame:
+    """The run's tidy measurements table (dataset, case, subject, class, measure, source, value)."""
+    rows = []
+    for dataset in run.datasets:
+        manifest = run.manifest(dataset)
+        cases = pd.read_csv(workspace.prepared(dataset) / "cases.csv")
+        subjects = dict(zip(cases["case"], cases["subject"].astype(str)))
+        for case in tqdm(list(cases["case"]), desc=f"measure {dataset}", leave=False):
+            for row in scan_measurements(workspace, dataset, manifest.modality, case, stage):
+                rows.append({**row, "subject": subjects[case]})
+    columns = ["dataset", "case", "subject", "class", "measure", "source", "value"]
+    return pd.DataFrame(rows)[columns]

@@ -39,6 +39,7 @@ rule book:
     input:
         f"{G}/04_results.ipynb",
         f"{G}/06_agreement.ipynb",
+        f"{G}/07_teaching.ipynb",
         f"{G}/00_cohort.ipynb",
         expand(f"{G}/01_prepare_{{dataset}}.ipynb", dataset=DATASETS),
         expand(f"{G}/02_stage0_{{dataset}}.ipynb", dataset=DATASETS),
@@ -142,5 +143,16 @@ rule agreement:
         code("agreement"),
     output:
         f"{G}/06_agreement.ipynb",
+    shell:
+        "{PM} {input[0]} {output}"
+
+
+rule teaching:
+    input:
+        notebook("07_teaching"),
+        f"{G}/04_results.ipynb",
+        code("teaching"),
+    output:
+        f"{G}/07_teaching.ipynb",
     shell:
         "{PM} {input[0]} {output}"

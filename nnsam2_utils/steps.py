@@ -22,6 +22,7 @@ STEP_CODE: dict[str, tuple[str, ...]] = {
     "refine": ("prepare.py", "refine.py", "nnunet.py", "trainers/*.py", "postprocess.py", "metrics.py"),
     "supervised": ("prepare.py", "refine.py", "nnunet.py", "trainers/*.py", "postprocess.py", "metrics.py"),
     "results": ("report.py", "metrics.py", "plots.py", "prepare.py"),
+    "teaching": ("teaching.py", "report.py", "metrics.py", "plots.py", "prepare.py"),
     "agreement": ("evaluate.py", "measure.py", "stats.py", "report.py", "metrics.py", "plots.py", "prepare.py"),
 }
 

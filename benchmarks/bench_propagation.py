@@ -21,6 +21,7 @@ The SAM2 section is a marked hook (``bench_sam2``) for the SAM2 backend in ``pro
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import resource
 import sys
 import time
@@ -102,15 +103,23 @@ def bench_litemedsam(frames: np.ndarray, labels: np.ndarray, device: str, thread
     return out
 
 
-# =============================================================================== SAM2 HOOK
 def bench_sam2(frames: np.ndarray, labels: np.ndarray, device: str, threads: int | None) -> dict[str, float] | None:
-    """SAM2 section: to be written with the SAM2 backend (``nnsam2_utils/propagate/sam2.py``).
+    """SAM2 section: hiera-tiny at image size 256 with random weights (the timing, not the quality),
+    through :func:`bench_sam2.benchmark_sam2` on the same number of slices."""
+    import sys
 
-    Return the same keys as :func:`bench_litemedsam` where they apply (propagate_s_per_slice,
-    share_outside_forward, tracemalloc_peak_mb, peak_rss_mb, dsc_class1/2), or None to skip.
-    """
-    return None
-# =========================================================================== END SAM2 HOOK
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_sam2 import benchmark_sam2
+
+    if threads:
+        torch.set_num_threads(threads)
+    row = benchmark_sam2(n_slices=len(frames), image_size=256, device=device)
+    return {"propagate_s_per_slice": row["seconds_per_frame"] * 2, "seconds_per_frame": row["seconds_per_frame"],
+            "share_outside_forward": row["share_outside_forward"], "peak_rss_mb": row["peak_rss_mb"]}
+
+
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,8 +2,9 @@
 
 * :func:`registration_baseline` — classical one-shot atlas registration: the dataset's one
   annotated slice (image + 2-class mask) is registered to every slice of a target scan with
-  SimpleITK (moments-initialised 2-D affine, then a cubic B-spline deformable stage, both with
-  Mattes mutual information, multi-resolution), and its mask is warped with nearest-neighbour
+  SimpleITK (moments-centred exhaustive shift search, 2-D affine, then a cubic B-spline
+  deformable stage, all with Mattes mutual information, multi-resolution; see
+  :class:`RegistrationSettings`), and its mask is warped with nearest-neighbour
   interpolation. The result is post-processed like stage-0 pseudo-labels
   (:func:`postprocess.clean_pseudo_label`).
 * :func:`threshold_baseline` — the "is the cohort trivially easy?" check: two Otsu levels per
@@ -21,8 +22,9 @@ Conventions (see :mod:`nnsam2_utils.prepare`): stacks are ``(slice, row, column)
 superior → inferior, rows anterior → posterior, columns patient right → left (radiological
 view), classes 0 background, 1 right LPM, 2 left LPM.
 
-Determinism: registration uses regular (grid) metric sampling, a fixed seed and one thread by
-default, so two runs on the same input give identical masks.
+Determinism: registration uses regular (grid) metric sampling jittered by a fixed seed, an
+exhaustive (not random) search and one thread by default, so two runs on the same input give
+identical masks.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
+from skimage.filters import threshold_multiotsu
 from tqdm.auto import tqdm
 
 from .postprocess import clean_pseudo_label, fill_holes, largest_component
@@ -47,21 +50,39 @@ CLASS_IDS: tuple[int, ...] = (1, 2)
 class RegistrationSettings:
     """Parameters of the 2-D registration (defaults are the baseline's; none is tuned per scan).
 
-    ``bspline_grid_mm``: approximate B-spline control-point spacing; ``None`` skips the
-    deformable stage (affine only). ``threads``: ITK threads per registration (1 keeps results
-    bit-identical across machines with different core counts).
+    Three stages, all maximising Mattes mutual information:
+
+    1. translation search: the centres of mass are aligned (moments), then an exhaustive grid
+       of in-plane shifts (``search_steps`` × ``search_step_mm`` each way, at 1/``search_shrink``
+       resolution) picks the best start — gradient descent alone gets trapped when the body
+       sits differently in the field of view;
+    2. affine: gradient descent with a learning rate re-estimated every iteration, on a
+       ``affine_shrink`` pyramid;
+    3. cubic B-spline with control points about ``bspline_grid_mm`` apart (``None`` skips it).
+
+    ``working_mm``: every shrink factor is multiplied by ``max(1, round(working_mm / finest
+    fixed spacing))``, so fine (e.g. 0.9 mm) slices cost about as much as 1.8 mm ones; the
+    mask is still warped onto the full-resolution grid. ``sampling_fraction``: share of
+    pixels used by the metric at every level (regular grid, jittered with ``seed``; 1.0 uses
+    all; the translation search always uses all). ``seed`` must be positive: SimpleITK reads
+    0 as "seed from the wall clock", which would make runs differ. ``threads``: ITK threads
+    per registration (1 keeps results bit-identical on machines with different core counts).
     """
 
     histogram_bins: int = 32
-    sampling_fraction: float = 0.25
-    seed: int = 0
+    search_step_mm: float = 4.0
+    search_steps: int = 8
+    search_shrink: int = 4
     affine_iterations: int = 200
-    affine_shrink: tuple[int, ...] = (4, 2, 1)
-    affine_smoothing_mm: tuple[float, ...] = (4.0, 2.0, 0.0)
-    bspline_grid_mm: float | None = 50.0
-    bspline_iterations: int = 30
-    bspline_shrink: tuple[int, ...] = (2, 1)
-    bspline_smoothing_mm: tuple[float, ...] = (2.0, 0.0)
+    affine_shrink: tuple[int, ...] = (4, 2)
+    affine_smoothing_mm: tuple[float, ...] = (4.0, 2.0)
+    bspline_grid_mm: float | None = 40.0
+    bspline_iterations: int = 50
+    bspline_shrink: tuple[int, ...] = (2,)
+    bspline_smoothing_mm: tuple[float, ...] = (2.0,)
+    sampling_fraction: float = 0.25
+    working_mm: float = 1.8
+    seed: int = 1
     threads: int = 1
 
 
@@ -82,34 +103,59 @@ def _as_image(array: np.ndarray, spacing: tuple[float, float]) -> sitk.Image:
     return image
 
 
-def _method(settings: RegistrationSettings, shrink: tuple[int, ...], smoothing_mm: tuple[float, ...]) -> sitk.ImageRegistrationMethod:
-    """A registration method with Mattes MI, deterministic regular sampling and a pyramid."""
+def _extra_shrink(image: sitk.Image, settings: RegistrationSettings) -> int:
+    """Factor applied to every shrink level so the registration works at about ``working_mm``."""
+    return max(1, int(round(settings.working_mm / min(image.GetSpacing()))))
+
+
+def _method(settings: RegistrationSettings, shrink: tuple[int, ...], smoothing_mm: tuple[float, ...],
+            extra_shrink: int = 1, sampling_fraction: float | None = None) -> sitk.ImageRegistrationMethod:
+    """A registration method with Mattes MI, deterministic sampling and a pyramid."""
+    fraction = settings.sampling_fraction if sampling_fraction is None else sampling_fraction
+    if settings.seed <= 0:
+        raise ValueError(f"registration seed must be a positive integer (0 means wall clock in SimpleITK); got {settings.seed}")
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.histogram_bins)
-    if settings.sampling_fraction < 1.0:
+    if fraction < 1.0:
         method.SetMetricSamplingStrategy(method.REGULAR)
-        method.SetMetricSamplingPercentage(settings.sampling_fraction, settings.seed)
+        method.SetMetricSamplingPercentage(fraction, settings.seed)
     else:
         method.SetMetricSamplingStrategy(method.NONE)
     method.SetInterpolator(sitk.sitkLinear)
-    method.SetShrinkFactorsPerLevel(list(shrink))
+    method.SetShrinkFactorsPerLevel([factor * extra_shrink for factor in shrink])
     method.SetSmoothingSigmasPerLevel(list(smoothing_mm))
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetNumberOfThreads(settings.threads)
     return method
 
 
-def _affine(fixed: sitk.Image, moving: sitk.Image, settings: RegistrationSettings) -> sitk.Transform:
-    """Moments-initialised 2-D affine transform (fixed → moving points) maximising Mattes MI."""
-    initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(2),
-                                                sitk.CenteredTransformInitializerFilter.MOMENTS)
-    method = _method(settings, settings.affine_shrink, settings.affine_smoothing_mm)
-    method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3,
-                                                    numberOfIterations=settings.affine_iterations,
-                                                    relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
+def _search(fixed: sitk.Image, moving: sitk.Image, settings: RegistrationSettings) -> sitk.Euler2DTransform:
+    """Moments-centred start refined by an exhaustive search over in-plane shifts (all pixels)."""
+    start = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler2DTransform(),
+                                              sitk.CenteredTransformInitializerFilter.MOMENTS)
+    method = _method(settings, (settings.search_shrink,), (float(settings.search_shrink),),
+                     _extra_shrink(fixed, settings), sampling_fraction=1.0)
+    method.SetOptimizerAsExhaustive([0, settings.search_steps, settings.search_steps], stepLength=settings.search_step_mm)
+    method.SetOptimizerScales([1.0, 1.0, 1.0])
+    method.SetInitialTransform(start, inPlace=True)
+    method.Execute(fixed, moving)
+    return start
+
+
+def _affine(fixed: sitk.Image, moving: sitk.Image, settings: RegistrationSettings) -> sitk.AffineTransform:
+    """2-D affine transform (fixed → moving points) from the translation search, refined."""
+    start = _search(fixed, moving, settings)
+    affine = sitk.AffineTransform(2)
+    affine.SetCenter(start.GetCenter())
+    affine.SetTranslation(start.GetTranslation())
+    method = _method(settings, settings.affine_shrink, settings.affine_smoothing_mm, _extra_shrink(fixed, settings))
+    method.SetOptimizerAsGradientDescent(learningRate=1.0, numberOfIterations=settings.affine_iterations,
+                                         convergenceMinimumValue=1e-6, convergenceWindowSize=10,
+                                         estimateLearningRate=method.EachIteration, maximumStepSizeInPhysicalUnits=2.0)
     method.SetOptimizerScalesFromPhysicalShift()
-    method.SetInitialTransform(initial, inPlace=False)
-    return method.Execute(fixed, moving)
+    method.SetInitialTransform(affine, inPlace=True)
+    method.Execute(fixed, moving)
+    return affine
 
 
 def _bspline(fixed: sitk.Image, moving: sitk.Image, affine: sitk.Transform, settings: RegistrationSettings) -> sitk.Transform:
@@ -117,9 +163,11 @@ def _bspline(fixed: sitk.Image, moving: sitk.Image, affine: sitk.Transform, sett
     extent = [size * spacing for size, spacing in zip(fixed.GetSize(), fixed.GetSpacing())]
     mesh = [max(1, int(round(e / settings.bspline_grid_mm))) for e in extent]
     bspline = sitk.BSplineTransformInitializer(fixed, mesh, order=3)
-    method = _method(settings, settings.bspline_shrink, settings.bspline_smoothing_mm)
-    method.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=settings.bspline_iterations,
-                                maximumNumberOfCorrections=5, maximumNumberOfFunctionEvaluations=4 * settings.bspline_iterations)
+    method = _method(settings, settings.bspline_shrink, settings.bspline_smoothing_mm, _extra_shrink(fixed, settings))
+    method.SetOptimizerAsGradientDescent(learningRate=1.0, numberOfIterations=settings.bspline_iterations,
+                                         convergenceMinimumValue=1e-6, convergenceWindowSize=10,
+                                         estimateLearningRate=method.EachIteration, maximumStepSizeInPhysicalUnits=1.0)
+    method.SetOptimizerScalesFromPhysicalShift()
     method.SetMovingInitialTransform(affine)
     method.SetInitialTransform(bspline, inPlace=True)
     method.Execute(fixed, moving)
@@ -194,26 +242,19 @@ def registration_baseline(reference_slice: np.ndarray, reference_mask: np.ndarra
 
 
 # --- threshold baseline ----------------------------------------------------------------------
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of a 1-D sample (the bin edge maximising between-class variance).
+def scan_thresholds(stack: np.ndarray) -> tuple[float, float]:
+    """Three-class Otsu thresholds (low, high) of a scan's voxels, clipped to their 0.5–99.5th
+    percentiles first (so bone, contrast or bowel gas outliers do not steer them).
 
-    Values above the returned threshold form the upper class. A constant sample returns its value.
+    The classes are roughly air / intermediate / bright tissue: in CT air, fat, soft tissue; in
+    T1w/T2w MRI air and dark tissue, muscle and organs, fat. A constant stack returns its value twice.
     """
-    values = np.asarray(values, dtype=np.float64).ravel()
-    if values.size == 0:
-        raise ValueError("Otsu threshold of an empty sample")
-    low, high = float(values.min()), float(values.max())
+    values = np.asarray(stack, dtype=np.float64).ravel()
+    low, high = np.percentile(values, (0.5, 99.5))
     if high <= low:
-        return low
-    counts, edges = np.histogram(values, bins=bins, range=(low, high))
-    centres = (edges[:-1] + edges[1:]) / 2
-    weight_low = np.cumsum(counts)[:-1]
-    weight_high = counts.sum() - weight_low
-    sum_low = np.cumsum(counts * centres)[:-1]
-    mean_low = sum_low / np.maximum(weight_low, 1)
-    mean_high = (np.sum(counts * centres) - sum_low) / np.maximum(weight_high, 1)
-    between = weight_low * weight_high * (mean_low - mean_high) ** 2
-    return float(edges[1:-1][int(np.argmax(between))])
+        return float(low), float(low)
+    t_low, t_high = threshold_multiotsu(np.clip(values, low, high), classes=3)
+    return float(t_low), float(t_high)
 
 
 def muscle_is_bright(modality: str, sequence: str | None = None) -> bool:
@@ -252,14 +293,15 @@ def threshold_baseline(stack: np.ndarray, modality: str, sequence: str | None = 
                        bright: bool | None = None) -> np.ndarray:
     """Plain intensity-threshold segmentation of one scan's native stack (superior → inferior).
 
-    Per scan: ``t_air`` = Otsu threshold of all voxels (air vs body); per slice the body mask
-    (:func:`body_mask`); ``t_muscle`` = Otsu threshold of the body voxels of the whole scan.
-    Muscle-like = below ``t_muscle`` where muscle is darker than fat (T1w/T2w MRI), otherwise
-    above it (CT, Dixon water; see :func:`muscle_is_bright`, or force with ``bright``), and for
-    CT at most the top of the model's CT window (150 HU, excludes bone and contrast). Each slice
-    then goes through :func:`threshold_slice`; the stack is cleaned with
-    :func:`postprocess.clean_pseudo_label`. Returns a uint8 stack with labels in {0, 1, 2};
-    a constant scan (e.g. all zeros) gives an all-background stack.
+    Per scan, three-class Otsu thresholds ``t_low < t_high`` (:func:`scan_thresholds`); per
+    slice the body is the hole-filled largest component above ``t_low`` (:func:`body_mask`).
+    Muscle-like = below ``t_high`` where muscle is darker than fat (T1w/T2w MRI), otherwise at
+    or above it (CT, Dixon water; see :func:`muscle_is_bright`, or force with ``bright``), and
+    for CT at most the top of the model's CT window (150 HU: no bone, no contrast-filled
+    vessels). Each slice then goes through :func:`threshold_slice` (midline split, posterior
+    half, largest component per side); the stack is cleaned with
+    :func:`postprocess.clean_pseudo_label`. Returns a uint8 stack with labels in {0, 1, 2}; a
+    constant scan (e.g. all zeros) or an empty stack gives an all-background stack.
     """
     stack = np.asarray(stack, dtype=np.float32)
     if stack.ndim != 3:
@@ -268,14 +310,12 @@ def threshold_baseline(stack: np.ndarray, modality: str, sequence: str | None = 
     if stack.size == 0 or np.ptp(stack) == 0:
         return out
     bright = muscle_is_bright(modality, sequence) if bright is None else bright
-    t_air = otsu_threshold(stack)
-    bodies = np.stack([body_mask(s, t_air) for s in stack])
-    t_muscle = otsu_threshold(stack[bodies])
+    t_low, t_high = scan_thresholds(stack)
     if bright:
-        low, high = t_muscle, (CT_WINDOW[1] if modality == "CT" else np.inf)
+        low, high = t_high, (CT_WINDOW[1] if modality == "CT" else np.inf)
     else:
-        low, high = -np.inf, t_muscle
-    log.debug("threshold baseline: t_air %.1f, t_muscle %.1f, muscle in [%.1f, %.1f]", t_air, t_muscle, low, high)
-    for k, (image, body) in enumerate(zip(stack, bodies)):
-        out[k] = threshold_slice(image, body, low, high)
+        low, high = -np.inf, np.nextafter(np.float32(t_high), np.float32(-np.inf))
+    log.debug("threshold baseline: t_low %.1f, t_high %.1f, muscle in [%.1f, %.1f]", t_low, t_high, low, high)
+    for k, image in enumerate(stack):
+        out[k] = threshold_slice(image, body_mask(image, t_low), low, high)
     return clean_pseudo_label(out)

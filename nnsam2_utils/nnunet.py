@@ -39,6 +39,7 @@ class Budget:
     iterations_per_epoch: int | None = None  # None: 250
     val_iterations: int | None = 2
     batch_size: int | None = None        # None: nnU-Net's plan
+    max_features: int | None = None      # cap on feature maps per stage (CPU budget); None: the plan's
     target_spacing_mm: float | None = None   # in-plane; None: nnU-Net's plan
     device: str = "cpu"
     fold: int | str = "all"
@@ -106,7 +107,12 @@ def write_raw_dataset(root: str | Path, dataset_id: int, name: str, cases: Seque
 
 
 def plan_and_preprocess(root: str | Path, dataset_id: int, budget: Budget) -> dict:
-    """Fingerprint, plan (with the budget's spacing and batch size) and preprocess one configuration."""
+    """Fingerprint, plan and preprocess one configuration.
+
+    The budget may override the plan: in-plane target spacing, batch size (set exactly, even
+    above nnU-Net's 5 %-of-the-dataset cap, which starves tiny pseudo-label sets) and a cap on
+    the feature maps per stage (a smaller network for a CPU budget).
+    """
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
         extract_fingerprints, plan_experiments, preprocess)
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
@@ -122,10 +128,13 @@ def plan_and_preprocess(root: str | Path, dataset_id: int, budget: Budget) -> di
         plan_experiments([dataset_id], overwrite_target_spacing=spacing)
         plans_file = Path(root) / "preprocessed" / convert_id_to_dataset_name(dataset_id) / f"{PLANS}.json"
         plans = read_json(plans_file)
-        if budget.batch_size:
+        if budget.batch_size or budget.max_features:
             for config in plans["configurations"].values():
-                if "batch_size" in config:
-                    config["batch_size"] = min(int(config["batch_size"]), budget.batch_size)
+                if budget.batch_size and "batch_size" in config:
+                    config["batch_size"] = int(budget.batch_size)
+                kwargs = config.get("architecture", {}).get("arch_kwargs", {})
+                if budget.max_features and "features_per_stage" in kwargs:
+                    kwargs["features_per_stage"] = [min(int(f), budget.max_features) for f in kwargs["features_per_stage"]]
             write_json(plans, plans_file)
         preprocess([dataset_id], PLANS, configurations=(budget.configuration,), num_processes=(1,),
                    verbose=False, show_progress_bar=False)

@@ -110,6 +110,17 @@ rule refine:
         "{PM} -p stage {wildcards.stage} {input[0]} {output}"
 
 
+rule oneshot:
+    input:
+        notebook("05_oneshot"),
+        expand(f"{G}/02_stage0_{{dataset}}.ipynb", dataset=DATASETS),
+        code("oneshot"),
+    output:
+        f"{G}/05_oneshot.ipynb",
+    shell:
+        "{PM} {input[0]} {output}"
+
+
 rule supervised:
     input:
         notebook("05_supervised"),

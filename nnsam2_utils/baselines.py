@@ -319,3 +319,45 @@ def threshold_baseline(stack: np.ndarray, modality: str, sequence: str | None = 
     for k, image in enumerate(stack):
         out[k] = threshold_slice(image, body_mask(image, t_low), low, high)
     return clean_pseudo_label(out)
+
+
+def run_dataset_baselines(workspace, dataset: str, modality: str, sequence: str) -> "pd.DataFrame":
+    """Registration and threshold baselines for every scan of a dataset; writes labels, returns DSC rows.
+
+    The registration baseline uses the same one annotated slice as stage 0 (from its
+    ``annotation.json``). Labels go to ``<stage>/<dataset>/labels/<case>.nii.gz`` in the
+    prepared grid; finished scans are not redone.
+    """
+    import json
+
+    import pandas as pd
+    import SimpleITK as sitk
+
+    from .io import read_image, write_image
+    from .metrics import dsc_rows
+    from .prepare import from_stack, load_stack
+
+    note = json.loads((workspace.stage("stage0", dataset) / "annotation.json").read_text())
+    ref_image, ref_itk = load_stack(workspace.prepared(dataset, note["reference_case"]))
+    ref_label, _ = load_stack(workspace.prepared(dataset, note["reference_case"]), "label")
+    k = note["annotated_slice"]
+    ref_spacing = (ref_itk.GetSpacing()[1], ref_itk.GetSpacing()[0])
+    cases = pd.read_csv(workspace.prepared(dataset) / "cases.csv")
+    rows = []
+    for case in tqdm(list(cases["case"]), desc=f"baselines {dataset}", leave=False):
+        stack, image = load_stack(workspace.prepared(dataset, case))
+        spacing = (image.GetSpacing()[1], image.GetSpacing()[0])
+        makers = {"registration": lambda: registration_baseline(ref_image[k], ref_label[k], stack, spacing, ref_spacing),
+                  "threshold": lambda: threshold_baseline(stack, modality, sequence)}
+        has_truth = (workspace.prepared(dataset, case) / "label.nii.gz").exists()
+        truth = load_stack(workspace.prepared(dataset, case), "label")[0] if has_truth else None
+        for stage, make in makers.items():
+            out = workspace.labels(stage, dataset, case)
+            if out.exists():
+                labels = load_stack(out.parent, case)[0]
+            else:
+                labels = make()
+                write_image(from_stack(labels, image), out)
+            if truth is not None:
+                rows += dsc_rows(dataset, case, stage, labels, truth)
+    return pd.DataFrame(rows, columns=["dataset", "case", "class", "stage", "dsc"])

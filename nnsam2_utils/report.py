@@ -16,12 +16,11 @@ DSC_COLUMNS = ["dataset", "case", "class", "stage", "dsc"]
 
 
 def collect_dsc(workspace: Workspace, datasets: list[str]) -> pd.DataFrame:
-    """The tidy DSC table of a run: stage 0 per dataset, then every refinement stage that ran."""
-    frames = [pd.read_csv(p) for d in datasets if (p := workspace.stage("stage0", d) / "dsc.csv").exists()]
-    for stage in STAGE_ORDER[1:]:
-        path = workspace.stage(stage) / "dsc.csv"
-        if path.exists():
-            frames.append(pd.read_csv(path))
+    """The tidy DSC table of a run: every stage and baseline that ran (pooled or per dataset)."""
+    frames = []
+    for stage in STAGE_ORDER:
+        paths = [workspace.stage(stage) / "dsc.csv"] + [workspace.stage(stage, d) / "dsc.csv" for d in datasets]
+        frames += [pd.read_csv(p) for p in paths if p.exists()]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DSC_COLUMNS)
     return table.loc[table["dataset"].isin(datasets), DSC_COLUMNS].reset_index(drop=True)
 

@@ -30,7 +30,7 @@ def test_book_holds_the_dsc_table_of_this_run(built_book):
     assert index.exists()
     dsc = pd.read_csv(tmp / "work" / "tiny" / "tables" / "dsc.csv")
     assert list(dsc.columns) == ["dataset", "case", "class", "stage", "dsc"]
-    assert set(dsc.stage) == {"stage0", "nnunet1"}
+    assert set(dsc.stage) == {"stage0", "nnunet1", "nnunet2", "nnunet3", "supervised", "registration", "threshold"}
     assert set(dsc.dataset) == {"backpain_t2w", "totalseg_ct"}
     results = (book / "_build" / "html" / "generated" / "04_results.html").read_text()
     mean_stage0 = dsc[dsc.stage == "stage0"].groupby(["dataset", "case"]).dsc.mean().groupby("dataset").mean()
@@ -44,10 +44,15 @@ def test_timings_table_and_pseudo_labels_on_disk(built_book):
     tmp, _, _, _ = built_book
     timings = pd.read_csv(tmp / "work" / "tiny" / "tables" / "timings.csv")
     assert list(timings.columns) == ["step", "dataset", "seconds", "peak_mb"]
-    assert {"cohort", "prepare", "stage0", "nnunet1_train", "nnunet1_predict"} <= set(timings.step)
+    assert {"cohort", "prepare", "stage0", "nnunet1_train", "nnunet1_predict", "nnunet3_train",
+            "supervised_train", "oneshot_baselines", "measure"} <= set(timings.step)
     assert (timings.seconds > 0).all()
-    labels = list((tmp / "work" / "tiny" / "stage0" / "labels").rglob("*.nii.gz"))
+    labels = list((tmp / "work" / "tiny" / "stage0").rglob("labels/*.nii.gz"))
     assert len(labels) == 6
+    selection = pd.read_csv(tmp / "work" / "tiny" / "nnunet2" / "selection.csv")
+    assert selection.groupby("dataset").kept.sum().tolist() == [2, 2]   # at least 2 scans per dataset
+    agreement = pd.read_csv(tmp / "work" / "tiny" / "tables" / "agreement.csv")
+    assert {"volume_ml", "hu_mean"} <= set(agreement.measure)
 
 
 def test_a_second_run_with_nothing_changed_does_nothing(built_book):

@@ -46,6 +46,13 @@ class Budget:
     seed: int = 0
     augmentation_workers: int = 1
 
+    @classmethod
+    def from_settings(cls, settings: dict, seed: int = 0) -> "Budget":
+        """The budget from a run profile's ``refine`` section (unknown keys are ignored)."""
+        names = {f for f in cls.__dataclass_fields__ if f != "seed"}
+        values = {k: v for k, v in settings.items() if k in names}
+        return cls(**values, seed=seed)
+
 
 @dataclass(frozen=True)
 class TrainingCase:

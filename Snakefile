@@ -40,6 +40,7 @@ rule book:
         f"{G}/04_results.ipynb",
         f"{G}/06_agreement.ipynb",
         f"{G}/07_teaching.ipynb",
+        f"{G}/08_run_record.ipynb",
         f"{G}/00_cohort.ipynb",
         expand(f"{G}/01_prepare_{{dataset}}.ipynb", dataset=DATASETS),
         expand(f"{G}/02_stage0_{{dataset}}.ipynb", dataset=DATASETS),
@@ -165,5 +166,18 @@ rule teaching:
         code("teaching"),
     output:
         f"{G}/07_teaching.ipynb",
+    shell:
+        "{PM} {input[0]} {output}"
+
+
+rule run_record:
+    input:
+        notebook("08_run_record"),
+        f"{G}/04_results.ipynb",
+        f"{G}/06_agreement.ipynb",
+        f"{G}/07_teaching.ipynb",
+        code("results"),
+    output:
+        f"{G}/08_run_record.ipynb",
     shell:
         "{PM} {input[0]} {output}"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 
-COMMON = ("__init__.py", "errors.py", "io.py", "config.py", "session.py", "runlog.py", "steps.py",
+COMMON = ("__init__.py", "errors.py", "io.py", "config.py", "session.py", "runlog.py",
           "notebooks.py", "manifest.py")
 
 STEP_CODE: dict[str, tuple[str, ...]] = {

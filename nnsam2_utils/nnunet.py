@@ -64,29 +64,36 @@ class TrainingCase:
 
 
 @contextlib.contextmanager
-def nnunet_environment(root: str | Path, workers: int = 1) -> Iterator[Path]:
-    """Point nnU-Net at ``root/{raw,preprocessed,results}`` and at nnsam2's trainer for the block."""
-    root = Path(root)
-    values = {
-        "nnUNet_raw": str(root / "raw"),
-        "nnUNet_preprocessed": str(root / "preprocessed"),
-        "nnUNet_results": str(root / "results"),
-        "nnUNet_extTrainer": str(Path(__file__).parent / "trainers"),
-        "nnUNet_n_proc_DA": str(workers),
-    }
+def temporary_environ(values: dict[str, str | None]) -> Iterator[None]:
+    """Set (or, for None, unset) environment variables for the block; restore them afterwards."""
     saved = {k: os.environ.get(k) for k in values}
-    for key, value in values.items():
-        if key.startswith("nnUNet_") and key not in ("nnUNet_extTrainer", "nnUNet_n_proc_DA"):
-            Path(value).mkdir(parents=True, exist_ok=True)
-        os.environ[key] = value
     try:
-        yield root
+        for key, value in values.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        yield
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextlib.contextmanager
+def nnunet_environment(root: str | Path, workers: int = 1) -> Iterator[Path]:
+    """Point nnU-Net at ``root/{raw,preprocessed,results}`` and at nnsam2's trainer for the block."""
+    root = Path(root)
+    folders = {name: root / sub for name, sub in
+               (("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results"))}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    values = {**{k: str(v) for k, v in folders.items()},
+              "nnUNet_extTrainer": str(Path(__file__).parent / "trainers"), "nnUNet_n_proc_DA": str(workers)}
+    with temporary_environ(values):
+        yield root
 
 
 def dataset_name(dataset_id: int, name: str) -> str:
@@ -186,26 +193,18 @@ def train(root: str | Path, dataset_id: int, name: str, budget: Budget) -> Path:
     if (fold_dir / "checkpoint_final.pth").exists():
         log.info("nnU-Net already trained: %s", fold_dir)
         return folder
-    env = {"NNSAM2_EPOCHS": budget.epochs, "NNSAM2_ITERATIONS": budget.iterations_per_epoch,
-           "NNSAM2_VAL_ITERATIONS": budget.val_iterations}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update({k: str(v) for k, v in env.items() if v is not None})
-    try:
-        with nnunet_environment(root, budget.augmentation_workers):
-            seed_everything(budget.seed)
-            trainer = get_trainer_from_args(str(dataset_id), budget.configuration, budget.fold, TRAINER, PLANS,
-                                            device=torch.device(budget.device))
-            resume = (fold_dir / "checkpoint_latest.pth").exists()
-            if resume:
-                log.info("resuming nnU-Net training from %s", fold_dir / "checkpoint_latest.pth")
-            maybe_load_checkpoint(trainer, resume, False, None)
-            trainer.run_training()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    budget_env = {"NNSAM2_EPOCHS": budget.epochs, "NNSAM2_ITERATIONS": budget.iterations_per_epoch,
+                  "NNSAM2_VAL_ITERATIONS": budget.val_iterations}
+    with temporary_environ({k: None if v is None else str(v) for k, v in budget_env.items()}), \
+            nnunet_environment(root, budget.augmentation_workers):
+        seed_everything(budget.seed)
+        trainer = get_trainer_from_args(str(dataset_id), budget.configuration, budget.fold, TRAINER, PLANS,
+                                        device=torch.device(budget.device))
+        resume = (fold_dir / "checkpoint_latest.pth").exists()
+        if resume:
+            log.info("resuming nnU-Net training from %s", fold_dir / "checkpoint_latest.pth")
+        maybe_load_checkpoint(trainer, resume, False, None)
+        trainer.run_training()
     return folder
 
 

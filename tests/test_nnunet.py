@@ -67,3 +67,21 @@ def test_a_finished_model_is_not_trained_again(trained):
     assert nnunet.is_trained(root, 501, "blobs", budget)
     assert nnunet.fit(root, 501, "blobs", [], budget) == folder
     assert (folder / "fold_all" / "checkpoint_final.pth").stat().st_mtime_ns == stamp
+
+
+def test_nnunet_paths_are_set_only_inside_the_block(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv("nnUNet_raw", "/somewhere/else")
+    monkeypatch.delenv("nnUNet_results", raising=False)
+    with nnunet.nnunet_environment(tmp_path):
+        assert os.environ["nnUNet_raw"] == str(tmp_path / "raw")
+        assert (tmp_path / "results").is_dir()
+        assert os.environ["nnUNet_extTrainer"].endswith("trainers")
+    assert os.environ["nnUNet_raw"] == "/somewhere/else"
+    assert "nnUNet_results" not in os.environ
+
+
+def test_budget_from_profile_settings_ignores_filter_keys():
+    budget = nnunet.Budget.from_settings({"epochs": 3, "batch_size": 4, "confidence_percentile": 90, "stages": 3}, seed=7)
+    assert (budget.epochs, budget.batch_size, budget.seed) == (3, 4, 7)

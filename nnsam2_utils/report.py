@@ -98,3 +98,40 @@ def overlay_figure(workspace: Workspace, dsc: pd.DataFrame, stage: str):
         show_slice(row[1], image[k], pred[k], f"{STAGE_LABELS.get(stage, stage)}\nmean DSC {value:.3f}")
     fig.tight_layout()
     return fig
+
+
+def stage_figure(dsc: pd.DataFrame):
+    """Mean scan DSC per dataset across the pipeline's stages (lines), baselines as markers."""
+    per_scan = dsc.groupby(["dataset", "stage", "case"])["dsc"].mean().groupby(["dataset", "stage"]).mean().unstack()
+    pipeline = [s for s in stage_order(per_scan.columns) if s == "stage0" or s.startswith("nnunet")]
+    baselines = [s for s in stage_order(per_scan.columns) if s not in pipeline]
+    fig, ax = plt.subplots(figsize=(7.2, 3.8))
+    x = np.arange(len(pipeline))
+    colours = plt.get_cmap("tab10")
+    for i, (dataset, row) in enumerate(per_scan.iterrows()):
+        ax.plot(x, row[pipeline].to_numpy(float), marker="o", color=colours(i), label=dataset)
+        for j, base in enumerate(baselines):
+            ax.scatter(len(pipeline) + j, row[base], color=colours(i), marker="s", s=22)
+    ax.set_xticks(list(x) + [len(pipeline) + j for j in range(len(baselines))])
+    ax.set_xticklabels([STAGE_LABELS.get(s, s) for s in pipeline + baselines], rotation=25, ha="right", fontsize=8)
+    if baselines:
+        ax.axvline(len(pipeline) - 0.5, color="0.8", linewidth=1)
+    ax.set_ylabel("mean scan DSC")
+    ax.set_ylim(0, 1.0)
+    ax.legend(frameon=False, fontsize=7, ncol=2, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def kept_counts(workspace: Workspace, stages: list[str]) -> pd.DataFrame:
+    """Pseudo-labels kept by every refinement filter, per dataset: slices (stage 1) or scans (2, 3)."""
+    columns = {}
+    for stage in stages:
+        path = workspace.stage(stage) / "selection.csv"
+        if path.exists():
+            selection = pd.read_csv(path)
+            unit = "slices" if stage == "nnunet1" else "scans"
+            kept = selection.groupby("dataset")["kept"].sum().astype(int).astype(str)
+            total = selection.groupby("dataset")["kept"].size().astype(str)
+            columns[f"{STAGE_LABELS.get(stage, stage)} ({unit} kept / candidates)"] = kept + " / " + total
+    return pd.DataFrame(columns)

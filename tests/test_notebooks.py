@@ -40,3 +40,16 @@ def test_a_failing_notebook_leaves_no_output(tmp_path):
         notebooks.execute(source, tmp_path / "out.ipynb")
     assert not (tmp_path / "out.ipynb").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["in.ipynb"]
+
+
+def test_stage_notebooks_are_committed_without_outputs_and_with_parameters():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "notebooks"
+    books = sorted(folder.glob("*.ipynb"))
+    assert len(books) >= 8
+    for path in books:
+        nb = nbformat.read(str(path), as_version=4)
+        assert all(not c.get("outputs") and not c.get("execution_count") for c in nb.cells if c.cell_type == "code"), path
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1 and "profile" in tagged[0].source, path

@@ -9,16 +9,7 @@ import SimpleITK as sitk
 
 from .io import read_image
 from .manifest import MUSCLES, DatasetManifest
-from .prepare import canonical, map_muscles, slice_axis
-
-
-def _axial_index(image: sitk.Image, k: int) -> int:
-    """LPS z index of the stored slice k (along the stored superior–inferior axis)."""
-    axis = slice_axis(image)
-    index = [(s - 1) / 2 for s in image.GetSize()]
-    index[axis] = k
-    point = image.TransformContinuousIndexToPhysicalPoint(index)
-    return int(round(canonical(image).TransformPhysicalPointToContinuousIndex(point)[2]))
+from .prepare import canonical, lps_slice_index, map_muscles
 
 
 def scan_description(manifest: DatasetManifest, case_index: int) -> dict:
@@ -34,7 +25,7 @@ def scan_description(manifest: DatasetManifest, case_index: int) -> dict:
         return row
     label_image = read_image(manifest.resolve(case.label))
     label = sitk.GetArrayFromImage(canonical(label_image))
-    z = _axial_index(label_image, case.discs.L4L5 if case.discs.L4L5 is not None else (case.discs.L3L4 + case.discs.L5S1) // 2)
+    z = lps_slice_index(label_image, case.discs.L4L5 if case.discs.L4L5 is not None else (case.discs.L3L4 + case.discs.L5S1) // 2)
     sx, sy, _ = canonical(label_image).GetSpacing()
     pixel_cm2 = sx * sy / 100.0
     if manifest.muscle_map:

@@ -56,25 +56,26 @@ def slice_axis(image: sitk.Image) -> int:
     return int(np.argmax(np.abs(direction[2])))
 
 
+def lps_slice_index(image: sitk.Image, k: int) -> int:
+    """The LPS z index of slice ``k`` counted along the stored superior–inferior axis (see :func:`slice_axis`)."""
+    axis = slice_axis(image)
+    size_k = image.GetSize()[axis]
+    if not 0 <= k < size_k:
+        raise GeometryError(f"disc slice index {k} is outside the volume (0..{size_k - 1} along the "
+                            "superior–inferior axis). Fix the disc levels in the manifest.")
+    index = [(s - 1) / 2 for s in image.GetSize()]
+    index[axis] = k
+    point = image.TransformContinuousIndexToPhysicalPoint(index)
+    return int(round(canonical(image).TransformPhysicalPointToContinuousIndex(point)[2]))
+
+
 def region_slices(image: sitk.Image, k_a: int, k_b: int) -> tuple[int, int]:
     """Map two disc slice indices of the stored image to the LPS z-range (low, high), inclusive.
 
     Disc indices count along the stored axis closest to superior–inferior (k for an axial
     scan, whatever its storage order), so they can be read off any viewer's slice number.
     """
-    axis = slice_axis(image)
-    size_k = image.GetSize()[axis]
-    for k in (k_a, k_b):
-        if not 0 <= k < size_k:
-            raise GeometryError(f"disc slice index {k} is outside the volume (0..{size_k - 1} along the "
-                                "superior–inferior axis). Fix the disc levels in the manifest.")
-    oriented = canonical(image)
-    zs = []
-    for k in (k_a, k_b):
-        index = [(s - 1) / 2 for s in image.GetSize()]
-        index[axis] = k
-        point = image.TransformContinuousIndexToPhysicalPoint(index)
-        zs.append(int(round(oriented.TransformPhysicalPointToContinuousIndex(point)[2])))
+    zs = [lps_slice_index(image, k) for k in (k_a, k_b)]
     return min(zs), max(zs)
 
 

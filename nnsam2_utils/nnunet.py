@@ -63,23 +63,23 @@ class TrainingCase:
     label: np.ndarray
 
 
+def _apply_environ(values: dict[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @contextlib.contextmanager
 def temporary_environ(values: dict[str, str | None]) -> Iterator[None]:
     """Set (or, for None, unset) environment variables for the block; restore them afterwards."""
     saved = {k: os.environ.get(k) for k in values}
     try:
-        for key, value in values.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _apply_environ(values)
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _apply_environ(saved)
 
 
 @contextlib.contextmanager

@@ -34,17 +34,19 @@ def annotated_slice_mask(prepared_dir: Path, reference_case: str, slice_index: i
 
 
 def propagate_case(propagator: Propagator, prepared_dir: Path, out_dir: Path, dataset: str, case: str,
-                   reference_case: str, annotated_slice: int, annotated_mask: np.ndarray) -> pd.DataFrame:
+                   reference_case: str, reference: np.ndarray, annotated_slice: int,
+                   annotated_mask: np.ndarray) -> pd.DataFrame:
     """Propagate into one scan; write its pseudo-label (native grid) and confidence table.
 
-    ``out_dir`` is the dataset's stage-0 folder; a case whose files exist is not redone (resume).
+    ``reference`` is the reference scan's model-input stack (loaded once per dataset by the
+    caller). ``out_dir`` is the dataset's stage-0 folder; a case whose files exist is not
+    redone (resume).
     """
     label_path = out_dir / "labels" / f"{case}.nii.gz"
     conf_path = out_dir / "confidence" / f"{case}.csv"
     if label_path.exists() and conf_path.exists():
         return read_csv(conf_path)
-    reference = load_model_input(prepared_dir / reference_case)
-    target = load_model_input(prepared_dir / case)
+    target = reference if case == reference_case else load_model_input(prepared_dir / case)
     result = propagator.propagate(reference, annotated_slice, annotated_mask, target, case,
                                   target_is_reference=(case == reference_case))
     image_stack, image = load_stack(prepared_dir / case)
@@ -62,7 +64,9 @@ def propagate_dataset(propagator: Propagator, prepared_dir: Path, out_dir: Path,
     write_json({"dataset": dataset, "reference_case": reference_case, "annotated_slice": annotated_slice,
                 "backend": propagator.name, "classes_in_annotation": sorted(set(np.unique(mask).tolist()) - {0})},
                out_dir / "annotation.json")
+    reference = load_model_input(prepared_dir / reference_case)
     order = [reference_case] + [c for c in cases if c != reference_case]
-    tables = [propagate_case(propagator, prepared_dir, out_dir, dataset, case, reference_case, annotated_slice, mask)
+    tables = [propagate_case(propagator, prepared_dir, out_dir, dataset, case, reference_case, reference,
+                             annotated_slice, mask)
               for case in tqdm(order, desc=f"stage 0 {dataset}", leave=False)]
     return pd.concat(tables, ignore_index=True)

@@ -38,6 +38,20 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             tmp_path.unlink()
 
 
+def is_temporary(path: str | os.PathLike) -> bool:
+    """Whether a file name is one of :func:`atomic_path`'s temporary names (``.<stem>.<random>.tmp<suffix>``)."""
+    name = Path(path).name
+    return name.startswith(".") and ".tmp" in name
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed run left under ``folder`` (never a finished output); returns them."""
+    stale = sorted(p for p in Path(folder).rglob(".*") if p.is_file() and is_temporary(p))
+    for path in stale:
+        path.unlink()
+    return stale
+
+
 def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """SHA-256 hex digest of a file."""
     digest = hashlib.sha256()
@@ -78,12 +92,23 @@ def check_nifti_payload(path: Path) -> None:
     """Read a NIfTI file's whole voxel payload with nibabel: truncation and NaN/Inf are errors.
 
     SimpleITK 2.5 silently zero-fills a truncated NIfTI file and reads NaN voxels as 0, so this
-    check runs before every NIfTI read.
+    check runs before every NIfTI read. A ``.gz`` file is first read to its end, so that gzip's
+    CRC catches a corrupted byte in the middle (otherwise decoded as plausible or NaN voxels).
     """
+    import gzip
+    import zlib
+
     import nibabel as nib
 
     try:
+        if path.name.endswith(".gz"):  # nibabel stops at the payload's end, so the gzip CRC is never checked
+            with gzip.open(path, "rb") as stream:
+                while stream.read(1 << 22):
+                    pass
         data = np.asanyarray(nib.load(str(path)).dataobj)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: cannot be read as an image ({type(exc).__name__}: {exc}). The file is truncated "
+                        "or corrupted; re-export or re-download it.") from exc
     except Exception as exc:  # nibabel raises several types for damaged files
         raise DataError(f"{path}: cannot be read as an image ({type(exc).__name__}: {exc}). The file may be truncated "
                         "or corrupted; re-export or re-download it.") from exc

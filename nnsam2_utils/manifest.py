@@ -150,7 +150,8 @@ def load_manifest(path: str | os.PathLike) -> DatasetManifest:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
         )
-        raise ManifestError(f"{path}: invalid manifest: {problems}") from exc
+        raise ManifestError(f"{path}: invalid manifest: {problems}. Correct the fields named "
+                            "(each field and its type: nnsam2_utils/manifest.py, class DatasetManifest).") from exc
 
 
 def dump_manifest(manifest: DatasetManifest, path: str | os.PathLike) -> Path:

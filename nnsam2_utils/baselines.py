@@ -339,7 +339,7 @@ def run_dataset_baselines(workspace, dataset: str, modality: str, sequence: str)
 
     note = json.loads((workspace.stage("stage0", dataset) / "annotation.json").read_text())
     ref_image, ref_itk = load_stack(workspace.prepared(dataset, note["reference_case"]))
-    ref_label, _ = load_stack(workspace.prepared(dataset, note["reference_case"]), "label")
+    ref_label, _ = load_stack(workspace.prepared(dataset, note["reference_case"]), note.get("annotation_volume", "label"))
     k = note["annotated_slice"]
     ref_spacing = (ref_itk.GetSpacing()[1], ref_itk.GetSpacing()[0])
     cases = pd.read_csv(workspace.prepared(dataset) / "cases.csv")

@@ -1,8 +1,9 @@
-"""The ``nnsam2`` command line: generate the demo cohort, run the workflow."""
+"""The ``nnsam2`` command line: generate the demo cohort, check and fetch datasets, run the workflow."""
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +21,44 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def missing_for_profile(profile: str) -> list[str]:
+    """What a run profile needs and does not have: its manifests' data (presence only, no image read)
+    and the SAM2 checkpoint when it asks for SAM2. Empty: ready to start."""
+    from .config import load_profile
+    from .datacheck import check_manifest
+
+    root = repo_root()
+    data = load_profile(profile)
+    missing: list[str] = []
+    for entry in data.get("manifests") or []:
+        path = Path(entry) if Path(entry).is_absolute() else root / entry
+        missing += [str(p) for p in check_manifest(path, checksums=False, read=False)]
+    settings = data.get("propagation") or {}
+    if settings.get("backend") == "sam2":
+        from .checkpoints import verify_checkpoint
+        from .errors import CheckpointError
+
+        checkpoint = settings.get("sam2_checkpoint")
+        if not checkpoint:
+            missing.append(f"[checkpoint] config/{profile}.yaml: propagation.sam2_checkpoint is not set. Fix: download the "
+                           "SAM2.1 checkpoint named by propagation.sam2_config and set its path.")
+        else:
+            try:
+                verify_checkpoint(Path(os.path.expandvars(checkpoint)).expanduser(), None)
+            except CheckpointError as exc:
+                missing.append(f"[checkpoint] {exc}")
+    return missing
+
+
 def _run(args: argparse.Namespace) -> int:
     root = repo_root()
+    if not args.dry_run:
+        missing = missing_for_profile(args.profile)
+        if missing:
+            print(f"profile '{args.profile}' cannot start; {len(missing)} thing(s) missing:", file=sys.stderr)
+            for line in missing:
+                print(f"  {line}", file=sys.stderr)
+            return 2
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(root / "Snakefile"), "--directory", str(root),
                "--cores", str(args.cores), "--config", f"profile={args.profile}"]
     if args.dry_run:
@@ -34,6 +71,38 @@ def _execute(args: argparse.Namespace) -> int:
     from .notebooks import execute, parse_parameters
 
     execute(args.notebook, args.output, parse_parameters(args.parameter or []))
+    return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from .datacheck import check_manifest, report
+
+    paths = [Path(p) for p in args.manifest]
+    if args.profile:
+        from .config import load_profile
+
+        root = repo_root()
+        paths += [Path(e) if Path(e).is_absolute() else root / e for e in load_profile(args.profile).get("manifests") or []]
+    if not paths:
+        print("error: name at least one MANIFEST or --profile", file=sys.stderr)
+        return 2
+    problems = []
+    for path in paths:
+        found = check_manifest(path, checksums=not args.no_checksums, read=not args.quick)
+        problems += found
+        print(f"{path}: {'OK' if not found else f'{len(found)} problem(s)'}")
+    if problems:
+        print(report(problems))
+        return 1
+    return 0
+
+
+def _data_fetch(args: argparse.Namespace) -> int:
+    from .fetch import fetch_manifest
+
+    fetched = fetch_manifest(Path(args.manifest))
+    for path in fetched:
+        print(path)
     return 0
 
 
@@ -55,6 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true")
     run.add_argument("target", nargs="?", default="book")
     run.set_defaults(func=_run)
+    data = sub.add_parser("data", help="check or fetch a dataset described by a manifest").add_subparsers(dest="action", required=True)
+    check = data.add_parser("check", help="check a dataset: files, checksums, readability, geometry, labels, discs, annotation")
+    check.add_argument("manifest", nargs="*", help="data_manifest/<name>.yaml files")
+    check.add_argument("--profile", help="also check every manifest of this run profile")
+    check.add_argument("--quick", action="store_true", help="presence and checksums only; read no image")
+    check.add_argument("--no-checksums", action="store_true", help="skip the SHA-256 checks")
+    check.set_defaults(func=_data_check)
+    fetch = data.add_parser("fetch", help="download a manifest's direct links (source.downloads); verifies checksums, never overwrites")
+    fetch.add_argument("manifest")
+    fetch.set_defaults(func=_data_fetch)
     exe = sub.add_parser("execute", help="run one notebook with papermill; the output appears only on success")
     exe.add_argument("notebook")
     exe.add_argument("output")

@@ -4,7 +4,13 @@ A manifest names the scans of one dataset (image, optional expert label, optiona
 channels such as the Dixon fat image), the disc levels that bound the region of every scan,
 how the source label values map to the project's classes, and where the files come from.
 Paths are relative to ``root``, which is itself relative to the manifest's folder unless
-absolute. ``${VAR}`` in ``root`` expands environment variables.
+absolute. ``${VAR}`` in ``root`` expands environment variables. An image may be a file (NIfTI,
+NRRD, MHA) or a folder holding one DICOM series.
+
+Per-scan facts may also come from a CSV (``cases_csv``): one row per scan with an id column and
+any of image, label, fat, subject, timepoint and the disc levels; rows complete the cases listed in
+the YAML (same id) or add new ones. The one annotated slice may be drawn by the user
+(``annotation``): a label volume on the grid of one scan with exactly one labelled slice.
 
 Classes of the project: 0 background, 1 right LPM, 2 left LPM. Where the source labels
 separate erector spinae (ES) and multifidus (MF), ``muscle_map`` keeps that four-class
@@ -40,10 +46,15 @@ class Discs(_Strict):
     L5S1: int = Field(ge=0)
 
 
+SHA256 = r"^[0-9a-f]{64}$"
+
+
 class Checksums(_Strict):
-    image: str | None = None
-    label: str | None = None
-    fat: str | None = None
+    """SHA-256 of a case's files (of a DICOM folder: see :func:`nnsam2_utils.datacheck.path_sha256`)."""
+
+    image: str | None = Field(default=None, pattern=SHA256)
+    label: str | None = Field(default=None, pattern=SHA256)
+    fat: str | None = Field(default=None, pattern=SHA256)
 
 
 class Case(_Strict):
@@ -55,22 +66,68 @@ class Case(_Strict):
     fat: str | None = None
     subject: str | None = None
     timepoint: int | None = None
-    discs: Discs
+    discs: Discs | None = None  # required, here or from cases_csv
     sha256: Checksums = Checksums()
 
 
+class Download(_Strict):
+    """One file with a direct link, for ``nnsam2 data fetch`` (path relative to ``root``)."""
+
+    url: str
+    path: str
+    sha256: str | None = Field(default=None, pattern=SHA256)
+    md5: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
+
+
 class Source(_Strict):
+    """Where the files come from and what the user must know to lay them out."""
+
     url: str | None = None
     citation: str | None = None
     licence: str | None = None
     how_to_get: str | None = None
+    layout: str | None = None        # the expected folders and file names under root
+    label_source: str | None = None  # where the expert labels come from
+    disc_source: str | None = None   # where the disc levels come from
+    downloads: list[Download] = Field(default_factory=list)
 
 
 class Annotation(_Strict):
-    """A user-drawn annotated slice: a label volume with one labelled slice."""
+    """A user-drawn annotated slice: a label volume on the grid of scan ``case`` with exactly one
+    labelled slice (as ITK-SNAP or 3D Slicer save it), values as in ``label_map``. It replaces the
+    medoid reference scan and its expert-labelled top slice."""
 
     case: str
     file: str
+    sha256: str | None = Field(default=None, pattern=SHA256)
+
+
+CSV_FIELDS: tuple[str, ...] = ("image", "label", "fat", "subject", "timepoint", "L3L4", "L4L5", "L5S1")
+
+
+class CasesCsv(_Strict):
+    """Per-scan facts from a CSV (path relative to ``root``).
+
+    ``columns`` maps the project's names (``id``, image, label, fat, subject, timepoint, L3L4,
+    L4L5, L5S1) to the CSV's own column names where they differ. ``image``/``label``/``fat`` are
+    path patterns with ``{id}`` for scans whose paths are not in a column. ``strip_suffix`` is
+    removed from the id column's values (e.g. ``.nii.gz`` when the CSV names files).
+    """
+
+    file: str
+    columns: dict[str, str] = Field(default_factory=dict)
+    image: str | None = None
+    label: str | None = None
+    fat: str | None = None
+    strip_suffix: str | None = None
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - {"id", *CSV_FIELDS})
+        if unknown:
+            raise ValueError(f"cases_csv.columns: unknown names {unknown}; use id, {', '.join(CSV_FIELDS)}")
+        return value
 
 
 class DatasetManifest(_Strict):
@@ -86,7 +143,8 @@ class DatasetManifest(_Strict):
     muscle_map: dict[int, Literal["R-ES", "R-MF", "L-MF", "L-ES"]] | None = None
     decimate_to_mm: float | None = None
     annotation: Annotation | None = None
-    cases: list[Case] = Field(min_length=1)
+    cases_csv: CasesCsv | None = None
+    cases: list[Case] = Field(default_factory=list)
     manifest_path: str | None = None
 
     @field_validator("label_map")
@@ -103,9 +161,18 @@ class DatasetManifest(_Strict):
         dupes = [c.id for c in self.cases if c.id in seen or seen.add(c.id)]
         if dupes:
             raise ValueError(f"duplicate case ids: {sorted(set(dupes))}")
+        if not self.cases and self.cases_csv is None:
+            raise ValueError("no cases: list them under 'cases' or name a 'cases_csv'")
         for case in self.cases:
+            if case.discs is None:
+                if self.cases_csv is None:
+                    raise ValueError(f"case {case.id}: no disc levels; give 'discs' or a 'cases_csv' with L3L4 and L5S1 columns")
+                continue
             if case.discs.L3L4 == case.discs.L5S1:
                 raise ValueError(f"case {case.id}: L3L4 and L5S1 disc slices are the same ({case.discs.L3L4})")
+        if self.annotation is not None and self.cases and self.cases_csv is None \
+                and self.annotation.case not in {c.id for c in self.cases}:
+            raise ValueError(f"annotation.case '{self.annotation.case}' is not a case id of this manifest")
         return self
 
     @property
@@ -132,8 +199,84 @@ class DatasetManifest(_Strict):
         raise ManifestError(f"{self.manifest_path}: no case '{case_id}'. Known: {[c.id for c in self.cases]}")
 
 
-def load_manifest(path: str | os.PathLike) -> DatasetManifest:
-    """Load and validate a dataset manifest; errors name the file and the field."""
+def _validate(raw: dict, path: Path) -> DatasetManifest:
+    try:
+        return DatasetManifest.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ManifestError(f"{path}: invalid manifest: {problems}. Correct the fields named "
+                            "(each field and its type: nnsam2_utils/manifest.py, class DatasetManifest).") from exc
+
+
+def csv_rows(manifest: DatasetManifest) -> list[dict]:
+    """The cases of ``manifest.cases_csv`` as dicts in the manifest's own field names (discs nested).
+
+    Empty cells are left out, so a CSV can fill only what the YAML lacks.
+    """
+    import pandas as pd
+
+    spec = manifest.cases_csv
+    where = manifest.manifest_path or "manifest"
+    csv_path = manifest.resolve(spec.file)
+    if not csv_path.exists():
+        raise ManifestError(f"{where}: cases_csv '{csv_path}' not found. Write it (one row per scan: "
+                            f"{spec.columns.get('id', 'id')}, disc levels L3L4, L4L5, L5S1, …) or fix 'cases_csv.file'.")
+    try:
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{csv_path}: not a readable CSV ({exc}). Save it as comma-separated text with a header row.") from exc
+    column = {name: spec.columns.get(name, name) for name in ("id", *CSV_FIELDS)}
+    if column["id"] not in table.columns:
+        raise ManifestError(f"{csv_path}: no id column '{column['id']}' (columns: {list(table.columns)}). "
+                            "Add it, or map your column with cases_csv.columns.id.")
+    rows = []
+    for index, record in table.iterrows():
+        case_id = record[column["id"]].strip()
+        if spec.strip_suffix and case_id.endswith(spec.strip_suffix):
+            case_id = case_id[: -len(spec.strip_suffix)]
+        if not case_id:
+            raise ManifestError(f"{csv_path}: row {index + 2} has an empty id. Fill it or delete the row.")
+        row: dict = {"id": case_id}
+        for name in ("image", "label", "fat"):
+            value = record.get(column[name], "") if column[name] in table.columns else ""
+            if value.strip():
+                row[name] = value.strip()
+            elif getattr(spec, name):
+                row[name] = getattr(spec, name).format(id=case_id)
+        for name in ("subject", "timepoint"):
+            if column[name] in table.columns and record[column[name]].strip():
+                row[name] = record[column[name]].strip()
+        discs = {}
+        for level in DISC_LEVELS:
+            if column[level] in table.columns and record[column[level]].strip():
+                text = record[column[level]].strip()
+                try:
+                    discs[level] = int(float(text)) if float(text).is_integer() else text
+                except ValueError:
+                    discs[level] = text
+        if discs:
+            row["discs"] = discs
+        rows.append(row)
+    return rows
+
+
+def merge_cases(listed: list[dict], from_csv: list[dict]) -> list[dict]:
+    """Cases of the YAML completed by CSV rows with the same id; CSV-only ids appended. YAML wins."""
+    by_id = {row["id"]: row for row in from_csv}
+    merged = []
+    for case in listed:
+        extra = by_id.pop(str(case.get("id")), {})
+        merged.append({**extra, **{k: v for k, v in case.items() if v is not None}})
+    return merged + list(by_id.values())
+
+
+def load_manifest(path: str | os.PathLike, cases_csv: bool = True) -> DatasetManifest:
+    """Load and validate a dataset manifest (and its ``cases_csv``); errors name the file and the field.
+
+    ``cases_csv=False`` leaves the CSV unread (for what needs only the source and root, before the
+    data is there)."""
     path = Path(path)
     if not path.exists():
         raise ManifestError(f"{path}: manifest not found. Create it from data_manifest/TEMPLATE.yaml.")
@@ -144,14 +287,21 @@ def load_manifest(path: str | os.PathLike) -> DatasetManifest:
     if not isinstance(raw, dict):
         raise ManifestError(f"{path}: expected a mapping at the top level, found {type(raw).__name__}.")
     raw["manifest_path"] = str(path.resolve())
-    try:
-        return DatasetManifest.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ManifestError(f"{path}: invalid manifest: {problems}. Correct the fields named "
-                            "(each field and its type: nnsam2_utils/manifest.py, class DatasetManifest).") from exc
+    manifest = _validate(raw, path)
+    if manifest.cases_csv is None or not cases_csv:
+        return manifest
+    raw = {**raw, "cases": merge_cases([dict(c) for c in raw.get("cases") or []], csv_rows(manifest))}
+    manifest = _validate(raw, path)
+    missing = [c.id for c in manifest.cases if c.discs is None]
+    if missing:
+        raise ManifestError(f"{path}: no disc levels for cases {missing[:10]}{' …' if len(missing) > 10 else ''}. "
+                            f"Add rows with L3L4 and L5S1 to {manifest.cases_csv.file} or 'discs' to those cases.")
+    if not manifest.cases:
+        raise ManifestError(f"{path}: the cases_csv {manifest.cases_csv.file} has no rows. Add one row per scan.")
+    if manifest.annotation is not None and manifest.annotation.case not in {c.id for c in manifest.cases}:
+        raise ManifestError(f"{path}: annotation.case '{manifest.annotation.case}' is not a case id. "
+                            f"Known: {[c.id for c in manifest.cases][:10]}.")
+    return manifest
 
 
 def dump_manifest(manifest: DatasetManifest, path: str | os.PathLike) -> Path:
@@ -163,6 +313,15 @@ def dump_manifest(manifest: DatasetManifest, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def _lps_spacing(reader) -> tuple[float, float, float]:
+    """Voxel size along the LPS axes (x, y, z) of an image whose header has been read."""
+    import numpy as np
+
+    direction = np.abs(np.asarray(reader.GetDirection()).reshape(3, 3))
+    spacing = reader.GetSpacing()
+    return tuple(float(spacing[int(np.argmax(direction[axis]))]) for axis in range(3))
 
 
 def cohort_table(manifests: list[DatasetManifest]) -> "pd.DataFrame":
@@ -179,7 +338,7 @@ def cohort_table(manifests: list[DatasetManifest]) -> "pd.DataFrame":
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(manifest.resolve(case.image)))
             reader.ReadImageInformation()
-            sx, sy, sz = reader.GetSpacing()
+            sx, sy, sz = _lps_spacing(reader)
             span = abs(case.discs.L3L4 - case.discs.L5S1) + 1
             step = decimation_factor(sz, manifest.decimate_to_mm) if manifest.modality == "CT" else 1
             rows.append({"dataset": manifest.name, "modality": manifest.modality, "sequence": manifest.sequence,

@@ -167,7 +167,7 @@ def prepare_case(manifest: DatasetManifest, case: Case) -> PreparedCase:
     if not np.isfinite(array).all():
         raise DataError(f"{image_path}: holds NaN or Inf voxels. Replace them (e.g. with the background value) before running.")
     z_low, z_high = case_region(image, case, image_path)
-    step = decimation_factor(image.GetSpacing()[2], manifest.decimate_to_mm) if manifest.modality == "CT" else 1
+    step = decimation_factor(canonical(image).GetSpacing()[2], manifest.decimate_to_mm) if manifest.modality == "CT" else 1
 
     def _prep(img: sitk.Image) -> sitk.Image:
         return crop_z(canonical(img), z_low, z_high, step)

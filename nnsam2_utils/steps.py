@@ -16,8 +16,8 @@ COMMON = ("__init__.py", "errors.py", "io.py", "config.py", "session.py", "runlo
 
 STEP_CODE: dict[str, tuple[str, ...]] = {
     "cohort": ("phantom*.py", "describe.py", "prepare.py", "plots.py"),
-    "prepare": ("prepare.py", "plots.py"),
-    "stage0": ("prepare.py", "propagate/*.py", "reference.py", "postprocess.py", "metrics.py", "checkpoints.py",
+    "prepare": ("prepare.py", "annotation.py", "dicom.py", "plots.py"),
+    "stage0": ("prepare.py", "annotation.py", "propagate/*.py", "reference.py", "postprocess.py", "metrics.py", "checkpoints.py",
                "report.py", "plots.py"),
     "refine": ("prepare.py", "refine.py", "nnunet.py", "trainers/*.py", "postprocess.py", "metrics.py"),
     "supervised": ("prepare.py", "refine.py", "nnunet.py", "trainers/*.py", "postprocess.py", "metrics.py"),

@@ -22,7 +22,7 @@ def annotated_slice_figure(workspace: Workspace, dataset: str):
     """The one annotated slice of the dataset: image, and image with its expert mask."""
     note = annotation_of(workspace, dataset)
     image, _ = load_stack(workspace.prepared(dataset, note["reference_case"]))
-    label, _ = load_stack(workspace.prepared(dataset, note["reference_case"]), "label")
+    label, _ = load_stack(workspace.prepared(dataset, note["reference_case"]), note.get("annotation_volume", "label"))
     k = note["annotated_slice"]
     fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.4))
     show_slice(axes[0], image[k], None, f"reference scan {note['reference_case']}, slice {k} (L3/L4)")

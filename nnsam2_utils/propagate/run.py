@@ -24,15 +24,16 @@ def select_reference(propagator: Propagator, prepared_dir: Path, cases: list[str
     return medoid(embeddings)
 
 
-def annotated_slice_mask(prepared_dir: Path, reference_case: str, slice_index: int = 0) -> np.ndarray:
-    """The one annotated slice at model size: the expert label of the reference scan's top slice."""
-    label, _ = load_stack(prepared_dir / reference_case, "label")
+def annotated_slice_mask(prepared_dir: Path, reference_case: str, slice_index: int = 0, volume: str = "label") -> np.ndarray:
+    """The one annotated slice at model size: by default the expert label of the reference scan's top
+    slice; ``volume="annotation"`` reads the user's own annotated slice (see :mod:`..annotation`)."""
+    label, _ = load_stack(prepared_dir / reference_case, volume)
     if not 0 <= slice_index < len(label):
-        raise GeometryError(f"{prepared_dir / reference_case / 'label.nii.gz'}: annotated slice {slice_index} is outside the region "
+        raise GeometryError(f"{prepared_dir / reference_case / (volume + '.nii.gz')}: annotated slice {slice_index} is outside the region "
                             f"(slices 0..{len(label) - 1}, L3/L4 to L5/S1). Annotate a slice inside the region.")
     mask = label_to_model(label[slice_index : slice_index + 1])[0]
     if not mask.any():
-        raise DataError(f"{prepared_dir / reference_case / 'label.nii.gz'}: slice {slice_index} of the region has no label; "
+        raise DataError(f"{prepared_dir / reference_case / (volume + '.nii.gz')}: slice {slice_index} of the region has no label; "
                         "the annotated slice must show both muscles. Label both muscles on that slice.")
     return mask
 
@@ -62,10 +63,14 @@ def propagate_case(propagator: Propagator, prepared_dir: Path, out_dir: Path, da
 
 
 def propagate_dataset(propagator: Propagator, prepared_dir: Path, out_dir: Path, dataset: str, cases: list[str],
-                      reference_case: str, annotated_slice: int = 0) -> pd.DataFrame:
-    """Stage 0 for every scan of a dataset (reference first); returns the pooled confidence table."""
-    mask = annotated_slice_mask(prepared_dir, reference_case, annotated_slice)
+                      reference_case: str, annotated_slice: int = 0, volume: str = "label") -> pd.DataFrame:
+    """Stage 0 for every scan of a dataset (reference first); returns the pooled confidence table.
+
+    ``volume`` is the prepared volume holding the annotated slice: ``label`` (expert label) or
+    ``annotation`` (the user's own slice)."""
+    mask = annotated_slice_mask(prepared_dir, reference_case, annotated_slice, volume)
     write_json({"dataset": dataset, "reference_case": reference_case, "annotated_slice": annotated_slice,
+                "annotation_volume": volume,
                 "backend": propagator.name, "classes_in_annotation": sorted(set(np.unique(mask).tolist()) - {0})},
                out_dir / "annotation.json")
     reference = load_model_input(prepared_dir / reference_case)

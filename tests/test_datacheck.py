@@ -1,0 +1,151 @@
+"""``nnsam2 data check`` on real files: a clean dataset passes; each kind of damage is caught with
+its own message naming the file and the fix, all problems reported at once, inputs untouched."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import yaml
+
+from nnsam2_utils.cli import main
+from nnsam2_utils.datacheck import check_manifest, path_sha256, report
+from nnsam2_utils.io import read_image, sha256, write_image
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory) -> Path:
+    """The tiny phantom's backpain_t2w dataset (3 scans, checksums pinned by the generator)."""
+    from nnsam2_utils.phantom import generate_cohort
+
+    return generate_cohort(tmp_path_factory.mktemp("clean"), size="tiny", seed=0, datasets=["backpain_t2w"])[0]
+
+
+@pytest.fixture
+def copy(clean, tmp_path) -> Path:
+    """A private copy of the clean dataset to damage."""
+    shutil.copytree(clean.parent / "backpain_t2w", tmp_path / "backpain_t2w")
+    return Path(shutil.copy(clean, tmp_path / clean.name))
+
+
+def edit(manifest: Path, change) -> None:
+    data = yaml.safe_load(manifest.read_text())
+    change(data)
+    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def kinds(problems) -> list[str]:
+    return sorted(p.kind for p in problems)
+
+
+def test_clean_dataset_passes(clean):
+    assert check_manifest(clean) == []
+    assert main(["data", "check", str(clean)]) == 0
+
+
+def test_corrupted_file(copy):
+    path = copy.parent / "backpain_t2w" / "images" / "t2w_002.nii.gz"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # a truncated download
+    problems = check_manifest(copy, checksums=False)
+    assert kinds(problems) == ["unreadable"]
+    assert problems[0].file == str(path)
+    assert "truncated or corrupted" in problems[0].what and "re-download" in problems[0].what
+
+
+def test_wrong_checksum(copy):
+    label = copy.parent / "backpain_t2w" / "labels" / "t2w_001.nii.gz"
+    edit(copy, lambda d: d["cases"][0]["sha256"].update(label="0" * 64))  # pinned for another version of the file
+    problems = check_manifest(copy)
+    assert kinds(problems) == ["checksum"]
+    assert problems[0].file == str(label)
+    assert f"expected {'0' * 64}, found {sha256(label)}" in problems[0].what
+    assert f"set its sha256 in the manifest to {sha256(label)}" in problems[0].fix
+
+
+def test_mismatched_geometry(copy):
+    label_path = copy.parent / "backpain_t2w" / "labels" / "t2w_003.nii.gz"
+    label = read_image(label_path)
+    label.SetSpacing((label.GetSpacing()[0] * 1.5, label.GetSpacing()[1], label.GetSpacing()[2]))
+    write_image(label, label_path)
+    problems = check_manifest(copy, checksums=False)
+    assert kinds(problems) == ["geometry"]
+    assert problems[0].file == str(label_path)
+    assert "does not match the grid" in problems[0].what and "spacing" in problems[0].what
+    assert "Resample the label onto the image grid" in problems[0].what
+
+
+def test_label_outside_the_map(copy):
+    label_path = copy.parent / "backpain_t2w" / "labels" / "t2w_001.nii.gz"
+    label = read_image(label_path)
+    array = sitk.GetArrayFromImage(label)
+    array[array == 4] = 7  # a value the manifest does not map
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(label)
+    write_image(out, label_path)
+    problems = check_manifest(copy, checksums=False)
+    assert kinds(problems) == ["label-values"]
+    assert problems[0].file == str(label_path)
+    assert "label values [7] are not in the manifest's label_map" in problems[0].what
+    assert "add them to label_map" in problems[0].fix
+
+
+def test_every_problem_reported_at_once(copy, capsys):
+    folder = copy.parent / "backpain_t2w"
+    (folder / "images" / "t2w_001.nii.gz").unlink()
+    image = folder / "images" / "t2w_002.nii.gz"
+    image.write_bytes(image.read_bytes()[:100])
+    label = read_image(folder / "labels" / "t2w_003.nii.gz")
+    label.SetOrigin((0.0, 0.0, 0.0))
+    write_image(label, folder / "labels" / "t2w_003.nii.gz")
+
+    def change(data):
+        data["cases"][2]["discs"]["L3L4"] = 40  # beyond the 9 slices
+    edit(copy, change)
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    problems = check_manifest(copy, checksums=False)
+    assert kinds(problems) == ["discs", "geometry", "missing", "unreadable"]
+    assert {p.kind: Path(p.file).name for p in problems} == {
+        "missing": "t2w_001.nii.gz", "unreadable": "t2w_002.nii.gz", "geometry": "t2w_003.nii.gz", "discs": "t2w_003.nii.gz"}
+    assert all(p.fix or "." in p.what for p in problems)
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before  # nothing modified
+    assert main(["data", "check", "--no-checksums", str(copy)]) == 1
+    out = capsys.readouterr().out
+    assert "4 problem(s)" in out and out.count("\n[") + out.startswith("[") >= 3
+    assert report(problems).splitlines()[0].startswith("[missing]")
+
+
+def test_annotation_with_two_slices(copy):
+    folder = copy.parent / "backpain_t2w"
+    label = read_image(folder / "labels" / "t2w_001.nii.gz")
+    array = sitk.GetArrayFromImage(label)
+    keep = np.zeros_like(array)
+    keep[5:7] = array[5:7]  # two labelled slices
+    note = sitk.GetImageFromArray(keep)
+    note.CopyInformation(label)
+    write_image(note, folder / "one_slice.nii.gz")
+    edit(copy, lambda d: d.update(annotation={"case": "t2w_001", "file": "one_slice.nii.gz"}))
+    problems = check_manifest(copy, checksums=False)
+    assert kinds(problems) == ["annotation"]
+    assert "exactly one slice" in problems[0].what and "found 2 labelled slices" in problems[0].what
+
+
+def test_missing_root_is_one_problem_with_how_to_get(copy, tmp_path):
+    edit(copy, lambda d: d.update(root="${NNSAM2_TEST_NOWHERE}/data"))
+    problems = check_manifest(copy)
+    assert kinds(problems) == ["missing"]
+    assert "data root of 'backpain_t2w' not found" in problems[0].what
+    assert "nnsam2_utils.phantom" in problems[0].fix  # the manifest's source.how_to_get
+
+
+def test_dicom_folder_checksum_is_stable(tmp_path):
+    from nnsam2_utils.dicom import write_series
+
+    image = sitk.GetImageFromArray(np.arange(4 * 8 * 8, dtype=np.int16).reshape(4, 8, 8))
+    folder = write_series(image, tmp_path / "series")
+    first = path_sha256(folder)
+    assert first == path_sha256(folder) and len(first) == 64
+    (folder / "slice_0002.dcm").write_bytes(b"not dicom")
+    assert path_sha256(folder) != first

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,38 +20,11 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def missing_for_profile(profile: str) -> list[str]:
-    """What a run profile needs and does not have: its manifests' data (presence only, no image read)
-    and the SAM2 checkpoint when it asks for SAM2. Empty: ready to start."""
-    from .config import load_profile
-    from .datacheck import check_manifest
-
-    root = repo_root()
-    data = load_profile(profile)
-    missing: list[str] = []
-    for entry in data.get("manifests") or []:
-        path = Path(entry) if Path(entry).is_absolute() else root / entry
-        missing += [str(p) for p in check_manifest(path, checksums=False, read=False)]
-    settings = data.get("propagation") or {}
-    if settings.get("backend") == "sam2":
-        from .checkpoints import verify_checkpoint
-        from .errors import CheckpointError
-
-        checkpoint = settings.get("sam2_checkpoint")
-        if not checkpoint:
-            missing.append(f"[checkpoint] config/{profile}.yaml: propagation.sam2_checkpoint is not set. Fix: download the "
-                           "SAM2.1 checkpoint named by propagation.sam2_config and set its path.")
-        else:
-            try:
-                verify_checkpoint(Path(os.path.expandvars(checkpoint)).expanduser(), None)
-            except CheckpointError as exc:
-                missing.append(f"[checkpoint] {exc}")
-    return missing
-
-
 def _run(args: argparse.Namespace) -> int:
     root = repo_root()
     if not args.dry_run:
+        from .datacheck import missing_for_profile
+
         missing = missing_for_profile(args.profile)
         if missing:
             print(f"profile '{args.profile}' cannot start; {len(missing)} thing(s) missing:", file=sys.stderr)

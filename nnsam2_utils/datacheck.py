@@ -191,7 +191,8 @@ def check_manifest(path: str | os.PathLike, checksums: bool = True, read: bool =
         if not root.is_dir():
             how = " ".join((manifest.source.how_to_get or "Copy the dataset there.").split())
             return [Problem("missing", str(root), f"data root of '{manifest.name}' not found (manifest {path}).",
-                            f"{how} Then set 'root' in {path} (or the environment variable it names) to that folder.")]
+                            f"{how} Lay the files out as source.layout in the manifest says, then set 'root' in {path} "
+                            "(or the environment variable it names) to that folder.")]
         manifest = load_manifest(path)
     except ManifestError as exc:
         return [Problem("manifest", str(path), _strip_path(str(exc), path))]
@@ -202,6 +203,39 @@ def check_manifest(path: str | os.PathLike, checksums: bool = True, read: bool =
         checker.annotation()
     log.info("%s: %d cases checked, %d problems", manifest.name, len(manifest.cases), len(checker.problems))
     return checker.problems
+
+
+def missing_for_profile(profile: str) -> list[str]:
+    """What a run profile needs and does not have: its manifests' data (presence only, no image read)
+    and the SAM2 checkpoint when it asks for SAM2. Empty: ready to start."""
+    from .config import load_profile, repo_root
+
+    root = repo_root()
+    data = load_profile(profile)
+    missing: list[str] = []
+    for entry in data.get("manifests") or []:
+        path = Path(entry) if Path(entry).is_absolute() else root / entry
+        missing += [str(p) for p in check_manifest(path, checksums=False, read=False)]
+    settings = data.get("propagation") or {}
+    if settings.get("backend") == "sam2":
+        from .checkpoints import verify_checkpoint
+        from .errors import CheckpointError
+
+        checkpoint = settings.get("sam2_checkpoint")
+        if not checkpoint:
+            missing.append(f"[checkpoint] run profile '{profile}': propagation.sam2_checkpoint is not set. Fix: download the "
+                           "SAM2.1 checkpoint named by propagation.sam2_config and set its path.")
+        else:
+            from .propagate.sam2 import download_hint
+
+            path = Path(os.path.expandvars(str(checkpoint))).expanduser()
+            path = path if path.is_absolute() else root / path
+            config = settings.get("sam2_config", "configs/sam2.1/sam2.1_hiera_l.yaml")
+            try:
+                verify_checkpoint(path, settings.get("sam2_sha256"), download_hint(config))
+            except CheckpointError as exc:
+                missing.append(f"[checkpoint] {exc}")
+    return missing
 
 
 def report(problems: list[Problem]) -> str:

@@ -281,7 +281,7 @@ def load_manifest(path: str | os.PathLike, cases_csv: bool = True) -> DatasetMan
     if not path.exists():
         raise ManifestError(f"{path}: manifest not found. Create it from data_manifest/TEMPLATE.yaml.")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ManifestError(f"{path}: not valid YAML ({exc}). Fix the syntax at the position shown.") from exc
     if not isinstance(raw, dict):
@@ -311,7 +311,7 @@ def dump_manifest(manifest: DatasetManifest, path: str | os.PathLike) -> Path:
     data = manifest.model_dump(mode="json", exclude={"manifest_path"}, exclude_none=True)
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
 
 

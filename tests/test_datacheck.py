@@ -149,3 +149,51 @@ def test_dicom_folder_checksum_is_stable(tmp_path):
     assert first == path_sha256(folder) and len(first) == 64
     (folder / "slice_0002.dcm").write_bytes(b"not dicom")
     assert path_sha256(folder) != first
+
+
+REAL = ("backpain_t1w", "backpain_t2w", "totalseg_ct", "word_ct", "myosegmentum_dixon")
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_public_dataset_manifests_say_where_to_get_the_data(name, tmp_path, monkeypatch):
+    """Without the data, each public manifest gives one problem: its root, with how to get the files."""
+    from nnsam2_utils.config import repo_root
+    from nnsam2_utils.manifest import load_manifest
+
+    monkeypatch.setenv("NNSAM2_DATA", str(tmp_path / "nowhere"))
+    path = repo_root() / "data_manifest" / f"{name}.yaml"
+    manifest = load_manifest(path, cases_csv=False)
+    assert manifest.name == name and manifest.cases_csv is not None
+    assert manifest.source.url and manifest.source.licence and manifest.source.layout and manifest.source.disc_source
+    problems = check_manifest(path)
+    assert kinds(problems) == ["missing"]
+    assert problems[0].file == str(tmp_path / "nowhere" / name)
+    assert " ".join(manifest.source.how_to_get.split()) in problems[0].fix
+
+
+def test_word_manifest_reads_the_authors_disc_table_format(tmp_path, monkeypatch):
+    """The WORD manifest maps a table laid out like the authors' (pid = file name, L3_L4, L5_S1, …)."""
+    from nnsam2_utils.config import repo_root
+    from nnsam2_utils.manifest import load_manifest
+
+    root = tmp_path / "word_ct"
+    root.mkdir()
+    (root / "word_img_size_100_to_L2L5.csv").write_text(
+        ",pid,L5_S1,L4_L5,L3_L4,L3_L2,shape0\n0,word_0007.nii.gz,80,92,104,115,170\n0,word_0019.nii.gz,60,70,81,93,150\n")
+    monkeypatch.setenv("NNSAM2_DATA", str(tmp_path))
+    path = repo_root() / "data_manifest" / "word_ct.yaml"
+    manifest = load_manifest(path)
+    assert [c.id for c in manifest.cases] == ["word_0007", "word_0019"]
+    assert (manifest.cases[0].discs.L3L4, manifest.cases[0].discs.L4L5, manifest.cases[0].discs.L5S1) == (104, 92, 80)
+    assert manifest.cases[1].image == "images/word_0019.nii.gz" and manifest.cases[1].label == "lpm_labels/word_0019.nii.gz"
+    problems = check_manifest(path)
+    assert kinds(problems) == ["missing"] * 4  # two images, two labels, each named
+    assert str(root / "images" / "word_0007.nii.gz") in {p.file for p in problems}
+
+
+def test_template_is_a_valid_manifest():
+    from nnsam2_utils.config import repo_root
+    from nnsam2_utils.manifest import load_manifest
+
+    manifest = load_manifest(repo_root() / "data_manifest" / "TEMPLATE.yaml", cases_csv=False)
+    assert manifest.annotation.case == "patient01" and manifest.muscle_map[11] == "R-ES"

@@ -10,23 +10,18 @@ stage 0 (LiteMedSAM on the CPU) from the user's slice.
 """
 from __future__ import annotations
 
-import shutil
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
-import yaml
 
 from nnsam2_utils.datacheck import check_manifest
-from nnsam2_utils.dicom import write_series
-from nnsam2_utils.io import read_image, write_image
+from nnsam2_utils.io import read_image
 from nnsam2_utils.manifest import load_manifest
-from nnsam2_utils.prepare import canonical, lps_slice_index, prepare_case, slice_axis, to_stack
-
-USER_VALUES = {1: 11, 2: 12, 3: 21, 4: 22}  # phantom R-ES, R-MF, L-MF, L-ES → the user's own values
+from nnsam2_utils.owndata import assemble_example
+from nnsam2_utils.prepare import prepare_case, slice_axis, to_stack
 
 
 @pytest.fixture(scope="module")
@@ -38,83 +33,9 @@ def phantom(tmp_path_factory) -> Path:
     return generate_cohort(folder, size="tiny", seed=0, datasets=["backpain_t2w"])[0]
 
 
-def stored_disc(original: sitk.Image, rewritten: sitk.Image, k: int) -> int:
-    """The slice number of original slice ``k`` (axial) along the rewritten file's own superior–inferior axis."""
-    index = [(s - 1) / 2 for s in original.GetSize()]
-    index[slice_axis(original)] = k
-    point = original.TransformContinuousIndexToPhysicalPoint(index)
-    return int(round(rewritten.TransformPhysicalPointToContinuousIndex(point)[slice_axis(rewritten)]))
-
-
-def user_label(label: sitk.Image) -> sitk.Image:
-    """The phantom's four-class label with the user's label values."""
-    array = sitk.GetArrayFromImage(label)
-    out = np.zeros(array.shape, np.uint8)
-    for source, target in USER_VALUES.items():
-        out[array == source] = target
-    image = sitk.GetImageFromArray(out)
-    image.CopyInformation(label)
-    return image
-
-
-def assemble(phantom_manifest: Path, out: Path) -> Path:
-    """Write the user-style dataset into ``out``; return its manifest."""
-    source = load_manifest(phantom_manifest)
-    forms = [("sagittal DICOM", "PIR"), ("RAS NIfTI", "RAS"), ("MHA", "LPI")]
-    rows, cases = [], []
-    for (form, orientation), case in zip(forms, source.cases):
-        image = read_image(source.resolve(case.image))
-        label = read_image(source.resolve(case.label))
-        image_u, label_u = sitk.DICOMOrient(image, orientation), sitk.DICOMOrient(label, orientation)
-        name = f"Patient{case.id[-1]}"
-        if form == "sagittal DICOM":
-            write_series(image_u, out / "scans" / name / "T2_TSE_ax")
-            image_rel = f"scans/{name}/T2_TSE_ax"
-            image_u = read_image(out / image_rel)  # the grid a reader of the series sees
-            label_u = sitk.Resample(label_u, image_u, sitk.Transform(), sitk.sitkNearestNeighbor)
-        elif form == "RAS NIfTI":
-            image_rel = f"scans/{name}/{name}_t2.nii"
-            write_image(image_u, out / image_rel, compress=False)
-        else:
-            image_rel = f"scans/{name}/{name}_t2.mha"
-            write_image(image_u, out / image_rel)
-        write_image(user_label(label_u), out / "segmentations" / f"{name}-muscles.nrrd")
-        discs = {level: stored_disc(image, image_u, getattr(case.discs, level)) for level in ("L3L4", "L4L5", "L5S1")}
-        rows.append({"scan": name, "disc_L3_L4": discs["L3L4"], "disc_L4_L5": discs["L4L5"], "disc_L5_S1": discs["L5S1"]})
-        cases.append({"id": name, "image": image_rel, "label": f"segmentations/{name}-muscles.nrrd"})
-        if form == "RAS NIfTI":  # the user's one annotated slice: one slice below L3/L4 of this scan
-            step = 1 if discs["L5S1"] > discs["L3L4"] else -1
-            k = discs["L3L4"] + step
-            array = sitk.GetArrayFromImage(user_label(label_u))
-            keep = np.zeros_like(array)
-            where = [slice(None)] * 3
-            where[2 - slice_axis(image_u)] = k
-            keep[tuple(where)] = array[tuple(where)]
-            note = sitk.GetImageFromArray(keep)
-            note.CopyInformation(label_u)
-            write_image(note, out / "segmentations" / f"{name}-one-slice.nii.gz")
-            annotation = {"case": name, "file": f"segmentations/{name}-one-slice.nii.gz"}
-    pd.DataFrame(rows).to_csv(out / "discs.csv", index=False)
-    manifest = {
-        "name": "my_lumbar_t2",
-        "modality": "MRI",
-        "sequence": "T2w",
-        "root": ".",
-        "label_map": {11: 1, 12: 1, 21: 2, 22: 2},
-        "muscle_map": {11: "R-ES", 12: "R-MF", 21: "L-MF", 22: "L-ES"},
-        "annotation": annotation,
-        "cases_csv": {"file": "discs.csv",
-                      "columns": {"id": "scan", "L3L4": "disc_L3_L4", "L4L5": "disc_L4_L5", "L5S1": "disc_L5_S1"}},
-        "cases": cases,
-    }
-    path = out / "my_lumbar_t2.yaml"
-    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
-    return path
-
-
 @pytest.fixture(scope="module")
 def user_dataset(phantom, tmp_path_factory) -> Path:
-    return assemble(phantom, tmp_path_factory.mktemp("user"))
+    return assemble_example(phantom, tmp_path_factory.mktemp("user"))
 
 
 def test_the_files_are_in_an_unfamiliar_form(user_dataset):
@@ -206,3 +127,17 @@ def test_stage0_runs_from_the_user_slice(user_dataset, tmp_path):
     target = to_stack(read_image(out / "labels" / "Patient3.nii.gz"))
     columns = {cls: np.nonzero(target == cls)[2].mean() for cls in (1, 2)}  # LPS columns run right → left
     assert columns[1] < target.shape[2] / 2 < columns[2], columns
+
+
+def test_damaged_copy_is_caught_kind_by_kind(user_dataset, tmp_path):
+    from nnsam2_utils.owndata import damaged_copy
+
+    before = {p: p.read_bytes() for p in user_dataset.parent.rglob("*") if p.is_file()}
+    damaged = damaged_copy(user_dataset, tmp_path / "damaged")
+    problems = {p.kind: p for p in check_manifest(damaged)}
+    assert sorted(problems) == ["checksum", "geometry", "label-values", "unreadable"]
+    assert problems["unreadable"].file.endswith("Patient2_t2.nii")
+    assert problems["checksum"].file.endswith("Patient3_t2.mha")
+    assert problems["geometry"].file.endswith("Patient3-muscles.nrrd") and "origin" in problems["geometry"].what
+    assert problems["label-values"].file.endswith("Patient1-muscles.nrrd") and "[99]" in problems["label-values"].what
+    assert {p: p.read_bytes() for p in user_dataset.parent.rglob("*") if p.is_file()} == before  # the original untouched

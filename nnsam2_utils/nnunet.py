@@ -41,6 +41,8 @@ class Budget:
     batch_size: int | None = None        # None: nnU-Net's plan
     max_features: int | None = None      # cap on feature maps per stage (CPU budget); None: the plan's
     target_spacing_mm: float | None = None   # in-plane; None: nnU-Net's plan
+    rotation_deg: float | None = None    # in-plane rotation range of augmentation (±); None: nnU-Net's
+    warm_start: bool = False             # stages 2-3 start from the previous stage's weights (CPU budget)
     device: str = "cpu"
     fold: int | str = "all"
     seed: int = 0
@@ -120,12 +122,14 @@ def write_raw_dataset(root: str | Path, dataset_id: int, name: str, cases: Seque
     return folder
 
 
-def plan_and_preprocess(root: str | Path, dataset_id: int, budget: Budget) -> dict:
+def plan_and_preprocess(root: str | Path, dataset_id: int, budget: Budget, plans_from: str | Path | None = None) -> dict:
     """Fingerprint, plan and preprocess one configuration.
 
     The budget may override the plan: in-plane target spacing, batch size (set exactly, even
     above nnU-Net's 5 %-of-the-dataset cap, which starves tiny pseudo-label sets) and a cap on
-    the feature maps per stage (a smaller network for a CPU budget).
+    the feature maps per stage (a smaller network for a CPU budget). With ``plans_from`` (the
+    plans file of an earlier stage) that plan is reused as it is, so the earlier stage's
+    weights fit the network (a warm start).
     """
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
         extract_fingerprints, plan_experiments, preprocess)
@@ -139,10 +143,15 @@ def plan_and_preprocess(root: str | Path, dataset_id: int, budget: Budget) -> di
             fingerprint = read_json(Path(root) / "preprocessed" / convert_id_to_dataset_name(dataset_id) / "dataset_fingerprint.json")
             z = float(np.median([s[0] for s in fingerprint["spacings"]]))
             spacing = (z, float(budget.target_spacing_mm), float(budget.target_spacing_mm))
-        plan_experiments([dataset_id], overwrite_target_spacing=spacing)
         plans_file = Path(root) / "preprocessed" / convert_id_to_dataset_name(dataset_id) / f"{PLANS}.json"
-        plans = read_json(plans_file)
-        if budget.batch_size or budget.max_features:
+        if plans_from is not None:
+            plans = read_json(plans_from)
+            plans["dataset_name"] = convert_id_to_dataset_name(dataset_id)
+            write_json(plans, plans_file)
+        else:
+            plan_experiments([dataset_id], overwrite_target_spacing=spacing)
+            plans = read_json(plans_file)
+        if plans_from is None and (budget.batch_size or budget.max_features):
             for config in plans["configurations"].values():
                 if budget.batch_size and "batch_size" in config:
                     config["batch_size"] = int(budget.batch_size)
@@ -173,19 +182,35 @@ def is_trained(root: str | Path, dataset_id: int, name: str, budget: Budget) -> 
 
 
 def fit(root: str | Path, dataset_id: int, name: str, cases: Sequence[TrainingCase], budget: Budget,
-        ignore_label: bool = False) -> Path:
-    """Write the raw dataset, plan, preprocess and train — or resume / skip what is already done."""
+        ignore_label: bool = False, start_from: str | Path | None = None) -> Path:
+    """Write the raw dataset, plan, preprocess and train — or resume / skip what is already done.
+
+    ``start_from``: the model folder of an earlier stage; its plan is reused and training starts
+    from its final weights (a warm start), instead of from a new plan and random weights.
+    """
+    pretrained = plans_from = None
+    if start_from is not None:
+        pretrained = Path(start_from) / f"fold_{budget.fold}" / "checkpoint_final.pth"
+        plans_from = Path(start_from) / "plans.json"
+        for needed in (pretrained, plans_from):
+            if not needed.exists():
+                raise FileNotFoundError(f"{needed}: the earlier stage's model to start from is missing; "
+                                        "train that stage first (or set refine.warm_start: false)")
     if not is_trained(root, dataset_id, name, budget):
         preprocessed = Path(root) / "preprocessed" / dataset_name(dataset_id, name) / f"{PLANS}.json"
         resuming = any((model_folder(root, dataset_id, name, budget) / f"fold_{budget.fold}").glob("checkpoint_latest.pth"))
         if not (resuming and preprocessed.exists()):
             write_raw_dataset(root, dataset_id, name, cases, ignore_label=ignore_label)
-            plan_and_preprocess(root, dataset_id, budget)
-    return train(root, dataset_id, name, budget)
+            plan_and_preprocess(root, dataset_id, budget, plans_from=plans_from)
+    return train(root, dataset_id, name, budget, pretrained=pretrained)
 
 
-def train(root: str | Path, dataset_id: int, name: str, budget: Budget) -> Path:
-    """Train (or resume, or skip when finished) one fold of a planned dataset; returns the model folder."""
+def train(root: str | Path, dataset_id: int, name: str, budget: Budget, pretrained: str | Path | None = None) -> Path:
+    """Train (or resume, or skip when finished) one fold of a planned dataset; returns the model folder.
+
+    ``pretrained``: a checkpoint whose weights initialise the network of a new training (not a
+    resumed one, which continues from its own latest checkpoint).
+    """
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
     folder = model_folder(root, dataset_id, name, budget)
@@ -194,7 +219,7 @@ def train(root: str | Path, dataset_id: int, name: str, budget: Budget) -> Path:
         log.info("nnU-Net already trained: %s", fold_dir)
         return folder
     budget_env = {"NNSAM2_EPOCHS": budget.epochs, "NNSAM2_ITERATIONS": budget.iterations_per_epoch,
-                  "NNSAM2_VAL_ITERATIONS": budget.val_iterations}
+                  "NNSAM2_VAL_ITERATIONS": budget.val_iterations, "NNSAM2_ROTATION_DEG": budget.rotation_deg}
     with temporary_environ({k: None if v is None else str(v) for k, v in budget_env.items()}), \
             nnunet_environment(root, budget.augmentation_workers):
         seed_everything(budget.seed)
@@ -203,7 +228,7 @@ def train(root: str | Path, dataset_id: int, name: str, budget: Budget) -> Path:
         resume = (fold_dir / "checkpoint_latest.pth").exists()
         if resume:
             log.info("resuming nnU-Net training from %s", fold_dir / "checkpoint_latest.pth")
-        maybe_load_checkpoint(trainer, resume, False, None)
+        maybe_load_checkpoint(trainer, resume, False, None if resume or pretrained is None else str(pretrained))
         trainer.run_training()
     return folder
 

@@ -3,6 +3,10 @@
 Applied per class. 2-D operations act on each slice of a stack independently; 3-D on the
 whole volume (6-connectivity in 3-D, 4-connectivity in 2-D, so that components touching only
 at an edge or corner stay separate). Empty classes stay empty.
+
+A hole of a class is what it encloses outside every class's kept component: the kept voxels
+of another class are never holes, so a class that surrounds part of another (a network unsure
+which side is which) does not swallow it.
 """
 from __future__ import annotations
 
@@ -34,22 +38,28 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return np.stack([ndimage.binary_fill_holes(s, structure=_STRUCT_2D) for s in mask])
 
 
-def clean_slice(labels: np.ndarray, classes: tuple[int, ...] = (1, 2)) -> np.ndarray:
-    """Per class on one 2-D slice: largest component, then hole filling (earlier classes win overlaps)."""
+def _clean(labels: np.ndarray, classes: tuple[int, ...]) -> np.ndarray:
+    """Per class: largest component; then each class's holes filled where no class's kept
+    component is (earlier classes win a voxel enclosed by two classes)."""
+    labels = np.asarray(labels)
     out = np.zeros_like(labels, dtype=np.uint8)
+    components = {cls: largest_component(labels == cls) for cls in classes}
     for cls in classes:
-        keep = fill_holes(largest_component(labels == cls)) & (out == 0)
-        out[keep] = cls
+        out[components[cls]] = cls
+    for cls in classes:
+        holes = fill_holes(components[cls]) & (out == 0)
+        out[holes] = cls
     return out
+
+
+def clean_slice(labels: np.ndarray, classes: tuple[int, ...] = (1, 2)) -> np.ndarray:
+    """Per class on one 2-D slice: largest component, then hole filling."""
+    return _clean(labels, classes)
 
 
 def clean_volume(labels: np.ndarray, classes: tuple[int, ...] = (1, 2)) -> np.ndarray:
-    """Per class on a 3-D stack: 3-D largest component, then hole filling."""
-    out = np.zeros_like(labels, dtype=np.uint8)
-    for cls in classes:
-        keep = fill_holes(largest_component(labels == cls)) & (out == 0)
-        out[keep] = cls
-    return out
+    """Per class on a 3-D stack: 3-D largest component, then hole filling (slice by slice)."""
+    return _clean(labels, classes)
 
 
 def clean_pseudo_label(stack: np.ndarray, classes: tuple[int, ...] = (1, 2)) -> np.ndarray:

@@ -263,3 +263,33 @@ def supervised_cases(workspace, datasets: list[str]) -> list[TrainingCase]:
     return full_training_cases(pd.DataFrame(rows, columns=["dataset", "case"]),
                                lambda d, c: workspace.prepared(d, c) / "label.nii.gz",
                                lambda d, c: workspace.prepared(d, c) / "image.nii.gz")
+
+
+def fit_stage(workspace, stage: int, cases: list[TrainingCase], budget, settings: dict) -> Path:
+    """Train (or resume) the nnU-Net of a refinement stage; returns its model folder.
+
+    Stage 1 trains on sparse pseudo-labels (2-D kept slices, or volumes with nnU-Net's ignore
+    label); with ``budget.warm_start`` stages 2-3 start from the previous stage's plan and final
+    weights rather than from random weights (a CPU-budget choice; the paper trains each anew).
+    """
+    from .nnunet import fit, model_folder
+
+    name, previous, _ = stage_names(stage)
+    root = workspace.stage(name) / "nnunet"
+    start_from = None
+    if stage > 1 and budget.warm_start:
+        start_from = model_folder(workspace.stage(previous) / "nnunet", 500 + stage - 1, previous, budget)
+    return fit(root, 500 + stage, name, cases, budget,
+               ignore_label=stage == 1 and settings.get("sparse_mode") == "ignore_label", start_from=start_from)
+
+
+def stage_settings(settings: dict, stage: int) -> dict:
+    """A stage's refine settings: the section's values, overridden by its ``stage<k>`` entry."""
+    return {**{k: v for k, v in settings.items() if not k.startswith("stage")}, **(settings.get(f"stage{stage}") or {})}
+
+
+def stage_budget(settings: dict, stage: int, seed: int = 0):
+    """The nnU-Net budget of a refinement stage (``stage<k>`` entries override the section)."""
+    from .nnunet import Budget
+
+    return Budget.from_settings(stage_settings(settings, stage), seed=seed)

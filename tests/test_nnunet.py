@@ -85,3 +85,39 @@ def test_nnunet_paths_are_set_only_inside_the_block(tmp_path, monkeypatch):
 def test_budget_from_profile_settings_ignores_filter_keys():
     budget = nnunet.Budget.from_settings({"epochs": 3, "batch_size": 4, "confidence_percentile": 90, "stages": 3}, seed=7)
     assert (budget.epochs, budget.batch_size, budget.seed) == (3, 4, 7)
+
+
+def test_a_warm_start_reuses_the_earlier_plan_and_weights(trained):
+    """Stage k+1 started from stage k: same plan, network initialised from the final weights
+    (two SGD steps later the encoder is still close to the earlier model's), rotation limited."""
+    import torch
+
+    root, budget, plans, folder = trained
+    rng = np.random.default_rng(1)
+    warm = nnunet.Budget(epochs=1, iterations_per_epoch=2, val_iterations=1, batch_size=4, target_spacing_mm=3.0,
+                         rotation_deg=10, warm_start=True)
+    cases = [blob_case(i, rng, nz=2) for i in range(4)]
+    second = nnunet.fit(root, 502, "blobs2", cases, warm, start_from=folder)
+    plans2 = json.loads((root / "preprocessed" / "Dataset502_blobs2" / "nnUNetPlans.json").read_text())
+    assert plans2["configurations"]["2d"] == plans["configurations"]["2d"]      # not re-planned (3.0 mm ignored)
+    assert plans2["dataset_name"] == "Dataset502_blobs2"
+    log = next((second / "fold_all").glob("training_log_*.txt")).read_text()
+    assert "rotation limited to ±10.0 degrees" in log
+    first = torch.load(folder / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    after = torch.load(second / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert after["network_weights"].keys() == first["network_weights"].keys()
+    encoder = [k for k in first["network_weights"] if k.startswith("encoder") and k.endswith("conv.weight")]
+    change = [float((after["network_weights"][k] - first["network_weights"][k]).norm() / first["network_weights"][k].norm())
+              for k in encoder]
+    assert encoder and max(change) < 0.2      # a random initialisation would differ by about 1.4
+    with pytest.raises(FileNotFoundError, match="earlier stage's model"):
+        nnunet.fit(root, 503, "blobs3", cases, warm, start_from=root / "missing")
+
+
+def test_rotation_range_is_validated():
+    from nnsam2_utils.trainers.nnsam2_trainer import rotation_range
+
+    low, high = rotation_range(15)
+    assert high == pytest.approx(np.pi / 12) and low == -high
+    with pytest.raises(ValueError, match="0-180"):
+        rotation_range(270)

@@ -34,6 +34,20 @@ def test_pseudo_label_cleaning_fills_holes_and_drops_islands():
     assert (clean == 2).sum() == (stack == 2).sum()
 
 
+def test_a_class_enclosing_another_does_not_swallow_it():
+    """A right-LPM ring around a left-LPM blob (a network unsure of the side): the blob stays left,
+    while a background hole and a dropped left-LPM island inside the ring are filled as right."""
+    volume = np.zeros((3, 16, 16), np.uint8)
+    volume[:, 2:14, 2:14] = 1
+    volume[:, 4:12, 4:9] = 2           # the bigger left component, enclosed by the ring
+    volume[:, 5:7, 10:12] = 0          # a background hole inside the ring
+    volume[1, 9, 10] = 2               # a left island, smaller: dropped, then filled
+    clean = postprocess.clean_volume(volume)
+    assert (clean[:, 4:12, 4:9] == 2).all()
+    assert (clean[:, 5:7, 10:12] == 1).all() and clean[1, 9, 10] == 1
+    assert (clean == 2).sum() == 3 * 8 * 5
+
+
 def test_dice_edge_cases():
     a = np.zeros((4, 4), bool)
     assert math.isnan(metrics.dice(a, a))

@@ -4,6 +4,10 @@
 * The training budget comes from the environment (set by :func:`nnsam2_utils.nnunet.train`):
   ``NNSAM2_EPOCHS``, ``NNSAM2_ITERATIONS``, ``NNSAM2_VAL_ITERATIONS``; unset means nnU-Net's
   defaults (1000 × 250, 50), the paper's budget.
+* The rotation range of data augmentation from ``NNSAM2_ROTATION_DEG`` (± degrees, about every
+  axis nnU-Net rotates); unset means nnU-Net's choice, ±180° in-plane for near-square 2-D patches.
+  Axial lumbar scans are never upside down, and arbitrary rotations slow down learning which
+  side is which (right and left LPM are different classes) far beyond a CPU budget.
 * A checkpoint after every epoch (``checkpoint_latest.pth``, ``save_every = 1``) so an
   interrupted run resumes from the last finished epoch.
 * nnU-Net's end-of-training validation is skipped: nnsam2 predicts every scan itself.
@@ -12,16 +16,26 @@ This module is imported by nnU-Net by file path, so it uses absolute imports onl
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
 
+from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     return int(value) if value else default
+
+
+def rotation_range(degrees: float) -> tuple[float, float]:
+    """nnU-Net's rotation range (radians, used for every axis) for ±``degrees``."""
+    if not 0 <= float(degrees) <= 180:
+        raise ValueError(f"NNSAM2_ROTATION_DEG must be within 0-180 degrees, got {degrees}")
+    limit = math.radians(float(degrees))
+    return (-limit, limit)
 
 
 class nnUNetTrainer_nnsam2(nnUNetTrainer):
@@ -37,6 +51,15 @@ class nnUNetTrainer_nnsam2(nnUNetTrainer):
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         rotation, dummy_2d, initial_patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        degrees = os.environ.get("NNSAM2_ROTATION_DEG")
+        if degrees:
+            rotation = rotation_range(float(degrees))
+            dim = len(self.configuration_manager.patch_size)
+            initial_patch_size = get_patch_size(self.configuration_manager.patch_size[-dim:], rotation, rotation,
+                                                rotation, (0.85, 1.25))
+            if dummy_2d:
+                initial_patch_size[0] = self.configuration_manager.patch_size[0]
+            self.print_to_log_file(f"nnsam2: augmentation rotation limited to ±{float(degrees)} degrees")
         self.inference_allowed_mirroring_axes = None
         return rotation, dummy_2d, initial_patch_size, None
 

@@ -16,7 +16,7 @@ G = f"{BOOK}/generated"
 
 COHORT = P.get("cohort") or {}
 DATASETS = list(COHORT.get("datasets") or []) if COHORT.get("generate") else []
-DATASETS += [yaml.safe_load(open(m))["name"] for m in P.get("manifests") or []]
+DATASETS += [yaml.safe_load(open(m, encoding="utf-8"))["name"] for m in P.get("manifests") or []]
 STAGES = list(range(1, int((P.get("refine") or {}).get("stages", 1)) + 1))
 BASELINES = [name for name, on in (P.get("baselines") or {}).items() if on]
 from nnsam2_utils.steps import step_files
@@ -41,6 +41,7 @@ rule book:
         f"{G}/06_agreement.ipynb",
         f"{G}/07_teaching.ipynb",
         f"{G}/08_run_record.ipynb",
+        f"{G}/09_own_scans.ipynb",
         f"{G}/00_cohort.ipynb",
         expand(f"{G}/01_prepare_{{dataset}}.ipynb", dataset=DATASETS),
         expand(f"{G}/02_stage0_{{dataset}}.ipynb", dataset=DATASETS),
@@ -53,6 +54,28 @@ rule book:
         f"{BOOK}/_build/html/index.html",
     shell:
         f"{BIN}/jupyter-book build {BOOK} --quiet --keep-going -W"
+
+
+onstart:
+    # A real run (not a dry run) of a profile whose data or checkpoint is missing stops here with the list.
+    from nnsam2_utils.datacheck import missing_for_profile
+    from snakemake.exceptions import WorkflowError
+
+    _missing = missing_for_profile(PROFILE)
+    if _missing:
+        raise WorkflowError(f"profile '{PROFILE}' cannot start; missing:\n  " + "\n  ".join(_missing))
+
+
+rule own_scans:
+    input:
+        notebook("09_own_scans"),
+        code("own_scans"),
+    output:
+        f"{G}/09_own_scans.ipynb",
+    resources:
+        gpu=1 if (P.get("propagation") or {}).get("device") == "cuda" else 0,
+    shell:
+        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} {input[0]} {output}"
 
 
 rule cohort:

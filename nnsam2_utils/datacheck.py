@@ -133,7 +133,15 @@ class _Checker:
                      "the superior–inferior axis).",
                      "read the slice numbers off a viewer along the axial direction (first slice = 0) and correct them "
                      "in the manifest or cases CSV.")
-        elif d.L4L5 is not None and not min(d.L3L4, d.L5S1) < d.L4L5 < max(d.L3L4, d.L5S1):
+            return
+        from .prepare import case_region
+
+        try:
+            case_region(image, case, path)
+        except GeometryError as exc:
+            self.add("discs", path, _strip_path(str(exc), path))
+            return
+        if d.L4L5 is not None and not min(d.L3L4, d.L5S1) < d.L4L5 < max(d.L3L4, d.L5S1):
             self.add("discs", path, f"case {case.id}: L4L5 ({d.L4L5}) does not lie between L3L4 ({d.L3L4}) and L5S1 ({d.L5S1}).",
                      "check the three disc slice numbers of this scan.")
 

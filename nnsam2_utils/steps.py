@@ -24,6 +24,8 @@ STEP_CODE: dict[str, tuple[str, ...]] = {
     "oneshot": ("baselines.py", "prepare.py", "postprocess.py", "metrics.py"),
     "results": ("report.py", "metrics.py", "plots.py", "prepare.py"),
     "teaching": ("teaching.py", "report.py", "metrics.py", "plots.py", "prepare.py"),
+    "own_scans": ("phantom*.py", "owndata.py", "dicom.py", "datacheck.py", "annotation.py", "prepare.py",
+                  "propagate/*.py", "postprocess.py", "checkpoints.py", "measure.py", "evaluate.py", "metrics.py", "plots.py"),
     "agreement": ("evaluate.py", "measure.py", "stats.py", "report.py", "metrics.py", "plots.py", "prepare.py"),
 }
 

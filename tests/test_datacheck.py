@@ -197,3 +197,13 @@ def test_template_is_a_valid_manifest():
 
     manifest = load_manifest(repo_root() / "data_manifest" / "TEMPLATE.yaml", cases_csv=False)
     assert manifest.annotation.case == "patient01" and manifest.muscle_map[11] == "R-ES"
+
+
+def test_reversed_disc_levels(copy):
+    def swap(data):
+        discs = data["cases"][1]["discs"]
+        discs["L3L4"], discs["L5S1"] = discs["L5S1"], discs["L3L4"]
+    edit(copy, swap)
+    problems = check_manifest(copy, checksums=False)
+    assert kinds(problems) == ["discs"]
+    assert problems[0].file.endswith("t2w_002.nii.gz") and "Swap the two disc levels" in problems[0].what

@@ -207,3 +207,33 @@ def test_reversed_disc_levels(copy):
     problems = check_manifest(copy, checksums=False)
     assert kinds(problems) == ["discs"]
     assert problems[0].file.endswith("t2w_002.nii.gz") and "Swap the two disc levels" in problems[0].what
+
+
+def test_fetch_verifies_and_never_overwrites(tmp_path):
+    """`data fetch` on a direct link (file:// here): downloads, checks the pinned SHA-256, keeps what is there."""
+    import hashlib
+
+    from nnsam2_utils.errors import DataError
+    from nnsam2_utils.fetch import fetch_manifest
+
+    payload = tmp_path / "served" / "archive.zip"
+    payload.parent.mkdir()
+    payload.write_bytes(b"scan archive " * 1000)
+    good = hashlib.sha256(payload.read_bytes()).hexdigest()
+    manifest = tmp_path / "m.yaml"
+
+    def write(sha):
+        manifest.write_text(yaml.safe_dump({
+            "name": "fetched", "modality": "CT", "sequence": "CT", "root": "data", "cases_csv": {"file": "cases.csv"},
+            "source": {"downloads": [{"url": payload.as_uri(), "path": "archive.zip", "sha256": sha}]}}))
+    write("f" * 64)
+    with pytest.raises(DataError, match="sha256 mismatch"):
+        fetch_manifest(manifest)
+    assert not (tmp_path / "data" / "archive.zip").exists()  # a bad download never lands
+    write(good)
+    assert fetch_manifest(manifest) == [tmp_path / "data" / "archive.zip"]
+    assert (tmp_path / "data" / "archive.zip").read_bytes() == payload.read_bytes()
+    (tmp_path / "data" / "archive.zip").write_bytes(b"edited by the user")
+    with pytest.raises(DataError, match="sha256 mismatch"):
+        fetch_manifest(manifest)
+    assert (tmp_path / "data" / "archive.zip").read_bytes() == b"edited by the user"  # never overwritten

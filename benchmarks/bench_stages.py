@@ -1,0 +1,112 @@
+"""Wall time and peak memory per step of a finished run, and stage-0 slices/s per dataset.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_stages.py [--profile demo] [--work WORK]
+
+Reads only the run's records: ``<work>/<profile>/runlog/<step>__<dataset>.json`` (written by
+:func:`nnsam2_utils.runlog.step_record`: seconds, peak resident MB, parameters, …) and, for
+stage 0, the number of slices it labelled per dataset (rows of
+``<work>/<profile>/stage0/<dataset>/confidence.csv``, one per slice and class). ``<work>``
+defaults to ``$NNSAM2_WORK`` or the repository's ``work/``.
+
+A record marked ``resumed`` timed only the part of the step that was left when it was
+re-run; its slices/s is then not the step's speed and is flagged.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nnsam2_utils.runlog import collect_records  # noqa: E402
+
+
+def step_table(runlog: Path) -> pd.DataFrame:
+    """One row per record: step, dataset, seconds, peak_mb, started, resumed, device."""
+    rows = []
+    for record in collect_records(runlog):
+        parameters = record.get("parameters") or {}
+        budget = parameters.get("budget") or {}
+        rows.append({"step": record.get("step"), "dataset": record.get("dataset"),
+                     "seconds": float(record.get("seconds", math.nan)), "peak_mb": float(record.get("peak_mb", math.nan)),
+                     "started": record.get("started", ""), "resumed": bool(record.get("resumed", False)),
+                     "device": parameters.get("device", budget.get("device", ""))})
+    return pd.DataFrame(rows, columns=["step", "dataset", "seconds", "peak_mb", "started", "resumed", "device"])
+
+
+def stage_of(step: str) -> str:
+    """The stage a step belongs to: ``nnunet1_train`` → ``nnunet1``, ``stage0`` → ``stage0``."""
+    return step.split("_")[0] if step.startswith(("nnunet", "supervised")) else step
+
+
+def stage_totals(steps: pd.DataFrame) -> pd.DataFrame:
+    """Per stage: number of steps, total and largest seconds, largest peak memory."""
+    grouped = steps.assign(stage=steps["step"].map(stage_of)).groupby("stage", sort=False)
+    return grouped.agg(steps=("step", "size"), seconds=("seconds", "sum"), longest_s=("seconds", "max"),
+                       peak_mb=("peak_mb", "max")).reset_index()
+
+
+def stage0_speed(steps: pd.DataFrame, stage0_root: Path) -> pd.DataFrame:
+    """Per dataset: scans and slices labelled by stage 0, its seconds and slices/s."""
+    rows = []
+    for _, row in steps[steps["step"] == "stage0"].iterrows():
+        confidence = stage0_root / str(row["dataset"]) / "confidence.csv"
+        if not confidence.exists():
+            continue
+        table = pd.read_csv(confidence, usecols=["case", "slice"]).drop_duplicates()
+        slices = len(table)
+        rows.append({"dataset": row["dataset"], "device": row["device"], "scans": table["case"].nunique(),
+                     "slices": slices, "seconds": row["seconds"],
+                     "slices_per_s": slices / row["seconds"] if row["seconds"] > 0 else math.nan,
+                     "resumed": row["resumed"]})
+    return pd.DataFrame(rows, columns=["dataset", "device", "scans", "slices", "seconds", "slices_per_s", "resumed"])
+
+
+def default_work() -> Path:
+    """``$NNSAM2_WORK`` or the repository's ``work/`` folder."""
+    base = os.environ.get("NNSAM2_WORK")
+    return Path(base) if base else Path(__file__).resolve().parents[1] / "work"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: print the three tables of one run."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="demo")
+    parser.add_argument("--work", type=Path, default=None)
+    args = parser.parse_args(argv)
+    run = (args.work or default_work()) / args.profile
+    runlog = run / "runlog"
+    if not any(runlog.glob("*__*.json")):
+        print(f"no run records under {runlog}: run the profile first (make book PROFILE={args.profile})")
+        return 1
+    steps = step_table(runlog)
+    pd.set_option("display.width", 160)
+    print(f"run {run}: {len(steps)} step records, {steps['seconds'].sum():.1f} s summed over steps "
+          f"(steps may have run side by side; peak_mb is each step process's peak RSS)\n")
+    print("per step")
+    print(steps.drop(columns=["started"]).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print("\nper stage")
+    print(stage_totals(steps).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    speed = stage0_speed(steps, run / "stage0")
+    print("\nstage 0 (reference selection + propagation), slices labelled per second")
+    print(speed.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    resumed = speed[speed["resumed"]]
+    if len(resumed):
+        print(f"\nresumed (timed only the scans left at the re-run, so slices/s overstates the speed): "
+              f"{', '.join(resumed['dataset'])}")
+        fresh = speed[~speed["resumed"]]
+        if len(fresh):
+            print(f"not resumed: {fresh['slices'].sum()} slices in {fresh['seconds'].sum():.1f} s = "
+                  f"{fresh['slices'].sum() / fresh['seconds'].sum():.3f} slices/s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -144,10 +144,12 @@ def plan_and_preprocess(root: str | Path, dataset_id: int, budget: Budget, plans
             z = float(np.median([s[0] for s in fingerprint["spacings"]]))
             spacing = (z, float(budget.target_spacing_mm), float(budget.target_spacing_mm))
         plans_file = Path(root) / "preprocessed" / convert_id_to_dataset_name(dataset_id) / f"{PLANS}.json"
-        if plans_from is not None:
+        if plans_from is not None:  # what plan_experiments would write: the plan, and the dataset.json beside it
             plans = read_json(plans_from)
             plans["dataset_name"] = convert_id_to_dataset_name(dataset_id)
             write_json(plans, plans_file)
+            raw_json = Path(root) / "raw" / convert_id_to_dataset_name(dataset_id) / "dataset.json"
+            write_json(read_json(raw_json), plans_file.parent / "dataset.json")
         else:
             plan_experiments([dataset_id], overwrite_target_spacing=spacing)
             plans = read_json(plans_file)

@@ -1,0 +1,47 @@
+"""The SLURM profile: a dry run of the paper profile lists every job, GPU rules on the GPU partition."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def dry_run_jobs(profile: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, resources) of every job of a Snakemake dry run through profiles/cluster."""
+    env = {**os.environ, "SLURM_ACCOUNT": "acct", "SLURM_PARTITION": "cpu", "SLURM_GPU_PARTITION": "gpu"}
+    snakemake = Path(sys.executable).parent / "snakemake"
+    result = subprocess.run([str(snakemake), "-n", "--profile", "profiles/cluster", "--config", f"profile={profile}",
+                             "--forceall", "--", "book"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", result.stdout):
+        rule = re.match(r"(?:local)?rule (\w+):", block.strip())
+        res = re.search(r"resources: (.*)", block)
+        if rule and res:
+            jobs.append((rule.group(1), dict(kv.split("=", 1) for kv in res.group(1).split(", "))))
+    return jobs
+
+
+def test_paper_profile_dry_run_puts_gpu_rules_on_the_gpu_partition():
+    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    jobs = dry_run_jobs("paper")
+    count = lambda rule: sum(r == rule for r, _ in jobs)  # noqa: E731
+    assert count("stage0") == len(paper["manifests"])
+    assert count("refine") == paper["refine"]["stages"] == 3
+    assert count("supervised") == 1 and count("book") == 1
+    for rule, resources in jobs:
+        gpu = rule in {"stage0", "refine", "supervised", "own_scans"}
+        assert resources.get("gpu", "0") == ("1" if gpu else "0"), (rule, resources)
+        assert resources["slurm_partition"] == ("gpu" if gpu else "cpu"), (rule, resources)
+        assert resources["slurm_account"] == "acct"
+    refine = dict(jobs)["refine"]
+    assert int(refine["mem_mb"]) == paper["resources"]["refine"]["mem_mb"]
+    assert int(refine["runtime"]) == paper["resources"]["refine"]["runtime"]
+
+
+def test_demo_profile_asks_for_no_gpu():
+    assert all(resources.get("gpu", "0") == "0" for _, resources in dry_run_jobs("demo"))

@@ -9,7 +9,9 @@ import yaml
 
 PROFILE = config.get("profile", "demo")
 BOOK = config.get("book", "book")
-P = yaml.safe_load(open(f"config/{PROFILE}.yaml"))
+CONFIG_DIR = os.environ.get("NNSAM2_CONFIG_DIR", "config")  # where profiles are read (nnsam2_utils.config)
+P = yaml.safe_load(open(f"{CONFIG_DIR}/{PROFILE}.yaml"))
+os.environ["NNSAM2_BOOK"] = os.path.abspath(BOOK)  # notebooks copy their tables and figures into the book
 WORK = os.environ.get("NNSAM2_WORK", "work")
 W = f"{WORK}/{PROFILE}"
 G = f"{BOOK}/generated"
@@ -19,12 +21,12 @@ DATASETS = list(COHORT.get("datasets") or []) if COHORT.get("generate") else []
 DATASETS += [yaml.safe_load(open(m, encoding="utf-8"))["name"] for m in P.get("manifests") or []]
 STAGES = list(range(1, int((P.get("refine") or {}).get("stages", 1)) + 1))
 BASELINES = [name for name, on in (P.get("baselines") or {}).items() if on]
-from nnsam2_utils.steps import step_files
+from nnsam2_utils.steps import step_files, view_files
 
 
 def code(step):
-    """The helper modules a step depends on (see nnsam2_utils/steps.py)."""
-    return [str(p) for p in step_files(step)]
+    """The helper modules a step's notebook uses (see nnsam2_utils/steps.py)."""
+    return [str(p) for p in step_files(step) + view_files(step)]
 
 
 BIN = Path(sys.executable).parent  # the environment Snakemake runs in (.venv/bin)
@@ -81,7 +83,7 @@ rule own_scans:
 rule cohort:
     input:
         notebook("00_cohort"),
-        f"config/{PROFILE}.yaml",
+        f"{CONFIG_DIR}/{PROFILE}.yaml",
         code("cohort"),
     output:
         f"{G}/00_cohort.ipynb",

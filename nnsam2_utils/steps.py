@@ -29,6 +29,23 @@ STEP_CODE: dict[str, tuple[str, ...]] = {
     "agreement": ("evaluate.py", "measure.py", "stats.py", "report.py", "metrics.py", "plots.py", "prepare.py"),
 }
 
+#: Modules a step's notebook uses only to present what it computed (downloadable tables, the page's
+#: provenance, the method figure). Snakemake re-runs the notebook when one changes, but they are not
+#: part of the step's run key: editing them never discards a computed result.
+VIEW_CODE: dict[str, tuple[str, ...]] = {
+    "cohort": ("provenance.py", "method_figure.py"),
+    "results": ("provenance.py",),
+    "oneshot": ("provenance.py",),
+    "supervised": ("provenance.py",),
+    "agreement": ("provenance.py",),
+    "teaching": ("provenance.py",),
+}
+
+
+def view_files(step: str) -> list[Path]:
+    """The presentation modules of a step's notebook (see :data:`VIEW_CODE`), sorted."""
+    return sorted({p for pattern in VIEW_CODE.get(step, ()) for p in PACKAGE.glob(pattern)})
+
 
 def step_files(step: str) -> list[Path]:
     """The source files a step depends on (common modules included), sorted."""

@@ -1,23 +1,42 @@
 """End to end: Snakemake runs every notebook with papermill on the tiny cohort and builds the book."""
+import hashlib
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pandas as pd
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def tiny_as_demo(folder: Path) -> Path:
+    """A profile folder holding the tiny profile under the name ``demo`` (see NNSAM2_CONFIG_DIR)."""
+    profile = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text())
+    profile["profile"] = "demo"
+    folder.mkdir()
+    (folder / "demo.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def built_book(tmp_path_factory):
+    """The tiny cohort run end to end under the profile name "demo" (the notebooks' default), book built.
+
+    NNSAM2_CONFIG_DIR points at a folder whose demo.yaml is config/tiny.yaml renamed, NNSAM2_WORK
+    at a temporary work folder: the notebooks' defaults then point at this run.
+    """
     tmp = tmp_path_factory.mktemp("workflow")
     book = tmp / "book"
     shutil.copytree(ROOT / "book", book, ignore=shutil.ignore_patterns("_build", "generated"))
-    env = dict(os.environ, NNSAM2_WORK=str(tmp / "work"))
-    command = [str(Path(sys.executable).parent / "snakemake"), "--cores", "2", "--config", "profile=tiny", f"book={book}",
+    env = dict(os.environ, NNSAM2_WORK=str(tmp / "work"), NNSAM2_CONFIG_DIR=str(tiny_as_demo(tmp / "config")))
+    command = [str(Path(sys.executable).parent / "snakemake"), "--cores", "2", "--config", "profile=demo", f"book={book}",
                "--", "book"]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=2400)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -28,7 +47,7 @@ def test_book_holds_the_dsc_table_of_this_run(built_book):
     tmp, book, _, _ = built_book
     index = book / "_build" / "html" / "intro.html"
     assert index.exists()
-    dsc = pd.read_csv(tmp / "work" / "tiny" / "tables" / "dsc.csv")
+    dsc = pd.read_csv(tmp / "work" / "demo" / "tables" / "dsc.csv")
     assert list(dsc.columns) == ["dataset", "case", "class", "stage", "dsc"]
     assert set(dsc.stage) == {"stage0", "nnunet1", "nnunet2", "nnunet3", "supervised", "registration", "threshold"}
     assert set(dsc.dataset) == {"backpain_t2w", "totalseg_ct"}
@@ -42,16 +61,16 @@ def test_book_holds_the_dsc_table_of_this_run(built_book):
 
 def test_timings_table_and_pseudo_labels_on_disk(built_book):
     tmp, _, _, _ = built_book
-    timings = pd.read_csv(tmp / "work" / "tiny" / "tables" / "timings.csv")
+    timings = pd.read_csv(tmp / "work" / "demo" / "tables" / "timings.csv")
     assert list(timings.columns) == ["step", "dataset", "seconds", "peak_mb"]
     assert {"cohort", "prepare", "stage0", "nnunet1_train", "nnunet1_predict", "nnunet3_train",
             "supervised_train", "oneshot_baselines", "measure"} <= set(timings.step)
     assert (timings.seconds > 0).all()
-    labels = list((tmp / "work" / "tiny" / "stage0").rglob("labels/*.nii.gz"))
+    labels = list((tmp / "work" / "demo" / "stage0").rglob("labels/*.nii.gz"))
     assert len(labels) == 6
-    selection = pd.read_csv(tmp / "work" / "tiny" / "nnunet2" / "selection.csv")
+    selection = pd.read_csv(tmp / "work" / "demo" / "nnunet2" / "selection.csv")
     assert selection.groupby("dataset").kept.sum().tolist() == [2, 2]   # at least 2 scans per dataset
-    agreement = pd.read_csv(tmp / "work" / "tiny" / "tables" / "agreement.csv")
+    agreement = pd.read_csv(tmp / "work" / "demo" / "tables" / "agreement.csv")
     assert {"volume_ml", "hu_mean"} <= set(agreement.measure)
 
 
@@ -72,9 +91,103 @@ def test_the_built_book_has_no_broken_link_image_or_page_error(built_book):
     assert not link_errors, [str(p) for p in link_errors]
     if bookcheck.find_chromium() is None:
         pytest.skip("Chromium is not installed (apt-get install chromium); the link check above still ran")
-    shots = tmp / "work" / "tiny" / "screenshots"
+    shots = tmp / "work" / "demo" / "screenshots"
     report = bookcheck.browse(html, shots, screenshots={"intro.html": "landing.png",
                                                         "generated/04_results.html": "results.png"},
                               allow=bookcheck.KNOWN_SPHINX_ISSUES)
     assert report.ok, [str(p) for p in report.errors]
     assert (shots / "landing.png").stat().st_size > 10_000 and (shots / "results.png").stat().st_size > 10_000
+
+
+RESULTS_PAGES = ["00_cohort", "04_results", "05_oneshot", "05_supervised", "06_agreement", "07_teaching"]
+
+
+def downloads(html: str) -> dict[str, str]:
+    """Download links of a built page: file name → href."""
+    return {href.rsplit("/", 1)[-1]: href for href in re.findall(r'class="reference download internal"[^>]*href="([^"]+)"', html)}
+
+
+def test_every_table_links_to_its_csv_and_every_results_page_states_its_provenance(built_book):
+    tmp, book, _, env = built_book
+    html_root = book / "_build" / "html"
+    work = tmp / "work" / "demo"
+    profile_sha = hashlib.sha256((Path(env["NNSAM2_CONFIG_DIR"]) / "demo.yaml").read_bytes()).hexdigest()
+    for page in RESULTS_PAGES + ["08_run_record"]:
+        html = (html_root / "generated" / f"{page}.html").read_text()
+        links = downloads(html)
+        assert html.count('class="dataframe') <= html.count("Download as CSV"), page   # every table has its link
+        for name, href in links.items():                     # each link is the CSV the run wrote
+            served = (html_root / "generated" / href).resolve()
+            assert served.is_file(), (page, href)
+            assert served.read_bytes() == (book / "generated" / "tables" / name).read_bytes()
+        if page != "08_run_record":
+            assert "Provenance of this page" in html and profile_sha[:12] in html, page
+    results = (html_root / "generated" / "04_results.html").read_text()
+    served = (html_root / "generated" / downloads(results)["dsc.csv"]).resolve()
+    assert served.read_bytes() == (work / "tables" / "dsc.csv").read_bytes()
+    checkpoint = next((work / "nnunet1" / "nnunet" / "results").rglob("checkpoint_final.pth"))
+    assert hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:12] in results
+    record = json.loads((work / "runlog" / "nnunet1_train__pooled.json").read_text())
+    assert record["started"].replace("T", " ")[:19] in results
+
+
+def test_the_landing_page_shows_the_method_figure_and_an_abstract_glued_from_the_run(built_book):
+    tmp, book, _, _ = built_book
+    html = (book / "_build" / "html" / "intro.html").read_text()
+    assert 'src="_images/method.png"' in html and (book / "_build" / "html" / "_images" / "method.png").stat().st_size > 20_000
+    pasted = re.findall(r'<span class="pasted-text">(.*?)</span>', html)
+    dsc = pd.read_csv(tmp / "work" / "demo" / "tables" / "dsc.csv")
+    per_stage = dsc.groupby(["stage", "dataset", "case"]).dsc.mean().groupby("stage").mean()
+    agreement = pd.read_csv(tmp / "work" / "demo" / "tables" / "agreement.csv").dropna(subset=["tost_p"])
+    assert pasted[:2] == ["2", "6"] and int(pasted[2]) > 6          # datasets, scans, region slices
+    assert pasted[3] == "LiteMedSAM"
+    assert pasted[4] == f"{per_stage['stage0']:.3f}" and pasted[5] == "3"
+    assert pasted[6] == "nnU-Net 3 (nnsam2)" and pasted[7] == f"{per_stage['nnunet3']:.3f}"
+    assert pasted[8] == f"{per_stage['supervised']:.3f}"
+    assert pasted[9] == "10" and pasted[10:12] == [str(int((agreement.tost_p < 0.05).sum())), str(len(agreement))]
+    assert float(pasted[12]) > 0 and len(pasted) == 13
+
+
+def test_every_notebook_runs_top_to_bottom_with_its_defaults(built_book, monkeypatch):
+    """What a reader of `make lab` does: open a notebook and run all cells, no parameters injected."""
+    import ast
+    import datetime as dt
+
+    from nbclient import NotebookClient
+
+    tmp, book, _, env = built_book
+    for name in ("NNSAM2_WORK", "NNSAM2_CONFIG_DIR"):
+        monkeypatch.setenv(name, env[name])
+    monkeypatch.setenv("NNSAM2_BOOK", str(book))
+    before = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    papermill_glue = glued(nbformat.read(str(book / "generated" / "04_results.ipynb"), as_version=4))
+    paths = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    for path in paths:
+        nb = nbformat.read(str(path), as_version=4)
+        parameters = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        defaults = {t.id: ast.literal_eval(node.value) for node in ast.parse(parameters.source).body
+                    for t in node.targets}                   # literal data only, or this raises
+        assert defaults["profile"] == "demo", path
+        NotebookClient(nb, kernel_name="python3", timeout=1800,
+                       resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+        errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+        assert not errors, (path.name, errors)
+        if path.stem == "04_results":
+            again = glued(nb)
+            assert again["stage0_mean_dsc"] == papermill_glue["stage0_mean_dsc"]
+            assert again["final_stage"] == papermill_glue["final_stage"]
+    records = [json.loads(p.read_text()) for p in (tmp / "work" / "demo" / "runlog").glob("*.json")]
+    rerun = {r["step"] for r in records if r["started"] >= before}
+    assert {"cohort", "prepare", "stage0", "nnunet1_train", "supervised_train", "oneshot_baselines", "measure"} <= rerun
+
+
+def glued(nb) -> dict[str, str]:
+    """Text values a notebook glued (myst-nb), by key."""
+    out = {}
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            scrap = output.get("metadata", {}).get("scrapbook", {})
+            text = output.get("data", {}).get(f"{scrap.get('mime_prefix', '')}text/plain")
+            if scrap.get("name") and text is not None:
+                out[scrap["name"]] = text.strip("'\"")
+    return out

@@ -102,6 +102,26 @@ class Annotation(_Strict):
     sha256: str | None = Field(default=None, pattern=SHA256)
 
 
+class ExternalPredictions(_Strict):
+    """Segmentations of this dataset's scans made elsewhere (e.g. TotalSegmentator run by the user),
+    scored beside nnsam2: one file per scan on the scan's own grid, found by ``pattern`` (relative
+    to ``root``, ``{id}`` the case id), its values mapped to the classes by ``label_map``
+    (values not listed are background)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.+-]*$")
+    pattern: str
+    label_map: dict[int, int]
+    citation: str | None = None
+
+    @field_validator("label_map")
+    @classmethod
+    def _to_classes(cls, value: dict[int, int]) -> dict[int, int]:
+        bad = {k: v for k, v in value.items() if v not in (0, 1, 2)}
+        if bad:
+            raise ValueError(f"external label_map targets must be 0, 1 or 2; got {bad}")
+        return value
+
+
 CSV_FIELDS: tuple[str, ...] = ("image", "label", "fat", "subject", "timepoint", "L3L4", "L4L5", "L5S1")
 
 
@@ -145,6 +165,7 @@ class DatasetManifest(_Strict):
     annotation: Annotation | None = None
     cases_csv: CasesCsv | None = None
     cases: list[Case] = Field(default_factory=list)
+    external: list[ExternalPredictions] = Field(default_factory=list)
     manifest_path: str | None = None
 
     @field_validator("label_map")

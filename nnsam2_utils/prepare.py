@@ -156,6 +156,19 @@ def check_same_grid(a: sitk.Image, b: sitk.Image, name_a: str, name_b: str, tol:
         raise GeometryError(f"{name_b} does not match the grid of {name_a}: {'; '.join(problems)}. Resample the label onto the image grid (e.g. in 3D Slicer) or fix the header.")
 
 
+def region_crop(manifest: DatasetManifest, case: Case, image: sitk.Image, image_path: str | Path):
+    """The preparation of any volume on this scan's grid (reorient to LPS, crop to the region,
+    decimate CT) as a function, with the decimation step: images, labels and external
+    predictions of the scan all go through the same one."""
+    z_low, z_high = case_region(image, case, image_path)
+    step = decimation_factor(canonical(image).GetSpacing()[2], manifest.decimate_to_mm) if manifest.modality == "CT" else 1
+
+    def crop(volume: sitk.Image) -> sitk.Image:
+        return crop_z(canonical(volume), z_low, z_high, step)
+
+    return crop, step
+
+
 def prepare_case(manifest: DatasetManifest, case: Case) -> PreparedCase:
     """Load one case, reorient to LPS, crop to the L3/L4–L5/S1 region, decimate CT."""
     from .io import read_image
@@ -166,11 +179,7 @@ def prepare_case(manifest: DatasetManifest, case: Case) -> PreparedCase:
     array = sitk.GetArrayViewFromImage(image)
     if not np.isfinite(array).all():
         raise DataError(f"{image_path}: holds NaN or Inf voxels. Replace them (e.g. with the background value) before running.")
-    z_low, z_high = case_region(image, case, image_path)
-    step = decimation_factor(canonical(image).GetSpacing()[2], manifest.decimate_to_mm) if manifest.modality == "CT" else 1
-
-    def _prep(img: sitk.Image) -> sitk.Image:
-        return crop_z(canonical(img), z_low, z_high, step)
+    _prep, step = region_crop(manifest, case, image, image_path)
 
     label = muscles = fat = None
     if case.label:

@@ -21,6 +21,7 @@ def collect_dsc(workspace: Workspace, datasets: list[str]) -> pd.DataFrame:
     for stage in STAGE_ORDER:
         paths = [workspace.stage(stage) / "dsc.csv"] + [workspace.stage(stage, d) / "dsc.csv" for d in datasets]
         frames += [pd.read_csv(p) for p in paths if p.exists()]
+    frames += [pd.read_csv(p) for p in sorted(workspace.root.glob("external_*/*/dsc.csv"))]  # see external.py
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DSC_COLUMNS)
     return table.loc[table["dataset"].isin(datasets), DSC_COLUMNS].reset_index(drop=True)
 

@@ -21,6 +21,12 @@ DATASETS = list(COHORT.get("datasets") or []) if COHORT.get("generate") else []
 DATASETS += [yaml.safe_load(open(m, encoding="utf-8"))["name"] for m in P.get("manifests") or []]
 STAGES = list(range(1, int((P.get("refine") or {}).get("stages", 1)) + 1))
 BASELINES = [name for name, on in (P.get("baselines") or {}).items() if on]
+RESOURCES = P.get("resources") or {}  # per step: mem_mb, runtime (minutes); the cluster profile uses them
+
+
+def res(step, **defaults):
+    """A step's resources: the profile's ``resources.<step>`` entries over these defaults."""
+    return {**defaults, **(RESOURCES.get(step) or {})}
 from nnsam2_utils.steps import step_files, view_files
 
 
@@ -30,6 +36,9 @@ def code(step):
 
 
 BIN = Path(sys.executable).parent  # the environment Snakemake runs in (.venv/bin)
+# Every notebook runs with OMP_NUM_THREADS (torch) and ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS (SimpleITK)
+# set to {threads}: each uses the cores Snakemake gave the job, so
+# parallel jobs (stage 0 of two datasets) do not oversubscribe the cores; training rules take them all.
 PM = f"{BIN}/nnsam2 execute -p profile {PROFILE}"
 
 
@@ -88,7 +97,7 @@ rule cohort:
     output:
         f"{G}/00_cohort.ipynb",
     shell:
-        "{PM} {input[0]} {output}"
+        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} {input[0]} {output}"
 
 
 rule prepare:
@@ -99,7 +108,7 @@ rule prepare:
     output:
         f"{G}/01_prepare_{{dataset}}.ipynb",
     shell:
-        "{PM} -p dataset {wildcards.dataset} {input[0]} {output}"
+        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} -p dataset {wildcards.dataset} {input[0]} {output}"
 
 
 rule stage0:
@@ -111,8 +120,9 @@ rule stage0:
         f"{G}/02_stage0_{{dataset}}.ipynb",
     resources:
         gpu=1 if (P.get("propagation") or {}).get("device") == "cuda" else 0,
+        **res("stage0", mem_mb=4000, runtime=60),
     shell:
-        "{PM} -p dataset {wildcards.dataset} {input[0]} {output}"
+        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} -p dataset {wildcards.dataset} {input[0]} {output}"
 
 
 def refine_inputs(wildcards):
@@ -132,8 +142,9 @@ rule refine:
     threads: workflow.cores
     resources:
         gpu=1 if (P.get("refine") or {}).get("device") == "cuda" else 0,
+        **res("refine", mem_mb=8000, runtime=120),
     shell:
-        "{PM} -p stage {wildcards.stage} {input[0]} {output}"
+        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} -p stage {wildcards.stage} {input[0]} {output}"
 
 
 rule oneshot:
@@ -144,7 +155,7 @@ rule oneshot:
     output:
         f"{G}/05_oneshot.ipynb",
     shell:
-        "{PM} {input[0]} {output}"
+        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} {input[0]} {output}"
 
 
 rule supervised:
@@ -157,8 +168,9 @@ rule supervised:
     threads: workflow.cores
     resources:
         gpu=1 if (P.get("refine") or {}).get("device") == "cuda" else 0,
+        **res("supervised", mem_mb=8000, runtime=120),
     shell:
-        "{PM} {input[0]} {output}"
+        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} {input[0]} {output}"
 
 
 rule results:
@@ -170,7 +182,7 @@ rule results:
     output:
         f"{G}/04_results.ipynb",
     shell:
-        "{PM} {input[0]} {output}"
+        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} {input[0]} {output}"
 
 
 rule agreement:
@@ -181,7 +193,7 @@ rule agreement:
     output:
         f"{G}/06_agreement.ipynb",
     shell:
-        "{PM} {input[0]} {output}"
+        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} {input[0]} {output}"
 
 
 rule teaching:
@@ -192,7 +204,7 @@ rule teaching:
     output:
         f"{G}/07_teaching.ipynb",
     shell:
-        "{PM} {input[0]} {output}"
+        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} {input[0]} {output}"
 
 
 rule run_record:
@@ -205,4 +217,4 @@ rule run_record:
     output:
         f"{G}/08_run_record.ipynb",
     shell:
-        "{PM} {input[0]} {output}"
+        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} {input[0]} {output}"

@@ -21,7 +21,7 @@ STEP_CODE: dict[str, tuple[str, ...]] = {
                "report.py", "plots.py"),
     "refine": ("prepare.py", "refine.py", "nnunet.py", "trainers/*.py", "postprocess.py", "metrics.py"),
     "supervised": ("prepare.py", "refine.py", "nnunet.py", "trainers/*.py", "postprocess.py", "metrics.py"),
-    "oneshot": ("baselines.py", "prepare.py", "postprocess.py", "metrics.py"),
+    "oneshot": ("baselines.py", "external.py", "prepare.py", "postprocess.py", "metrics.py"),
     "results": ("report.py", "metrics.py", "plots.py", "prepare.py"),
     "teaching": ("teaching.py", "report.py", "metrics.py", "plots.py", "prepare.py"),
     "own_scans": ("phantom*.py", "owndata.py", "dicom.py", "datacheck.py", "annotation.py", "prepare.py",

@@ -38,7 +38,7 @@ def built_book(tmp_path_factory):
     env = dict(os.environ, NNSAM2_WORK=str(tmp / "work"), NNSAM2_CONFIG_DIR=str(tiny_as_demo(tmp / "config")))
     command = [str(Path(sys.executable).parent / "snakemake"), "--cores", "2", "--config", "profile=demo", f"book={book}",
                "--", "book"]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=2400)
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     assert result.returncode == 0, result.stderr[-4000:]
     return tmp, book, command, env
 

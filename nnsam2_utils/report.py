@@ -87,17 +87,22 @@ def pick_cases(dsc: pd.DataFrame, stage: str) -> list[tuple[str, str, float, str
 
 
 def overlay_figure(workspace: Workspace, dsc: pd.DataFrame, stage: str):
-    """Image + expert label vs image + prediction for the best, median and worst scan."""
-    picks = pick_cases(dsc, stage)
-    fig, axes = plt.subplots(len(picks), 2, figsize=(6, 3 * len(picks)), squeeze=False)
-    for row, (dataset, case, value, tag) in zip(axes, picks):
-        image, _ = load_stack(workspace.prepared(dataset, case))
-        truth, _ = load_stack(workspace.prepared(dataset, case), "label")
-        pred, _ = load_stack(workspace.labels(stage, dataset, case).parent, case)
-        k = len(image) // 2
-        show_slice(row[0], image[k], truth[k], f"{tag}: {dataset}/{case}\nexpert label, slice {k}")
-        show_slice(row[1], image[k], pred[k], f"{STAGE_LABELS.get(stage, stage)}\nmean DSC {value:.3f}")
-    fig.tight_layout()
+    """Per dataset (rows), its best, median and worst scan of a stage (columns, by mean class DSC):
+    the middle slice of the region with the prediction filled and the expert label as a contour."""
+    datasets = sorted(dsc.loc[dsc["stage"] == stage, "dataset"].unique())
+    fig, axes = plt.subplots(max(1, len(datasets)), 3, figsize=(7.5, 2.6 * max(1, len(datasets))), squeeze=False)
+    for row, dataset in zip(axes, datasets):
+        for ax, (_, case, value, tag) in zip(row, pick_cases(dsc[dsc["dataset"] == dataset], stage)):
+            image, _ = load_stack(workspace.prepared(dataset, case))
+            truth, _ = load_stack(workspace.prepared(dataset, case), "label")
+            pred, _ = load_stack(workspace.labels(stage, dataset, case).parent, case)
+            k = len(image) // 2
+            show_slice(ax, image[k], pred[k], f"{dataset} {tag}: {case}\nDSC {value:.3f}, slice {k}")
+            for cls, colour in CLASS_COLOURS.items():
+                if (truth[k] == cls).any():
+                    ax.contour(truth[k] == cls, levels=[0.5], colors=["white"], linewidths=0.8)
+    fig.suptitle(f"{STAGE_LABELS.get(stage, stage)}: prediction (fill) and expert label (white contour)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
     return fig
 
 

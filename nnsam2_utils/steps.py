@@ -15,10 +15,9 @@ COMMON = ("__init__.py", "errors.py", "io.py", "config.py", "session.py", "runlo
           "notebooks.py", "manifest.py")
 
 STEP_CODE: dict[str, tuple[str, ...]] = {
-    "cohort": ("phantom*.py", "describe.py", "prepare.py", "plots.py"),
-    "prepare": ("prepare.py", "annotation.py", "dicom.py", "plots.py"),
-    "stage0": ("prepare.py", "annotation.py", "propagate/*.py", "reference.py", "postprocess.py", "metrics.py", "checkpoints.py",
-               "report.py", "plots.py"),
+    "cohort": ("phantom*.py", "describe.py", "prepare.py"),
+    "prepare": ("prepare.py", "annotation.py", "dicom.py"),
+    "stage0": ("prepare.py", "annotation.py", "propagate/*.py", "reference.py", "postprocess.py", "metrics.py", "checkpoints.py"),
     "refine": ("prepare.py", "refine.py", "nnunet.py", "trainers/*.py", "postprocess.py", "metrics.py"),
     "supervised": ("prepare.py", "refine.py", "nnunet.py", "trainers/*.py", "postprocess.py", "metrics.py"),
     "oneshot": ("baselines.py", "external.py", "prepare.py", "postprocess.py", "metrics.py"),
@@ -33,7 +32,9 @@ STEP_CODE: dict[str, tuple[str, ...]] = {
 #: provenance, the method figure). Snakemake re-runs the notebook when one changes, but they are not
 #: part of the step's run key: editing them never discards a computed result.
 VIEW_CODE: dict[str, tuple[str, ...]] = {
-    "cohort": ("provenance.py", "method_figure.py"),
+    "cohort": ("provenance.py", "method_figure.py", "plots.py"),
+    "prepare": ("plots.py",),
+    "stage0": ("report.py", "plots.py"),
     "results": ("provenance.py",),
     "oneshot": ("provenance.py",),
     "supervised": ("provenance.py",),

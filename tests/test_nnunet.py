@@ -45,6 +45,7 @@ def test_training_writes_a_final_checkpoint_without_mirroring(trained):
     assert checkpoint["trainer_name"] == "nnUNetTrainer_nnsam2"
     assert checkpoint["inference_allowed_mirroring_axes"] is None
     assert checkpoint["current_epoch"] == 3
+    assert not list((folder / "fold_all").glob(".*.tmp*"))   # checkpoints are renamed into place
     assert json.loads((folder / "dataset.json").read_text())["labels"]["left_lpm"] == 2
 
 

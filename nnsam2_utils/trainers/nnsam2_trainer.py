@@ -8,6 +8,8 @@
   axis nnU-Net rotates); unset means nnU-Net's choice, ±180° in-plane for near-square 2-D patches.
   Axial lumbar scans are never upside down, and arbitrary rotations slow down learning which
   side is which (right and left LPM are different classes) far beyond a CPU budget.
+* Checkpoints are written atomically (a temporary name, then a rename): a run killed while
+  saving leaves the previous ``checkpoint_latest.pth`` intact, never a half-written one.
 * A checkpoint after every epoch (``checkpoint_latest.pth``, ``save_every = 1``) so an
   interrupted run resumes from the last finished epoch.
 * nnU-Net's end-of-training validation is skipped: nnsam2 predicts every scan itself.
@@ -62,6 +64,14 @@ class nnUNetTrainer_nnsam2(nnUNetTrainer):
             self.print_to_log_file(f"nnsam2: augmentation rotation limited to ±{float(degrees)} degrees")
         self.inference_allowed_mirroring_axes = None
         return rotation, dummy_2d, initial_patch_size, None
+
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint, written to a temporary name and renamed into place."""
+        folder, name = os.path.split(filename)
+        temporary = os.path.join(folder, f".{name}.{os.getpid()}.tmp.pth")
+        super().save_checkpoint(temporary)
+        if os.path.exists(temporary):  # only the main process writes
+            os.replace(temporary, filename)
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         self.print_to_log_file("nnsam2: validation skipped (every scan is predicted by the pipeline)")

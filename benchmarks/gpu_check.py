@@ -125,28 +125,9 @@ def versions() -> str:
 # --------------------------------------------------------------------------- scans
 def synthetic_scan(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """uint8 (n, 256, 256) stack and class masks: body, vertebra, two drifting muscle ellipses."""
-    from scipy import ndimage
+    from nnsam2_utils.synthetic import ellipse_stack
 
-    rng = np.random.default_rng(seed)
-    r, c = np.ogrid[:256, :256]
-
-    def ellipse(centre: tuple[float, float], axes: tuple[float, float]) -> np.ndarray:
-        return ((r - centre[0]) / axes[0]) ** 2 + ((c - centre[1]) / axes[1]) ** 2 <= 1
-
-    images, labels = [], []
-    for k in range(n):
-        image = np.full((256, 256), 5.0)
-        label = np.zeros((256, 256), np.uint8)
-        image[ellipse((128, 128), (90, 115))] = 70
-        image[ellipse((112, 128), (14, 14))] = 235
-        for cls, col in ((1, 84 - k), (2, 172 + k)):
-            muscle = ellipse((165 + 2 * k, col), (20 + k, 24 + k))
-            image[muscle] = 185
-            label[muscle] = cls
-        image = ndimage.gaussian_filter(image, 1.0) + rng.normal(0, 4, image.shape)
-        images.append(np.clip(image, 0, 255).astype(np.uint8))
-        labels.append(label)
-    return np.stack(images), np.stack(labels)
+    return ellipse_stack(n, seed=seed)
 
 
 @dataclass

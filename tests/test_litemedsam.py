@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
 
 from nnsam2_utils.errors import CheckpointError, DataError
 from nnsam2_utils.metrics import dice_per_class
@@ -22,29 +21,11 @@ DSC_BAR = 0.95
 IOU_MAX = 1.05
 
 
-def ellipse(shape: tuple[int, int], centre: tuple[float, float], axes: tuple[float, float]) -> np.ndarray:
-    """Boolean filled ellipse."""
-    r, c = np.ogrid[: shape[0], : shape[1]]
-    return ((r - centre[0]) / axes[0]) ** 2 + ((c - centre[1]) / axes[1]) ** 2 <= 1
-
-
 def synthetic_scan(n: int = 6, shift: int = 0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """uint8 model-space stack (n, 256, 256) and its class masks, superior → inferior."""
-    rng = np.random.default_rng(seed)
-    images, labels = [], []
-    for k in range(n):
-        image = np.full((256, 256), 5.0)
-        label = np.zeros((256, 256), np.uint8)
-        image[ellipse(image.shape, (128, 128), (90, 115))] = 70
-        image[ellipse(image.shape, (112, 128), (14, 14))] = 235
-        for cls, col in ((1, 84 - k + shift), (2, 172 + k + shift)):
-            muscle = ellipse(image.shape, (165 + 2 * k, col), (20 + k, 24 + k))
-            image[muscle] = 185
-            label[muscle] = cls
-        image = ndimage.gaussian_filter(image, 1.0) + rng.normal(0, 4, image.shape)
-        images.append(np.clip(image, 0, 255).astype(np.uint8))
-        labels.append(label)
-    return np.stack(images), np.stack(labels)
+    from nnsam2_utils.synthetic import ellipse_stack
+
+    return ellipse_stack(n, shift=shift, seed=seed)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= demo
 CORES ?= 2
+# Python reads and writes text as UTF-8 whatever the machine's locale (some CI images default to ASCII;
+# nnU-Net, for one, writes its logs in the locale's encoding).
+export PYTHONUTF8 := 1
 
 .PHONY: book test lab venv clean
 

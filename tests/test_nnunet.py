@@ -103,7 +103,7 @@ def test_a_warm_start_reuses_the_earlier_plan_and_weights(trained):
     assert plans2["configurations"]["2d"] == plans["configurations"]["2d"]      # not re-planned (3.0 mm ignored)
     assert plans2["dataset_name"] == "Dataset502_blobs2"
     log = next((second / "fold_all").glob("training_log_*.txt")).read_text()
-    assert "rotation limited to ±10.0 degrees" in log
+    assert "rotation limited to +/-10.0 degrees" in log
     first = torch.load(folder / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     after = torch.load(second / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert after["network_weights"].keys() == first["network_weights"].keys()

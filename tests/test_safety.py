@@ -23,7 +23,7 @@ PACKAGE = ROOT / "nnsam2_utils"
 def source_of(path: Path) -> str:
     """A module's source, or a notebook's code cells joined (IPython magics and shell lines left out)."""
     if path.suffix != ".ipynb":
-        return path.read_text()
+        return path.read_text(encoding="utf-8")
     cells = nbformat.read(str(path), as_version=4).cells
     lines = [line for c in cells if c.cell_type == "code" for line in c.source.splitlines()
              if not line.lstrip().startswith(("%", "!"))]

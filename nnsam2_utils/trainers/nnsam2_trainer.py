@@ -61,7 +61,7 @@ class nnUNetTrainer_nnsam2(nnUNetTrainer):
                                                 rotation, (0.85, 1.25))
             if dummy_2d:
                 initial_patch_size[0] = self.configuration_manager.patch_size[0]
-            self.print_to_log_file(f"nnsam2: augmentation rotation limited to ±{float(degrees)} degrees")
+            self.print_to_log_file(f"nnsam2: augmentation rotation limited to +/-{float(degrees)} degrees")  # ASCII: nnU-Net writes its log in the locale encoding
         self.inference_allowed_mirroring_axes = None
         return rotation, dummy_2d, initial_patch_size, None
 

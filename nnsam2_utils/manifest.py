@@ -33,6 +33,14 @@ MUSCLE_TO_CLASS: dict[str, int] = {"R-ES": 1, "R-MF": 1, "L-MF": 2, "L-ES": 2}
 DISC_LEVELS: tuple[str, ...] = ("L3L4", "L4L5", "L5S1")
 
 
+def class_targets(label_map: dict[int, int]) -> dict[int, int]:
+    """A label map's targets must be the project's classes (0 background, 1 right LPM, 2 left LPM)."""
+    bad = {k: v for k, v in label_map.items() if v not in (0, 1, 2)}
+    if bad:
+        raise ValueError(f"label_map targets must be 0, 1 or 2 (background, right LPM, left LPM); got {bad}")
+    return label_map
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -116,10 +124,7 @@ class ExternalPredictions(_Strict):
     @field_validator("label_map")
     @classmethod
     def _to_classes(cls, value: dict[int, int]) -> dict[int, int]:
-        bad = {k: v for k, v in value.items() if v not in (0, 1, 2)}
-        if bad:
-            raise ValueError(f"external label_map targets must be 0, 1 or 2; got {bad}")
-        return value
+        return class_targets(value)
 
 
 CSV_FIELDS: tuple[str, ...] = ("image", "label", "fat", "subject", "timepoint", "L3L4", "L4L5", "L5S1")
@@ -171,10 +176,7 @@ class DatasetManifest(_Strict):
     @field_validator("label_map")
     @classmethod
     def _classes_known(cls, value: dict[int, int]) -> dict[int, int]:
-        bad = {k: v for k, v in value.items() if v not in (0, 1, 2)}
-        if bad:
-            raise ValueError(f"label_map targets must be 0, 1 or 2 (background, right LPM, left LPM); got {bad}")
-        return value
+        return class_targets(value)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> "DatasetManifest":

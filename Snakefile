@@ -22,6 +22,13 @@ DATASETS += [yaml.safe_load(open(m, encoding="utf-8"))["name"] for m in P.get("m
 STAGES = list(range(1, int((P.get("refine") or {}).get("stages", 1)) + 1))
 BASELINES = [name for name, on in (P.get("baselines") or {}).items() if on]
 RESOURCES = P.get("resources") or {}  # per step: mem_mb, runtime (minutes); the cluster profile uses them
+PROPAGATION = P.get("propagation") or {}
+# stage 0 alone with other backends than the profile's, for the results table (02_stage0_<dataset>__<backend>)
+COMPARE = [b for b in PROPAGATION.get("compare_backends") or [] if b != PROPAGATION.get("backend", "litemedsam")]
+
+wildcard_constraints:
+    dataset="|".join(DATASETS) or "(?!)",
+    backend="litemedsam|sam2",
 
 
 def res(step, **defaults):
@@ -125,6 +132,21 @@ rule stage0:
         "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} -p dataset {wildcards.dataset} {input[0]} {output}"
 
 
+rule stage0_compare:
+    input:
+        notebook("02_stage0"),
+        f"{G}/01_prepare_{{dataset}}.ipynb",
+        code("stage0"),
+    output:
+        f"{G}/02_stage0_{{dataset}}__{{backend}}.ipynb",
+    resources:
+        gpu=1 if PROPAGATION.get("device") == "cuda" else 0,
+        **res("stage0", mem_mb=4000, runtime=60),
+    shell:
+        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} -p dataset {wildcards.dataset} "
+        "-p backend {wildcards.backend} {input[0]} {output}"
+
+
 def refine_inputs(wildcards):
     stage = int(wildcards.stage)
     if stage == 1:
@@ -158,6 +180,21 @@ rule oneshot:
         "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} {input[0]} {output}"
 
 
+rule repeat:
+    input:
+        notebook("05_repeat"),
+        f"{G}/03_refine_{STAGES[-1]}.ipynb",
+        code("repeat"),
+    output:
+        f"{G}/05_repeat.ipynb",
+    threads: workflow.cores
+    resources:
+        gpu=1 if (P.get("refine") or {}).get("device") == "cuda" else 0,
+        **res("refine", mem_mb=8000, runtime=120),
+    shell:
+        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} {input[0]} {output}"
+
+
 rule supervised:
     input:
         notebook("05_supervised"),
@@ -178,6 +215,7 @@ rule results:
         notebook("04_results"),
         expand(f"{G}/03_refine_{{stage}}.ipynb", stage=STAGES),
         expand(f"{G}/05_{{baseline}}.ipynb", baseline=BASELINES),
+        expand(f"{G}/02_stage0_{{dataset}}__{{backend}}.ipynb", dataset=DATASETS, backend=COMPARE),
         code("results"),
     output:
         f"{G}/04_results.ipynb",

@@ -215,7 +215,7 @@ def check_manifest(path: str | os.PathLike, checksums: bool = True, read: bool =
 
 def missing_for_profile(profile: str) -> list[str]:
     """What a run profile needs and does not have: its manifests' data (presence only, no image read)
-    and the SAM2 checkpoint when it asks for SAM2. Empty: ready to start."""
+    and the SAM2 checkpoint when it asks for SAM2 (as its backend or a compared one). Empty: ready to start."""
     from .config import load_profile, repo_root
 
     root = repo_root()
@@ -225,7 +225,7 @@ def missing_for_profile(profile: str) -> list[str]:
         path = Path(entry) if Path(entry).is_absolute() else root / entry
         missing += [str(p) for p in check_manifest(path, checksums=False, read=False)]
     settings = data.get("propagation") or {}
-    if settings.get("backend") == "sam2":
+    if settings.get("backend") == "sam2" or "sam2" in (settings.get("compare_backends") or []):
         from .checkpoints import verify_checkpoint
         from .errors import CheckpointError
 

@@ -45,3 +45,24 @@ def measurements(workspace, run, stage: str) -> pd.DataFrame:
                 rows.append({**row, "subject": subjects[case]})
     columns = ["dataset", "case", "subject", "class", "measure", "source", "value"]
     return pd.DataFrame(rows)[columns]
+
+
+def unlabelled_datasets(measurements: pd.DataFrame, datasets: list[str]) -> list[str]:
+    """The datasets (in run order) with automated measurements but no expert measurement at all."""
+    expert = set(measurements.loc[measurements["source"] == "expert", "dataset"])
+    auto = set(measurements.loc[measurements["source"] == "auto", "dataset"])
+    return [d for d in datasets if d in auto and d not in expert]
+
+
+def measurement_summary(measurements: pd.DataFrame, datasets: list[str], classes: tuple[str, ...] = ("1", "2")) -> pd.DataFrame:
+    """Automated measurements of some datasets, per dataset, class and measure: scans, mean and SD over scans.
+
+    For datasets without expert labels this is what the book can report (no DSC, no agreement);
+    ``class`` is compared as a string (1 = right LPM, 2 = left LPM).
+    """
+    auto = measurements[(measurements["source"] == "auto") & measurements["dataset"].isin(datasets)].copy()
+    auto["class"] = auto["class"].astype(str)
+    auto = auto[auto["class"].isin(classes)]
+    summary = (auto.groupby(["dataset", "class", "measure"], sort=False)["value"]
+               .agg(scans="count", mean="mean", sd="std").reset_index())
+    return summary[["dataset", "class", "measure", "scans", "mean", "sd"]]

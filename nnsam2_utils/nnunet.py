@@ -135,7 +135,8 @@ def plan_and_preprocess(root: str | Path, dataset_id: int, budget: Budget, plans
         extract_fingerprints, plan_experiments, preprocess)
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
 
-    with nnunet_environment(root, budget.augmentation_workers):
+    # nnU-Net's planner sets torch's threads to nnUNet_n_proc_DA: at least one, even when training augments in-process
+    with nnunet_environment(root, max(1, budget.augmentation_workers)):
         extract_fingerprints([dataset_id], num_processes=1, check_dataset_integrity=True, verbose=False,
                              show_progress_bar=False)
         spacing = None
@@ -198,6 +199,7 @@ def fit(root: str | Path, dataset_id: int, name: str, cases: Sequence[TrainingCa
             if not needed.exists():
                 raise FileNotFoundError(f"{needed}: the earlier stage's model to start from is missing; "
                                         "train that stage first (or set refine.warm_start: false)")
+        verify_trained_checkpoint(pretrained)
     if not is_trained(root, dataset_id, name, budget):
         preprocessed = Path(root) / "preprocessed" / dataset_name(dataset_id, name) / f"{PLANS}.json"
         resuming = any((model_folder(root, dataset_id, name, budget) / f"fold_{budget.fold}").glob("checkpoint_latest.pth"))
@@ -219,6 +221,9 @@ def train(root: str | Path, dataset_id: int, name: str, budget: Budget, pretrain
     fold_dir = folder / f"fold_{budget.fold}"
     if (fold_dir / "checkpoint_final.pth").exists():
         log.info("nnU-Net already trained: %s", fold_dir)
+        if not (fold_dir / "checkpoint_final.pth.sha256").exists():  # killed between the final save and the digest
+            log.warning("%s: recording the SHA-256 of the finished training's checkpoint", fold_dir)
+            record_checkpoint_digest(fold_dir / "checkpoint_final.pth")
         return folder
     budget_env = {"NNSAM2_EPOCHS": budget.epochs, "NNSAM2_ITERATIONS": budget.iterations_per_epoch,
                   "NNSAM2_VAL_ITERATIONS": budget.val_iterations, "NNSAM2_ROTATION_DEG": budget.rotation_deg}
@@ -232,7 +237,47 @@ def train(root: str | Path, dataset_id: int, name: str, budget: Budget, pretrain
             log.info("resuming nnU-Net training from %s", fold_dir / "checkpoint_latest.pth")
         maybe_load_checkpoint(trainer, resume, False, None if resume or pretrained is None else str(pretrained))
         trainer.run_training()
+    record_checkpoint_digest(fold_dir / "checkpoint_final.pth")
     return folder
+
+
+def record_checkpoint_digest(checkpoint: str | Path) -> Path:
+    """Write ``<checkpoint>.sha256`` beside a checkpoint this run trained (atomically); returns its path.
+
+    nnU-Net reads its own checkpoints with ``torch.load(weights_only=False)`` (they hold the
+    trainer's settings, not only tensors), so :func:`load_predictor` first checks the file
+    against this digest: a checkpoint swapped or altered after training is refused.
+    """
+    from .io import atomic_path, sha256
+
+    checkpoint = Path(checkpoint)
+    target = checkpoint.with_name(checkpoint.name + ".sha256")
+    with atomic_path(target) as tmp:
+        tmp.write_text(sha256(checkpoint) + "\n", encoding="utf-8")
+    return target
+
+
+def verify_trained_checkpoint(checkpoint: str | Path) -> Path:
+    """Check a trained checkpoint against the digest written at the end of its training.
+
+    Raises CheckpointError when the digest file is missing or does not match.
+    """
+    from .errors import CheckpointError
+
+    checkpoint = Path(checkpoint)
+    digest = checkpoint.with_name(checkpoint.name + ".sha256")
+    if not digest.is_file():
+        raise CheckpointError(f"{digest}: no SHA-256 recorded for {checkpoint.name}. nnU-Net checkpoints are loaded with "
+                              "pickle, so only checkpoints this pipeline trained (and recorded) are used; retrain the stage "
+                              "(delete its folder) or, for a checkpoint you trust, write its SHA-256 into that file.")
+    expected = (digest.read_text(encoding="utf-8").split() or [""])[0]
+    from .io import sha256
+
+    if sha256(checkpoint) != expected:
+        raise CheckpointError(f"{checkpoint}: SHA-256 differs from the one recorded when it was trained ({digest.name}): the "
+                              "file was changed or replaced after training. Retrain the stage (delete its folder) rather "
+                              "than load a checkpoint nobody can vouch for.")
+    return checkpoint
 
 
 def load_predictor(folder: str | Path, budget: Budget):
@@ -243,6 +288,7 @@ def load_predictor(folder: str | Path, budget: Budget):
                                 perform_everything_on_device=budget.device != "cpu",
                                 device=torch.device(budget.device), verbose=False, verbose_preprocessing=False,
                                 allow_tqdm=False)
+    verify_trained_checkpoint(Path(folder) / f"fold_{budget.fold}" / "checkpoint_final.pth")
     with nnunet_environment(Path(folder).parents[2], budget.augmentation_workers):
         predictor.initialize_from_trained_model_folder(str(folder), use_folds=(budget.fold,),
                                                        checkpoint_name="checkpoint_final.pth")

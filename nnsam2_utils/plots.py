@@ -8,12 +8,15 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 
 CLASS_COLOURS = {1: "#e4572e", 2: "#17bebb"}   # right LPM, left LPM
-STAGE_ORDER = ["stage0", "nnunet1", "nnunet2", "nnunet3", "supervised", "registration", "threshold"]
+STAGE_ORDER = ["stage0", "nnunet1", "nnunet2", "nnunet3", "repeat", "stage0_sam2", "stage0_litemedsam", "supervised",
+               "registration", "threshold"]
 STAGE_LABELS = {"stage0": "Stage 0 (promptable)", "nnunet1": "nnU-Net 1", "nnunet2": "nnU-Net 2",
-                "nnunet3": "nnU-Net 3 (nnsam2)", "supervised": "Supervised nnU-Net", "registration": "Registration",
-                "threshold": "Threshold"}
+                "nnunet3": "nnU-Net 3 (nnsam2)", "repeat": "Final stage, 2nd seed", "supervised": "Supervised nnU-Net", "registration": "Registration",
+                "threshold": "Threshold",
+                # stage 0 alone with a compared backend (profile: propagation.compare_backends)
+                "stage0_litemedsam": "Stage 0 (LiteMedSAM)", "stage0_sam2": "Stage 0 (SAM2)"}
 STAGE_COLOURS = {"stage0": "#8d99ae", "nnunet1": "#4361ee", "nnunet2": "#3a0ca3", "nnunet3": "#7209b7",
-                 "supervised": "#2b9348", "registration": "#f4a261", "threshold": "#bc4749"}
+                 "repeat": "#b5179e", "supervised": "#2b9348", "registration": "#f4a261", "threshold": "#bc4749"}
 
 
 def label_cmap() -> ListedColormap:

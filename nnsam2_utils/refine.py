@@ -265,21 +265,25 @@ def supervised_cases(workspace, datasets: list[str]) -> list[TrainingCase]:
                                lambda d, c: workspace.prepared(d, c) / "image.nii.gz")
 
 
-def fit_stage(workspace, stage: int, cases: list[TrainingCase], budget, settings: dict) -> Path:
+def fit_stage(workspace, stage: int, cases: list[TrainingCase], budget, settings: dict,
+              name: str | None = None, dataset_id: int | None = None) -> Path:
     """Train (or resume) the nnU-Net of a refinement stage; returns its model folder.
 
     Stage 1 trains on sparse pseudo-labels (2-D kept slices, or volumes with nnU-Net's ignore
     label); with ``budget.warm_start`` stages 2-3 start from the previous stage's plan and final
     weights rather than from random weights (a CPU-budget choice; the paper trains each anew).
+    ``name`` and ``dataset_id`` train the same stage again under another folder and nnU-Net
+    dataset (the repeat with another seed, :mod:`.repeat`); by default ``nnunet<stage>``, 500 + stage.
     """
     from .nnunet import fit, model_folder
 
-    name, previous, _ = stage_names(stage)
+    stage_name, previous, _ = stage_names(stage)
+    name = name or stage_name
     root = workspace.stage(name) / "nnunet"
     start_from = None
     if stage > 1 and budget.warm_start:
         start_from = model_folder(workspace.stage(previous) / "nnunet", 500 + stage - 1, previous, budget)
-    return fit(root, 500 + stage, name, cases, budget,
+    return fit(root, dataset_id or 500 + stage, name, cases, budget,
                ignore_label=stage == 1 and settings.get("sparse_mode") == "ignore_label", start_from=start_from)
 
 

@@ -49,12 +49,14 @@ def dsc_table(summary: pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
-def confidence_vs_dsc(workspace: Workspace, dataset: str, confidence: pd.DataFrame) -> pd.DataFrame:
-    """Per target slice and class of stage 0: predicted IoU and the true 2-D DSC of the pseudo-label."""
+def confidence_vs_dsc(workspace: Workspace, dataset: str, confidence: pd.DataFrame, stage: str = "stage0") -> pd.DataFrame:
+    """Per target slice and class of stage 0: predicted IoU and the true 2-D DSC of the pseudo-label.
+
+    ``stage``: the stage-0 folder (``stage0``, or ``stage0_<backend>`` for a compared backend)."""
     rows = []
     for case, group in confidence.loc[~confidence["prompted"].astype(bool)].groupby("case"):
         truth, _ = load_stack(workspace.prepared(dataset, case), "label")
-        pseudo, _ = load_stack(workspace.labels("stage0", dataset, case).parent, case)  # labels/<case>.nii.gz
+        pseudo, _ = load_stack(workspace.labels(stage, dataset, case).parent, case)  # labels/<case>.nii.gz
         for record in group.to_dict("records"):
             cls, index = int(record["class"]), int(record["slice"])
             rows.append({"dataset": dataset, "case": case, "slice": index, "class": cls, "iou": record["iou"],

@@ -20,6 +20,8 @@ STEP_CODE: dict[str, tuple[str, ...]] = {
     "stage0": ("prepare.py", "annotation.py", "propagate/*.py", "reference.py", "postprocess.py", "metrics.py", "checkpoints.py"),
     "refine": ("prepare.py", "refine.py", "nnunet.py", "trainers/*.py", "postprocess.py", "metrics.py"),
     "supervised": ("prepare.py", "refine.py", "nnunet.py", "trainers/*.py", "postprocess.py", "metrics.py"),
+    "repeat": ("prepare.py", "refine.py", "nnunet.py", "trainers/*.py", "postprocess.py", "metrics.py", "repeat.py",
+               "evaluate.py", "measure.py", "propagate/*.py", "reference.py", "checkpoints.py"),
     "oneshot": ("baselines.py", "external.py", "prepare.py", "postprocess.py", "metrics.py"),
     "results": ("report.py", "metrics.py", "plots.py", "prepare.py"),
     "teaching": ("teaching.py", "report.py", "metrics.py", "plots.py", "prepare.py"),
@@ -38,6 +40,7 @@ VIEW_CODE: dict[str, tuple[str, ...]] = {
     "results": ("provenance.py",),
     "oneshot": ("provenance.py",),
     "supervised": ("provenance.py",),
+    "repeat": ("provenance.py",),
     "agreement": ("provenance.py",),
     "teaching": ("provenance.py",),
 }

@@ -31,10 +31,11 @@ def test_paper_profile_dry_run_puts_gpu_rules_on_the_gpu_partition():
     jobs = dry_run_jobs("paper")
     count = lambda rule: sum(r == rule for r, _ in jobs)  # noqa: E731
     assert count("stage0") == len(paper["manifests"])
+    assert count("stage0_compare") == len(paper["manifests"]) * len(paper["propagation"]["compare_backends"])
     assert count("refine") == paper["refine"]["stages"] == 3
     assert count("supervised") == 1 and count("book") == 1
     for rule, resources in jobs:
-        gpu = rule in {"stage0", "refine", "supervised", "own_scans"}
+        gpu = rule in {"stage0", "stage0_compare", "refine", "supervised", "own_scans"}
         assert resources.get("gpu", "0") == ("1" if gpu else "0"), (rule, resources)
         assert resources["slurm_partition"] == ("gpu" if gpu else "cpu"), (rule, resources)
         assert resources["slurm_account"] == "acct"
@@ -45,3 +46,15 @@ def test_paper_profile_dry_run_puts_gpu_rules_on_the_gpu_partition():
 
 def test_demo_profile_asks_for_no_gpu():
     assert all(resources.get("gpu", "0") == "0" for _, resources in dry_run_jobs("demo"))
+
+
+def test_a_compared_sam2_backend_without_its_checkpoint_is_named_before_the_run(tmp_path, monkeypatch):
+    from nnsam2_utils.datacheck import missing_for_profile
+
+    demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    assert not missing_for_profile("demo")
+    demo["propagation"]["compare_backends"] = ["sam2"]
+    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(demo))
+    monkeypatch.setenv("NNSAM2_CONFIG_DIR", str(tmp_path))
+    missing = missing_for_profile("demo")
+    assert len(missing) == 1 and "propagation.sam2_checkpoint is not set" in missing[0]

@@ -132,3 +132,21 @@ def test_measurement_rows_rejects_bad_arguments():
         measurement_rows("d", "c", "auto", label, (1, 1, 1), water=np.ones((2, 2, 2)))
     with pytest.raises(GeometryError):
         measurement_rows("d", "c", "auto", label, (1, 1, 1), muscles=np.ones((2, 2, 3), np.uint8))
+
+
+def test_datasets_without_expert_labels_get_a_summary_of_their_automated_measurements():
+    import pandas as pd
+
+    from nnsam2_utils.evaluate import measurement_summary, unlabelled_datasets
+
+    def row(dataset, case, cls, source, value, measure="volume_ml"):
+        return {"dataset": dataset, "case": case, "subject": case, "class": cls, "measure": measure, "source": source, "value": value}
+
+    table = pd.DataFrame([row("own", "a", 1, "auto", 10.0), row("own", "b", 1, "auto", 14.0), row("own", "a", 0, "auto", 99.0),
+                          row("own", "a", 2, "auto", 8.0), row("demo", "a", 1, "auto", 5.0), row("demo", "a", 1, "expert", 6.0)])
+    assert unlabelled_datasets(table, ["demo", "own", "absent"]) == ["own"]
+    summary = measurement_summary(table, ["own"]).set_index("class")
+    assert list(summary.index) == ["1", "2"]                      # the background class (0) is not a muscle
+    assert summary.loc["1", "scans"] == 2 and summary.loc["1", "mean"] == 12.0
+    assert summary.loc["1", "sd"] == pytest.approx(np.std([10.0, 14.0], ddof=1))
+    assert summary.loc["2", "scans"] == 1 and np.isnan(summary.loc["2", "sd"])

@@ -122,3 +122,33 @@ def test_rotation_range_is_validated():
     assert high == pytest.approx(np.pi / 12) and low == -high
     with pytest.raises(ValueError, match="0-180"):
         rotation_range(270)
+
+
+def test_a_checkpoint_changed_after_training_is_refused(trained, tmp_path):
+    """nnU-Net unpickles its checkpoints (weights_only=False): only the bytes this run trained are loaded."""
+    import shutil
+
+    from nnsam2_utils.errors import CheckpointError
+    from nnsam2_utils.io import sha256
+
+    _, budget, _, folder = trained
+    digest = folder / "fold_all" / "checkpoint_final.pth.sha256"
+    assert digest.read_text().split()[0] == sha256(folder / "fold_all" / "checkpoint_final.pth")
+    copy = tmp_path / "results" / "Dataset501_blobs" / folder.name
+    shutil.copytree(folder, copy)
+    with open(copy / "fold_all" / "checkpoint_final.pth", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(CheckpointError, match="changed or replaced after training"):
+        nnunet.load_predictor(copy, budget)
+    (copy / "fold_all" / "checkpoint_final.pth.sha256").unlink()
+    with pytest.raises(CheckpointError, match="no SHA-256 recorded"):
+        nnunet.load_predictor(copy, budget)
+
+
+def test_training_with_augmentation_in_the_main_process(tmp_path):
+    """augmentation_workers=0 (no worker processes) plans with one thread and trains."""
+    rng = np.random.default_rng(3)
+    budget = nnunet.Budget(epochs=1, iterations_per_epoch=2, val_iterations=1, batch_size=2, target_spacing_mm=2.0,
+                           augmentation_workers=0)
+    folder = nnunet.fit(tmp_path, 504, "inprocess", [blob_case(i, rng) for i in range(3)], budget)
+    assert (folder / "fold_all" / "checkpoint_final.pth").exists()

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -25,6 +26,56 @@ def tiny_as_demo(folder: Path) -> Path:
     return folder
 
 
+def unlabelled_user_dataset(folder: Path) -> Path:
+    """A third dataset as a user without expert labels brings it: tiny athletes' MRI, one annotated slice, no labels.
+
+    The manifest lists no label files (they are deleted), and names an annotation volume holding the
+    expert label of one slice (the L4/L5 disc) of the first scan, as drawn in ITK-SNAP.
+    """
+    import SimpleITK as sitk
+
+    from nnsam2_utils.phantom import generate_cohort
+
+    source = generate_cohort(folder, size="tiny", seed=0, datasets=["athletes_mri"])[0]
+    manifest = yaml.safe_load(source.read_text())
+    root = source.parent / manifest["root"]
+    first = manifest["cases"][0]
+    label = sitk.ReadImage(str(root / first["label"]))
+    array = sitk.GetArrayFromImage(label)
+    one = array * 0
+    one[first["discs"]["L4L5"]] = array[first["discs"]["L4L5"]]
+    annotation = sitk.GetImageFromArray(one)
+    annotation.CopyInformation(label)
+    (root / "annotation").mkdir()
+    sitk.WriteImage(annotation, str(root / "annotation" / f"{first['id']}_one_slice.nii.gz"))
+    shutil.rmtree(root / "labels")
+    for case in manifest["cases"]:
+        case.pop("label")
+        case["sha256"].pop("label")
+    manifest.update(name="clinic_no_labels", annotation={"case": first["id"], "file": f"annotation/{first['id']}_one_slice.nii.gz"})
+    path = source.with_name("clinic_no_labels.yaml")
+    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    source.unlink()
+    return path
+
+
+def random_sam2_checkpoint(path: Path, config: str, image_size: int) -> str:
+    """A SAM2.1 checkpoint file in the official format ({"model": state_dict}) with random weights; its SHA-256.
+
+    No real checkpoint can be had offline: this one exercises the configured-checkpoint path of a
+    compared backend (SHA-256 check, SAM2's own loader) with meaningless masks.
+    """
+    import torch
+
+    from nnsam2_utils.io import sha256
+    from nnsam2_utils.propagate.sam2 import build_predictor
+
+    torch.manual_seed(0)
+    predictor = build_predictor(config, None, torch.device("cpu"), image_size)
+    torch.save({"model": predictor.state_dict()}, path)
+    return sha256(path)
+
+
 @pytest.fixture(scope="module")
 def built_book(tmp_path_factory):
     """The tiny cohort run end to end under the profile name "demo" (the notebooks' default), book built.
@@ -35,7 +86,15 @@ def built_book(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("workflow")
     book = tmp / "book"
     shutil.copytree(ROOT / "book", book, ignore=shutil.ignore_patterns("_build", "generated"))
-    env = dict(os.environ, NNSAM2_WORK=str(tmp / "work"), NNSAM2_CONFIG_DIR=str(tiny_as_demo(tmp / "config")))
+    config = tiny_as_demo(tmp / "config")
+    profile = yaml.safe_load((config / "demo.yaml").read_text())
+    profile["manifests"] = [str(unlabelled_user_dataset(tmp / "user_data"))]
+    sam2 = {"sam2_config": "configs/sam2.1/sam2.1_hiera_t.yaml", "sam2_image_size": 128,
+            "sam2_checkpoint": str(tmp / "sam2_random.pt")}
+    sam2["sam2_sha256"] = random_sam2_checkpoint(tmp / "sam2_random.pt", sam2["sam2_config"], sam2["sam2_image_size"])
+    profile["propagation"].update(compare_backends=["sam2"], **sam2)     # stage 0 alone with SAM2: a results-table row
+    (config / "demo.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    env = dict(os.environ, NNSAM2_WORK=str(tmp / "work"), NNSAM2_CONFIG_DIR=str(config))
     command = [str(Path(sys.executable).parent / "snakemake"), "--cores", "2", "--config", "profile=demo", f"book={book}",
                "--", "book"]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
@@ -49,14 +108,19 @@ def test_book_holds_the_dsc_table_of_this_run(built_book):
     assert index.exists()
     dsc = pd.read_csv(tmp / "work" / "demo" / "tables" / "dsc.csv")
     assert list(dsc.columns) == ["dataset", "case", "class", "stage", "dsc"]
-    assert set(dsc.stage) == {"stage0", "nnunet1", "nnunet2", "nnunet3", "supervised", "registration", "threshold"}
-    assert set(dsc.dataset) == {"backpain_t2w", "totalseg_ct"}
+    assert set(dsc.stage) == {"stage0", "nnunet1", "nnunet2", "nnunet3", "repeat", "stage0_sam2", "supervised",
+                              "registration", "threshold"}
+    assert set(dsc.dataset) == {"backpain_t2w", "totalseg_ct"}     # clinic_no_labels has no expert labels: no DSC
     results = (book / "_build" / "html" / "generated" / "04_results.html").read_text()
     mean_stage0 = dsc[dsc.stage == "stage0"].groupby(["dataset", "case"]).dsc.mean().groupby("dataset").mean()
     for value in mean_stage0:
         assert f"{value:.3f}" in results
     html = index.read_text()
     assert "Stage 0" in html and "mean DSC" in html
+    assert "Stage 0 (SAM2)" in results                                  # the compared backend's column
+    assert (book / "_build" / "html" / "generated" / "02_stage0_backpain_t2w__sam2.html").exists()
+    sam2 = json.loads((tmp / "work" / "demo" / "runlog" / "stage0_sam2__backpain_t2w.json").read_text())
+    assert sam2["parameters"]["backend"] == "sam2" and sam2["parameters"]["sam2_checkpoint"].endswith("sam2_random.pt")
 
 
 def test_timings_table_and_pseudo_labels_on_disk(built_book):
@@ -64,14 +128,66 @@ def test_timings_table_and_pseudo_labels_on_disk(built_book):
     timings = pd.read_csv(tmp / "work" / "demo" / "tables" / "timings.csv")
     assert list(timings.columns) == ["step", "dataset", "seconds", "peak_mb"]
     assert {"cohort", "prepare", "stage0", "nnunet1_train", "nnunet1_predict", "nnunet3_train",
-            "supervised_train", "oneshot_baselines", "measure"} <= set(timings.step)
+            "supervised_train", "oneshot_baselines", "measure", "repeat_train"} <= set(timings.step)
     assert (timings.seconds > 0).all()
     labels = list((tmp / "work" / "demo" / "stage0").rglob("labels/*.nii.gz"))
-    assert len(labels) == 6
+    assert len(labels) == 9 and len(list((tmp / "work" / "demo" / "stage0_sam2").rglob("labels/*.nii.gz"))) == 9
     selection = pd.read_csv(tmp / "work" / "demo" / "nnunet2" / "selection.csv")
-    assert selection.groupby("dataset").kept.sum().tolist() == [2, 2]   # at least 2 scans per dataset
+    assert selection.groupby("dataset").kept.sum().tolist() == [2, 2, 2]   # at least 2 scans per dataset
     agreement = pd.read_csv(tmp / "work" / "demo" / "tables" / "agreement.csv")
     assert {"volume_ml", "hu_mean"} <= set(agreement.measure)
+
+
+def test_a_dataset_without_expert_labels_goes_through_every_stage_and_is_measured(built_book):
+    tmp, book, _, _ = built_book
+    work = tmp / "work" / "demo"
+    cases = pd.read_csv(work / "prepared" / "clinic_no_labels" / "cases.csv")
+    assert len(cases) == 3 and not cases.has_label.astype(bool).any()
+    annotation = json.loads((work / "stage0" / "clinic_no_labels" / "annotation.json").read_text())
+    assert annotation["annotation_volume"] == "annotation"            # the user's slice, not an expert label
+    for stage in ("nnunet1", "nnunet2", "nnunet3", "repeat"):
+        assert sorted(p.name for p in (work / stage / "clinic_no_labels" / "labels").glob("*.nii.gz")) == \
+            sorted(f"{c}.nii.gz" for c in cases.case), stage
+    supervised = json.loads((work / "runlog" / "supervised_train__pooled.json").read_text())
+    assert supervised["parameters"]["cases"] == 6                   # expert labels only: 2 datasets x 3 scans
+    measurements = pd.read_csv(work / "tables" / "measurements.csv")
+    own = measurements[measurements.dataset == "clinic_no_labels"]
+    assert set(own.source) == {"auto"} and len(own.case.unique()) == 3
+    assert (own[own.measure == "volume_ml"].query("`class` in ['1', '2']").value > 0).all()
+    summary = pd.read_csv(book / "generated" / "tables" / "unlabelled_measurements.csv")
+    assert set(summary.dataset) == {"clinic_no_labels"} and (summary.scans == 3).all()
+    volumes = own[own.measure == "volume_ml"].query("`class` in ['1', '2']").groupby("class").value.mean()
+    shown = summary[summary.measure == "volume_ml"].set_index(summary["class"].astype(str))["mean"]
+    assert shown.round(3).to_dict() == volumes.round(3).to_dict()
+    html = book / "_build" / "html" / "generated"
+    assert "No expert labels, so no DSC, for: clinic_no_labels" in (html / "04_results.html").read_text()
+    assert "clinic_no_labels" in (html / "06_agreement.html").read_text()
+
+
+def test_run_to_run_variation_of_training_is_measured_and_shown_beside_the_margins(built_book):
+    import SimpleITK as sitk
+
+    tmp, book, _, _ = built_book
+    work = tmp / "work" / "demo"
+    variation = pd.read_csv(work / "tables" / "repeatability.csv")
+    assert {"volume_ml", "hu_mean"} <= set(variation.measure) and set(variation.group) == {"MRI", "CT"}
+    assert (variation.max_abs_pct >= variation.mean_abs_pct).all()
+    # the MRI volume row, recomputed from the two trainings' label files
+    diffs, firsts = [], []
+    for dataset in ("backpain_t2w", "clinic_no_labels"):
+        for case in pd.read_csv(work / "prepared" / dataset / "cases.csv").case:
+            first, second = (sitk.ReadImage(str(work / s / dataset / "labels" / f"{case}.nii.gz")) for s in ("nnunet3", "repeat"))
+            ml = lambda im, c: (sitk.GetArrayFromImage(im) == c).sum() * float(np.prod(im.GetSpacing())) / 1000  # noqa: E731
+            for c in (1, 2):
+                firsts.append(ml(first, c))
+                diffs.append(ml(second, c) - ml(first, c))
+    row = variation[(variation.measure == "volume_ml") & (variation.group == "MRI")].iloc[0]
+    assert row.n == len(diffs) == 12
+    assert row.mean_abs_pct == pytest.approx(100 * np.mean(np.abs(diffs)) / np.mean(firsts), rel=1e-6)
+    beside = pd.read_csv(work / "tables" / "variation_vs_margin.csv")
+    assert (beside.margin_pct.round(6) == 10).all() and beside.seed_change_mean_pct.notna().any()
+    repeat = glued(nbformat.read(str(book / "generated" / "05_repeat.ipynb"), as_version=4))
+    assert repeat["stage0_identical"] == "identical"                # stage 0 again on one scan: the same bytes
 
 
 def test_a_second_run_with_nothing_changed_does_nothing(built_book):
@@ -99,7 +215,7 @@ def test_the_built_book_has_no_broken_link_image_or_page_error(built_book):
     assert (shots / "landing.png").stat().st_size > 10_000 and (shots / "results.png").stat().st_size > 10_000
 
 
-RESULTS_PAGES = ["00_cohort", "04_results", "05_oneshot", "05_supervised", "06_agreement", "07_teaching"]
+RESULTS_PAGES = ["00_cohort", "04_results", "05_oneshot", "05_repeat", "05_supervised", "06_agreement", "07_teaching"]
 
 
 def downloads(html: str) -> dict[str, str]:
@@ -139,13 +255,15 @@ def test_the_landing_page_shows_the_method_figure_and_an_abstract_glued_from_the
     dsc = pd.read_csv(tmp / "work" / "demo" / "tables" / "dsc.csv")
     per_stage = dsc.groupby(["stage", "dataset", "case"]).dsc.mean().groupby("stage").mean()
     agreement = pd.read_csv(tmp / "work" / "demo" / "tables" / "agreement.csv").dropna(subset=["tost_p"])
-    assert pasted[:2] == ["2", "6"] and int(pasted[2]) > 6          # datasets, scans, region slices
+    assert pasted[:2] == ["3", "9"] and int(pasted[2]) > 9          # datasets, scans, region slices
     assert pasted[3] == "LiteMedSAM"
     assert pasted[4] == f"{per_stage['stage0']:.3f}" and pasted[5] == "3"
     assert pasted[6] == "nnU-Net 3 (nnsam2)" and pasted[7] == f"{per_stage['nnunet3']:.3f}"
     assert pasted[8] == f"{per_stage['supervised']:.3f}"
     assert pasted[9] == "10" and pasted[10:12] == [str(int((agreement.tost_p < 0.05).sum())), str(len(agreement))]
-    assert float(pasted[12]) > 0 and len(pasted) == 13
+    variation = pd.read_csv(tmp / "work" / "demo" / "tables" / "variation_vs_margin.csv")
+    assert pasted[12] == f"{variation.seed_change_mean_pct.max():.1f}"   # run-to-run variation, worst group
+    assert float(pasted[13]) > 0 and len(pasted) == 14
 
 
 def test_every_notebook_runs_top_to_bottom_with_its_defaults(built_book, monkeypatch):

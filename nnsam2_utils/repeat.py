@@ -1,0 +1,116 @@
+"""Run-to-run variation of nnU-Net training: the final stage trained again with another seed.
+
+Stage 0 is deterministic on CPU (same seed, same pseudo-labels, byte for byte), but nnU-Net
+training is not: its augmentation runs in worker processes and the CPU kernels sum in varying
+order, so even the same seed gives a slightly different model. The repeat step trains the final
+refinement stage a second time on exactly the same training set (same filter output, same warm
+start, same budget) with seed + 1, predicts every scan, and compares the measurements of the two
+models. The comparison is expressed in the unit of the equivalence margin (percent of the group
+mean), so the book can show the variation beside the ±10 % margin (METHOD §6).
+
+The repeat also re-runs stage 0 on one scan into a scratch folder and compares the bytes of the
+pseudo-label with the run's (:func:`rerun_stage0_case`).
+
+Public API: :data:`REPEAT_STAGE`, :func:`variation_table`, :func:`mask_agreement`,
+:func:`rerun_stage0_case`.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from .io import read_image
+from .metrics import dsc_rows
+
+REPEAT_STAGE = "repeat"
+#: nnU-Net dataset id of the repeated training (stages use 501-503, the supervised bound 599)
+REPEAT_DATASET_ID = 590
+VARIATION_COLUMNS = ["measure", "group", "n", "mean_first", "mean_abs_diff", "mean_abs_pct", "max_abs_pct",
+                     "mean_diff_pct", "note"]
+
+
+def _auto_values(measurements: pd.DataFrame, classes: tuple[str, ...]) -> pd.DataFrame:
+    """Automated values of the two LPM classes, keyed by (dataset, case, class, measure)."""
+    auto = measurements[measurements["source"] == "auto"].copy()
+    auto["class"] = auto["class"].astype(str)
+    auto = auto[auto["class"].isin(classes)]
+    return auto.set_index(["dataset", "case", "class", "measure"])["value"].astype(float)
+
+
+def variation_table(first: pd.DataFrame, second: pd.DataFrame, groups: dict[str, str],
+                    classes: tuple[str, ...] = ("1", "2")) -> pd.DataFrame:
+    """Per measure and dataset group: how much the second training's measurements differ from the first's.
+
+    ``first`` and ``second`` are tidy measurement tables (columns dataset, case, class, measure,
+    source, value; only ``source == "auto"`` rows are used) of the same scans from two trainings;
+    ``groups`` maps dataset → group (MRI, CT, Dixon). Differences are per scan and class
+    (second − first); ``mean_abs_pct`` = mean |difference| / |mean of first| × 100 and
+    ``max_abs_pct`` the largest |difference| on the same scale — the scale of the equivalence margin
+    (a fraction of the group mean). Keys present in only one table are left out (counted in
+    ``note``); a group whose mean is zero gets NaN percentages and a note.
+    """
+    a, b = _auto_values(first, classes), _auto_values(second, classes)
+    paired = pd.concat({"first": a, "second": b}, axis=1)
+    unpaired = int(paired.isna().any(axis=1).sum())
+    paired = paired.dropna().reset_index()
+    rows = []
+    if paired.empty:
+        return pd.DataFrame(columns=VARIATION_COLUMNS)
+    paired["group"] = paired["dataset"].map(groups)
+    for (measure, group), part in paired.groupby(["measure", "group"], sort=True):
+        diff = part["second"] - part["first"]
+        mean_first = float(part["first"].mean())
+        notes = []
+        if unpaired:
+            notes.append(f"{unpaired} scan/class values without a counterpart left out")
+        scale = abs(mean_first)
+        if scale == 0 or not np.isfinite(scale):
+            notes.append("group mean is zero: no percentages")
+            pct = lambda v: float("nan")  # noqa: E731
+        else:
+            pct = lambda v: 100.0 * float(v) / scale  # noqa: E731
+        rows.append({"measure": measure, "group": group, "n": int(len(part)), "mean_first": mean_first,
+                     "mean_abs_diff": float(diff.abs().mean()), "mean_abs_pct": pct(diff.abs().mean()),
+                     "max_abs_pct": pct(diff.abs().max()), "mean_diff_pct": pct(diff.mean()), "note": "; ".join(notes)})
+    return pd.DataFrame(rows, columns=VARIATION_COLUMNS)
+
+
+def mask_agreement(dataset: str, case: str, first: np.ndarray, second: np.ndarray) -> list[dict]:
+    """DSC rows (per class) between the masks of the two trainings for one scan (``stage``: ``run_to_run``)."""
+    return dsc_rows(dataset, case, "run_to_run", second, first)
+
+
+def rerun_stage0_case(propagator, workspace, dataset: str, case: str, scratch: Path) -> dict:
+    """Propagate into one scan again, exactly as the run's stage 0 did, and compare with its pseudo-label.
+
+    Reads the reference scan, annotated slice and annotation volume from the dataset's stage-0
+    ``annotation.json``; writes into ``scratch`` (emptied first, removed afterwards). Returns
+    ``{"dataset", "case", "voxels", "voxels_differing", "identical"}``.
+    """
+    from .prepare import load_model_input
+    from .propagate.run import annotated_slice_mask, propagate_case
+
+    stage_dir = workspace.stage("stage0", dataset)
+    record_path = stage_dir / "annotation.json"
+    if not record_path.exists():
+        raise FileNotFoundError(f"{record_path}: stage 0 of {dataset} has not run (no annotation record).")
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    prepared = workspace.prepared(dataset)
+    reference_case, annotated = record["reference_case"], int(record["annotated_slice"])
+    mask = annotated_slice_mask(prepared, reference_case, annotated, record.get("annotation_volume", "label"))
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        propagate_case(propagator, prepared, scratch, dataset, case, reference_case,
+                       load_model_input(prepared / reference_case), annotated, mask)
+        again = sitk.GetArrayFromImage(read_image(scratch / "labels" / f"{case}.nii.gz"))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    before = sitk.GetArrayFromImage(read_image(workspace.labels("stage0", dataset, case)))
+    differing = int(np.count_nonzero(again != before)) if again.shape == before.shape else int(before.size)
+    return {"dataset": dataset, "case": case, "voxels": int(before.size), "voxels_differing": differing,
+            "identical": differing == 0 and again.shape == before.shape}

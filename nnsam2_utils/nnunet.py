@@ -235,10 +235,32 @@ def train(root: str | Path, dataset_id: int, name: str, budget: Budget, pretrain
         resume = (fold_dir / "checkpoint_latest.pth").exists()
         if resume:
             log.info("resuming nnU-Net training from %s", fold_dir / "checkpoint_latest.pth")
-        maybe_load_checkpoint(trainer, resume, False, None if resume or pretrained is None else str(pretrained))
+        if resume or pretrained is None:
+            maybe_load_checkpoint(trainer, resume, False, None)
+        else:
+            trainer.initialize()
+            load_network_weights(trainer, pretrained)
         trainer.run_training()
     record_checkpoint_digest(fold_dir / "checkpoint_final.pth")
     return folder
+
+
+def load_network_weights(trainer, checkpoint: str | Path) -> None:
+    """Every weight of an earlier model of the same plan into an initialised trainer's network (a warm start).
+
+    nnU-Net's own ``load_pretrained_weights`` leaves out the segmentation output layers (it is
+    meant for fine-tuning on other labels), so a warm start through it restarts the output layers
+    from random weights. nnsam2's stages share their labels, so the whole network is carried over
+    (strict: any missing or unexpected weight is an error). Read with ``weights_only=True``; the
+    checkpoint's training log holds NumPy scalars, the only other types allowed.
+    """
+    allowed = [np._core.multiarray.scalar, np.dtype] + [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64)]
+    with torch.serialization.safe_globals(allowed):
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["network_weights"]
+    network = trainer.network
+    network = getattr(network, "module", network)       # DistributedDataParallel
+    network = getattr(network, "_orig_mod", network)    # torch.compile
+    network.load_state_dict({k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()})
 
 
 def record_checkpoint_digest(checkpoint: str | Path) -> Path:

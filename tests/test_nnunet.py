@@ -111,6 +111,10 @@ def test_a_warm_start_reuses_the_earlier_plan_and_weights(trained):
     change = [float((after["network_weights"][k] - first["network_weights"][k]).norm() / first["network_weights"][k].norm())
               for k in encoder]
     assert encoder and max(change) < 0.2      # a random initialisation would differ by about 1.4
+    # the output layers too (nnU-Net's own fine-tuning loader re-initialises them: stage 2 began half-random)
+    heads = [k for k in first["network_weights"] if ".seg_layers." in k and k.endswith("weight")]
+    assert heads and max(float((after["network_weights"][k] - first["network_weights"][k]).norm()
+                               / first["network_weights"][k].norm()) for k in heads) < 0.2
     with pytest.raises(FileNotFoundError, match="earlier stage's model"):
         nnunet.fit(root, 503, "blobs3", cases, warm, start_from=root / "missing")
 

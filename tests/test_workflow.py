@@ -183,7 +183,7 @@ def test_run_to_run_variation_of_training_is_measured_and_shown_beside_the_margi
                 diffs.append(ml(second, c) - ml(first, c))
     row = variation[(variation.measure == "volume_ml") & (variation.group == "MRI")].iloc[0]
     assert row.n == len(diffs) == 12
-    assert row.mean_abs_pct == pytest.approx(100 * np.mean(np.abs(diffs)) / np.mean(firsts), rel=1e-6)
+    assert row.mean_abs_pct == pytest.approx(100 * np.mean(np.abs(diffs)) / np.mean(firsts), rel=1e-4)
     beside = pd.read_csv(work / "tables" / "variation_vs_margin.csv")
     assert (beside.margin_pct.round(6) == 10).all() and beside.seed_change_mean_pct.notna().any()
     repeat = glued(nbformat.read(str(book / "generated" / "05_repeat.ipynb"), as_version=4))

@@ -20,7 +20,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .io import read_json, write_image, write_json
+from .errors import CheckpointError
+from .io import atomic_path, read_json, sha256, write_image, write_json
 
 log = logging.getLogger(__name__)
 
@@ -270,8 +271,6 @@ def record_checkpoint_digest(checkpoint: str | Path) -> Path:
     trainer's settings, not only tensors), so :func:`load_predictor` first checks the file
     against this digest: a checkpoint swapped or altered after training is refused.
     """
-    from .io import atomic_path, sha256
-
     checkpoint = Path(checkpoint)
     target = checkpoint.with_name(checkpoint.name + ".sha256")
     with atomic_path(target) as tmp:
@@ -284,8 +283,6 @@ def verify_trained_checkpoint(checkpoint: str | Path) -> Path:
 
     Raises CheckpointError when the digest file is missing or does not match.
     """
-    from .errors import CheckpointError
-
     checkpoint = Path(checkpoint)
     digest = checkpoint.with_name(checkpoint.name + ".sha256")
     if not digest.is_file():
@@ -293,8 +290,6 @@ def verify_trained_checkpoint(checkpoint: str | Path) -> Path:
                               "pickle, so only checkpoints this pipeline trained (and recorded) are used; retrain the stage "
                               "(delete its folder) or, for a checkpoint you trust, write its SHA-256 into that file.")
     expected = (digest.read_text(encoding="utf-8").split() or [""])[0]
-    from .io import sha256
-
     if sha256(checkpoint) != expected:
         raise CheckpointError(f"{checkpoint}: SHA-256 differs from the one recorded when it was trained ({digest.name}): the "
                               "file was changed or replaced after training. Retrain the stage (delete its folder) rather "

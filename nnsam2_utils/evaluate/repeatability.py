@@ -85,32 +85,3 @@ def mask_agreement(dataset: str, case: str, first: np.ndarray, second: np.ndarra
     return dsc_rows(dataset, case, "run_to_run", second, first)
 
 
-def rerun_stage0_case(propagator, workspace, dataset: str, case: str, scratch: Path) -> dict:
-    """Propagate into one scan again, exactly as the run's stage 0 did, and compare with its pseudo-label.
-
-    Reads the reference scan, annotated slice and annotation volume from the dataset's stage-0
-    ``annotation.json``; writes into ``scratch`` (emptied first, removed afterwards). Returns
-    ``{"dataset", "case", "voxels", "voxels_differing", "identical"}``.
-    """
-    from .prepare import load_model_input
-    from .propagate.run import annotated_slice_mask, propagate_case
-
-    stage_dir = workspace.stage("stage0", dataset)
-    record_path = stage_dir / "annotation.json"
-    if not record_path.exists():
-        raise FileNotFoundError(f"{record_path}: stage 0 of {dataset} has not run (no annotation record).")
-    record = json.loads(record_path.read_text(encoding="utf-8"))
-    prepared = workspace.prepared(dataset)
-    reference_case, annotated = record["reference_case"], int(record["annotated_slice"])
-    mask = annotated_slice_mask(prepared, reference_case, annotated, record.get("annotation_volume", "label"))
-    shutil.rmtree(scratch, ignore_errors=True)
-    try:
-        propagate_case(propagator, prepared, scratch, dataset, case, reference_case,
-                       load_model_input(prepared / reference_case), annotated, mask)
-        again = sitk.GetArrayFromImage(read_image(scratch / "labels" / f"{case}.nii.gz"))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    before = sitk.GetArrayFromImage(read_image(workspace.labels("stage0", dataset, case)))
-    differing = int(np.count_nonzero(again != before)) if again.shape == before.shape else int(before.size)
-    return {"dataset": dataset, "case": case, "voxels": int(before.size), "voxels_differing": differing,
-            "identical": differing == 0 and again.shape == before.shape}

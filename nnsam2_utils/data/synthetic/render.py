@@ -1,22 +1,4 @@
-"""Synthetic demo cohort: lumbar MRI/CT phantoms with exact ground truth.
-
-Six datasets mirror the paper's (back-pain T1w and T2w, bed-rest Dixon, athletes, two CT
-collections). Every scan is rendered from an anatomical model (:mod:`phantom_anatomy`):
-tissues are painted on a grid ``supersample`` times finer in-plane than the output and, in the
-spine (where things change fast along z), at several heights within the slice thickness; the
-tissue fractions of every output voxel then give the partial-volume image and the label
-(arg-max over background and the four muscles). Fat infiltration of the back muscles is a
-smooth random field plus thin "marbling" streaks, fixed in the subject's anatomy, so repeated
-scans of one subject share it. Contrasts are linear in the tissue fractions (T1w, T2w,
-Dixon water/fat, CT in HU), followed by a smooth coil bias field and Rician noise (MRI) or
-Gaussian noise (CT).
-
-Everything is deterministic from ``seed``: every subject, scan and noise field draws from
-``numpy.random.default_rng`` seeded by (seed, dataset or subject group, index, purpose).
-
-Public API: :data:`DATASETS`, :data:`SIZES`, :func:`generate_cohort`; ``python -m
-nnsam2_utils.phantom OUT --size tiny`` writes a cohort from the command line.
-"""
+"""TODO docstring."""
 from __future__ import annotations
 
 import argparse
@@ -28,12 +10,10 @@ import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
-
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 from scipy import ndimage
-
 from .errors import ConfigError
 from .io import sha256, write_csv, write_image
 from .manifest import Case, Checksums, DatasetManifest, Discs, Source, dump_manifest
@@ -41,106 +21,6 @@ from .phantom_anatomy import (
     DISCS, LABELLED, N_TISSUES, T, BodyOutline, Shape, Subject, Tube, body_outline, bowel_loops, cross_section,
     inside_body, sample_subject,
 )
-
-log = logging.getLogger(__name__)
-
-DATASETS: tuple[str, ...] = ("backpain_t1w", "backpain_t2w", "bedrest_dixon", "athletes_mri", "totalseg_ct", "word_ct")
-MUSCLE_NAMES: tuple[str, ...] = ("R-ES", "R-MF", "L-MF", "L-ES")  # label values 1..4
-BEDREST_VOLUME_CHANGE: tuple[float, ...] = (0.0, -0.03, -0.06)  # relative change of ES and MF area per time point
-BEDREST_FF_CHANGE: tuple[float, ...] = (0.0, 0.01, 0.02)        # added fat fraction per time point
-
-
-# --- specifications --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DatasetSpec:
-    """Acquisition of one dataset (the default size)."""
-
-    name: str
-    modality: str
-    sequence: str
-    cohort: str                      # subject pool (see phantom_anatomy.COHORTS)
-    group: str                       # subjects with the same group and index share their anatomy
-    prefix: str                      # case id prefix
-    matrix: tuple[int, int]          # (columns, rows) = (x: right->left, y: anterior->posterior)
-    spacing_xy: float | None         # mm; None: fit the body (the field of view follows the patient)
-    slice_mm: float
-    fov: str                         # "spine": centred on the back, body cut laterally; "body": whole body
-    direction: tuple[int, int, int]  # signs of the stored axes in LPS (-1,-1,1 is the usual NIfTI "RAS")
-    noise: float                     # MRI: Rician sigma; CT: HU
-    bias: float                      # MRI coil bias strength (posterior brighter)
-    contrast: str = "native"         # CT: "native" or "portal_venous"
-    margin_mm: tuple[float, float] = (10.0, 10.0)  # below L5/S1, above L3/L4
-    description: str = ""
-    citation: str = ""
-
-
-SPECS: dict[str, DatasetSpec] = {s.name: s for s in (
-    DatasetSpec("backpain_t1w", "MRI", "T1w", "backpain", "backpain", "t1w", (256, 256), 0.94, 4.5, "spine", (1, 1, -1), 22.0, 0.35,
-                description="Synthetic stand-in for the back-pain T1-weighted axial lumbar MRI (Mendeley Data k57fr854j2): "
-                            "same patients as backpain_t2w; slices stored superior to inferior.",
-                citation="Sudirman et al., Lumbar spine MRI dataset, Mendeley Data k57fr854j2 (the real data this mimics)"),
-    DatasetSpec("backpain_t2w", "MRI", "T2w", "backpain", "backpain", "t2w", (256, 256), 0.94, 4.0, "spine", (-1, -1, 1), 20.0, 0.35,
-                description="Synthetic stand-in for the back-pain T2-weighted axial lumbar MRI (Mendeley Data k57fr854j2).",
-                citation="Sudirman et al., Lumbar spine MRI dataset, Mendeley Data k57fr854j2 (the real data this mimics)"),
-    DatasetSpec("bedrest_dixon", "MRI", "Dixon", "bedrest", "bedrest", "br", (256, 208), None, 5.0, "body", (-1, -1, 1), 14.0, 0.15,
-                description="Synthetic stand-in for the AGBRESA bed-rest Dixon MRI: each subject at three time points with a "
-                            "programmed loss of back-muscle volume (0, -3, -6 %) and gain of fat fraction (0, +1, +2 points). "
-                            "image = water, fat = fat image.",
-                citation="AGBRESA bed-rest study (not public); synthetic"),
-    DatasetSpec("athletes_mri", "MRI", "T1w", "athletes", "athletes", "afl", (256, 256), 1.0, 4.5, "spine", (1, 1, 1), 22.0, 0.35,
-                description="Synthetic stand-in for the professional football players' lumbar MRI: lean, large back muscles.",
-                citation="AFL players MRI (not public); synthetic"),
-    DatasetSpec("totalseg_ct", "CT", "CT", "ct", "totalseg", "ts", (256, 256), None, 1.5, "body", (-1, -1, 1), 12.0, 0.0,
-                margin_mm=(12.0, 12.0),
-                description="Synthetic stand-in for TotalSegmentator CT (Zenodo 10047292): thin slices, no contrast agent.",
-                citation="Wasserthal et al., TotalSegmentator, Zenodo 10047292 (the real data this mimics)"),
-    DatasetSpec("word_ct", "CT", "CT", "ct", "word", "word", (256, 256), None, 2.5, "body", (-1, -1, -1), 10.0, 0.0,
-                contrast="portal_venous", margin_mm=(12.0, 12.0),
-                description="Synthetic stand-in for WORD abdominal CT (HiLab-git/WORD): portal-venous phase.",
-                citation="Luo et al., WORD, HiLab-git/WORD (the real data this mimics)"),
-)}
-
-
-@dataclass(frozen=True)
-class SizeSpec:
-    """How big a cohort is: which datasets by default, scans per dataset, and the acquisition scale."""
-
-    datasets: tuple[str, ...]
-    n_scans: int                     # per dataset (bed-rest: subjects x 3 time points)
-    n_bedrest_subjects: int
-    level_mm: float                  # mean distance between neighbouring discs
-    supersample: int
-    overrides: dict[str, dict] = field(default_factory=dict)
-    mri_slice_mm: float | None = None  # replaces every MRI slice thickness when set
-    ct_slice_mm: float | None = None
-    matrix_divisor: int = 1
-    margin_mm: tuple[float, float] | None = None
-
-
-SIZES: dict[str, SizeSpec] = {
-    # tests: two datasets, ~7 region slices per scan, <= 128^2 in-plane (a shorter lumbar segment)
-    "tiny": SizeSpec(datasets=("backpain_t2w", "totalseg_ct"), n_scans=3, n_bedrest_subjects=1, level_mm=21.0,
-                     supersample=2, mri_slice_mm=7.0, ct_slice_mm=3.0, matrix_divisor=2, margin_mm=(6.0, 6.0)),
-    # the book: six datasets, 12-15 region slices per scan after CT decimation
-    "default": SizeSpec(datasets=DATASETS, n_scans=3, n_bedrest_subjects=2, level_mm=26.0, supersample=2),
-}
-
-
-def acquisition(spec: DatasetSpec, size: SizeSpec) -> DatasetSpec:
-    """The dataset's acquisition at this cohort size."""
-    changes: dict = {}
-    if size.matrix_divisor > 1:
-        changes["matrix"] = tuple(m // size.matrix_divisor for m in spec.matrix)
-        if spec.spacing_xy is not None:
-            changes["spacing_xy"] = round(spec.spacing_xy * size.matrix_divisor * 1.01, 2)
-    if spec.modality == "MRI" and size.mri_slice_mm:
-        changes["slice_mm"] = size.mri_slice_mm
-    if spec.modality == "CT" and size.ct_slice_mm:
-        changes["slice_mm"] = size.ct_slice_mm
-    if size.margin_mm:
-        changes["margin_mm"] = size.margin_mm
-    changes.update(size.overrides.get(spec.name, {}))
-    return replace(spec, **changes)
 
 
 # --- random numbers ----------------------------------------------------------------------------
@@ -310,6 +190,8 @@ class SubjectFields:
 
 
 MARBLING_WIDTH = 0.28  # ridge width in SD units of the marbling field
+
+
 _MARBLING_MEAN = 1.0 / math.sqrt(1.0 + 2.0 / MARBLING_WIDTH**2)  # E[exp(-(g/w)^2)], g ~ N(0, 1)
 
 
@@ -354,9 +236,15 @@ _TISSUE_TABLE: dict[str, tuple[float, float, float, float, float, float]] = {
     "table":            (0.0,    0,    0,  0.0,   120,   120),
     "mesenteric_fat":   (0.88, 300,  300,  1.0,   -95,   -95),
 }
+
+
 FAT_SIGNAL = {"T1w": 950.0, "T2w": 800.0}
-MUSCLE_WATER = {"T1w": 330.0, "T2w": 190.0}
+
+
 MUSCLE_HU_FAT_FREE, FAT_HU = 58.0, -105.0
+MUSCLE_WATER = {"T1w": 330.0, "T2w": 190.0}
+
+
 DIXON_SCALE = 700.0
 
 
@@ -629,136 +517,3 @@ def truth_rows(dataset: str, case_id: str, subject: str, timepoint: int, scan: S
                      "fat_fraction": round(float(ff[mask].mean()), 5) if n else float("nan"),
                      "hu_mean": (round(float(hu[mask].mean()), 3) if n else float("nan")) if ct else None})
     return rows
-
-
-# --- cohort ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ScanPlan:
-    case_id: str
-    subject: Subject
-    timepoint: int
-    pose: Pose
-
-
-SUBJECT_PREFIX = {"backpain": "bp", "bedrest": "br", "athletes": "afl", "totalseg": "ts", "word": "word"}
-
-
-def plan_dataset(spec: DatasetSpec, size: SizeSpec, seed: int) -> list[ScanPlan]:
-    """Subjects, time points and positions of every scan of a dataset."""
-    plans = []
-    if spec.name == "bedrest_dixon":
-        for i in range(size.n_bedrest_subjects):
-            sid = f"{SUBJECT_PREFIX[spec.group]}{i + 1:02d}"
-            subject = sample_subject(_rng(seed, spec.group, i, "subject"), sid, spec.cohort, size.level_mm)
-            pose = sample_pose(_rng(seed, spec.name, i, "pose"), spec.modality)
-            for tp, (dvol, dff) in enumerate(zip(BEDREST_VOLUME_CHANGE, BEDREST_FF_CHANGE), start=1):
-                changed = replace(subject, es_area=subject.es_area * (1 + dvol), mf_area=subject.mf_area * (1 + dvol),
-                                  ff_es=subject.ff_es + dff, ff_mf=subject.ff_mf + dff)
-                tp_pose = pose if tp == 1 else reposition(pose, _rng(seed, spec.name, i, tp, "reposition"))
-                plans.append(ScanPlan(f"{sid}_tp{tp}", changed, tp, tp_pose))
-        return plans
-    for i in range(size.n_scans):
-        sid = f"{SUBJECT_PREFIX[spec.group]}{i + 1:02d}"
-        subject = sample_subject(_rng(seed, spec.group, i, "subject"), sid, spec.cohort, size.level_mm)
-        pose = sample_pose(_rng(seed, spec.name, i, "pose"), spec.modality)
-        plans.append(ScanPlan(f"{spec.prefix}_{i + 1:03d}", subject, 1, pose))
-    return plans
-
-
-def _replace_if_changed(path: Path, write) -> str:
-    """Write through ``write(tmp)`` (atomic) and move onto ``path`` only if the bytes differ."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.new{''.join(path.suffixes)}")
-    try:
-        write(tmp)
-        if path.exists() and sha256(path) == sha256(tmp):
-            return "unchanged"
-        os.replace(tmp, path)
-        return "written"
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def generate_dataset(out_dir: Path, name: str, size: SizeSpec, seed: int, size_name: str = "default") -> Path:
-    """Render, write and describe (manifest + truth table) one dataset; returns the manifest path."""
-    if name not in SPECS:
-        raise ConfigError(f"unknown phantom dataset '{name}'. Choose from {list(DATASETS)}.")
-    spec = acquisition(SPECS[name], size)
-    root = out_dir / name
-    cases, truth = [], []
-    field_cache: dict[int, SubjectFields] = {}
-    status = {"written": 0, "unchanged": 0}
-    for index, plan in enumerate(plan_dataset(spec, size, seed)):
-        if plan.subject.field_seed not in field_cache:
-            field_cache[plan.subject.field_seed] = subject_fields(plan.subject, scan_body(plan.subject))
-        fields = field_cache[plan.subject.field_seed]
-        scan = render_scan(spec, plan.subject, fields, plan.pose, size.supersample)
-        stored = acquire(spec, scan, _rng(seed, name, index, "noise"))
-        files = {"image": f"images/{plan.case_id}.nii.gz", "label": f"labels/{plan.case_id}.nii.gz"}
-        arrays = {"image": stored["image"], "label": scan.label}
-        if "fat" in stored:
-            files["fat"] = f"fat/{plan.case_id}.nii.gz"
-            arrays["fat"] = stored["fat"]
-        checksums = {}
-        for key, rel in files.items():
-            image = to_image(arrays[key], scan.grid, spec.direction)
-            result = _replace_if_changed(root / rel, lambda tmp, im=image: write_image(im, tmp))
-            status[result] += 1
-            checksums[key] = sha256(root / rel)
-        stored_discs = {d: (k if spec.direction[2] > 0 else scan.grid.nz - 1 - k) for d, k in scan.discs.items()}
-        cases.append(Case(id=plan.case_id, image=files["image"], label=files["label"], fat=files.get("fat"),
-                          subject=plan.subject.id, timepoint=plan.timepoint, discs=Discs(**stored_discs),
-                          sha256=Checksums(**checksums)))
-        truth += truth_rows(name, plan.case_id, plan.subject.id, plan.timepoint, scan, spec.modality == "CT")
-    manifest = DatasetManifest(
-        name=name, modality=spec.modality, sequence=spec.sequence, root=name,
-        description=f"{spec.description} Synthetic phantom (nnsam2_utils.phantom, seed {seed}); "
-                    f"in-plane {spec.matrix[0]}x{spec.matrix[1]}, slice {spec.slice_mm} mm.",
-        source=Source(citation=spec.citation, licence="CC0 (synthetic)",
-                      how_to_get=f"python -m nnsam2_utils.phantom OUT --size {size_name} --seed {seed} --datasets {name}"),
-        label_map={1: 1, 2: 1, 3: 2, 4: 2}, muscle_map={1: "R-ES", 2: "R-MF", 3: "L-MF", 4: "L-ES"},
-        decimate_to_mm=5.0 if spec.modality == "CT" else None, cases=cases)
-    manifest_path = out_dir / f"{name}.yaml"
-    _replace_if_changed(manifest_path, lambda tmp: dump_manifest(manifest, tmp))
-    table = pd.DataFrame(truth, columns=["dataset", "case", "subject", "timepoint", "class", "muscle", "volume_ml",
-                                         "fat_fraction", "hu_mean"])
-    _replace_if_changed(out_dir / f"{name}_truth.csv", lambda tmp: write_csv(table, tmp))
-    log.info("%s: %d scans (%d files written, %d unchanged)", name, len(cases), status["written"], status["unchanged"])
-    return manifest_path
-
-
-def generate_cohort(out_dir: Path, size: str = "default", seed: int = 0, datasets: Sequence[str] | None = None) -> list[Path]:
-    """Write the synthetic cohort (images, labels, Dixon fat, manifests, truth tables); returns the manifests."""
-    if size not in SIZES:
-        raise ConfigError(f"unknown phantom size '{size}'. Choose from {list(SIZES)}.")
-    spec = SIZES[size]
-    names = tuple(datasets) if datasets is not None else spec.datasets
-    unknown = [n for n in names if n not in SPECS]
-    if unknown:
-        raise ConfigError(f"unknown phantom dataset(s) {unknown}. Choose from {list(DATASETS)}.")
-    out_dir = Path(out_dir)
-    paths = []
-    for name in names:
-        start = time.perf_counter()
-        paths.append(generate_dataset(out_dir, name, spec, seed, size))
-        log.info("%s generated in %.1f s", name, time.perf_counter() - start)
-    return paths
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m nnsam2_utils.phantom OUT [--size tiny] [--seed 0] [--datasets ...]``."""
-    parser = argparse.ArgumentParser(prog="python -m nnsam2_utils.phantom", description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path, help="output folder")
-    parser.add_argument("--size", default="default", choices=sorted(SIZES))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=None)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for path in generate_cohort(args.out, args.size, args.seed, args.datasets):
-        log.info("manifest %s", path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

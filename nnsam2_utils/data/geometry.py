@@ -1,0 +1,115 @@
+"""TODO docstring."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from .errors import DataError, GeometryError
+from .manifest import MUSCLE_TO_CLASS, MUSCLES, Case, DatasetManifest
+
+
+def canonical(image: sitk.Image) -> sitk.Image:
+    """Reorient to LPS without resampling (a permutation/flip of axes)."""
+    return sitk.DICOMOrient(image, "LPS")
+
+
+def slice_axis(image: sitk.Image) -> int:
+    """The stored axis (0, 1 or 2) closest to the superior–inferior direction (2 for axial scans)."""
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    return int(np.argmax(np.abs(direction[2])))
+
+
+def lps_slice_index(image: sitk.Image, k: int) -> int:
+    """The LPS z index of slice ``k`` counted along the stored superior–inferior axis (see :func:`slice_axis`)."""
+    axis = slice_axis(image)
+    size_k = image.GetSize()[axis]
+    if not 0 <= k < size_k:
+        raise GeometryError(f"disc slice index {k} is outside the volume (0..{size_k - 1} along the "
+                            "superior–inferior axis). Fix the disc levels in the manifest.")
+    index = [(s - 1) / 2 for s in image.GetSize()]
+    index[axis] = k
+    point = image.TransformContinuousIndexToPhysicalPoint(index)
+    return int(round(canonical(image).TransformPhysicalPointToContinuousIndex(point)[2]))
+
+
+def region_slices(image: sitk.Image, k_a: int, k_b: int) -> tuple[int, int]:
+    """Map two disc slice indices of the stored image to the LPS z-range (low, high), inclusive.
+
+    Disc indices count along the stored axis closest to superior–inferior (k for an axial
+    scan, whatever its storage order), so they can be read off any viewer's slice number.
+    """
+    zs = [lps_slice_index(image, k) for k in (k_a, k_b)]
+    return min(zs), max(zs)
+
+
+def case_region(image: sitk.Image, case: Case, image_path: str | Path) -> tuple[int, int]:
+    """The LPS z-range (low, high) of a case's L3/L4–L5/S1 region; errors name the file and the case.
+
+    L3/L4 must lie superior to L5/S1 in the image's own orientation: reversed levels (or an image
+    header whose direction says the scan is upside down) are a GeometryError, not silently swapped.
+    """
+    try:
+        z_top, z_bottom = (lps_slice_index(image, k) for k in (case.discs.L3L4, case.discs.L5S1))
+    except GeometryError as exc:
+        raise GeometryError(f"{image_path} (case {case.id}): {exc}") from exc
+    if z_top <= z_bottom:
+        raise GeometryError(f"{image_path} (case {case.id}): disc L3L4 (slice {case.discs.L3L4}) lies inferior to "
+                            f"L5S1 (slice {case.discs.L5S1}) in the image's orientation. Swap the two disc levels in "
+                            "the manifest, or fix the image header's direction if the scan is stored upside down.")
+    return z_bottom, z_top
+
+
+def decimation_factor(spacing_z: float, target_mm: float | None) -> int:
+    """k = round(target / spacing_z), at least 1 (no decimation when target is None)."""
+    if not target_mm:
+        return 1
+    return max(1, int(round(target_mm / spacing_z)))
+
+
+def crop_z(image: sitk.Image, z_low: int, z_high: int, step: int = 1) -> sitk.Image:
+    """Keep LPS slices z_high, z_high - step, … down to z_low (the superior disc is always kept)."""
+    keep = list(range(z_high, z_low - 1, -step))[::-1]
+    first, last = keep[0], keep[-1]
+    cropped = image[:, :, first : last + 1 : step]
+    return cropped
+
+
+def check_same_grid(a: sitk.Image, b: sitk.Image, name_a: str, name_b: str, tol: float = 1e-3) -> None:
+    """Raise GeometryError if two images do not share size, spacing, origin and direction."""
+    problems = []
+    if a.GetSize() != b.GetSize():
+        problems.append(f"size {a.GetSize()} vs {b.GetSize()}")
+    for what, va, vb in (("spacing", a.GetSpacing(), b.GetSpacing()), ("origin", a.GetOrigin(), b.GetOrigin()), ("direction", a.GetDirection(), b.GetDirection())):
+        if not np.allclose(va, vb, atol=tol * max(1.0, float(np.max(np.abs(va))))):
+            problems.append(f"{what} {tuple(round(v, 4) for v in va)} vs {tuple(round(v, 4) for v in vb)}")
+    if problems:
+        raise GeometryError(f"{name_b} does not match the grid of {name_a}: {'; '.join(problems)}. Resample the label onto the image grid (e.g. in 3D Slicer) or fix the header.")
+
+
+def region_crop(manifest: DatasetManifest, case: Case, image: sitk.Image, image_path: str | Path):
+    """The preparation of any volume on this scan's grid (reorient to LPS, crop to the region,
+    decimate CT) as a function, with the decimation step: images, labels and external
+    predictions of the scan all go through the same one."""
+    z_low, z_high = case_region(image, case, image_path)
+    step = decimation_factor(canonical(image).GetSpacing()[2], manifest.decimate_to_mm) if manifest.modality == "CT" else 1
+
+    def crop(volume: sitk.Image) -> sitk.Image:
+        return crop_z(canonical(volume), z_low, z_high, step)
+
+    return crop, step
+
+
+def to_stack(image: sitk.Image) -> np.ndarray:
+    """LPS image → (slice, row, column) array ordered superior → inferior."""
+    return sitk.GetArrayFromImage(image)[::-1].copy()
+
+
+def from_stack(stack: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """Inverse of :func:`to_stack`, in the geometry of ``reference``."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(stack[::-1]))
+    image.CopyInformation(reference)
+    return image

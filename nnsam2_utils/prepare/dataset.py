@@ -1,0 +1,137 @@
+"""Preparation: canonical orientation, region crop, CT decimation, model-input slices.
+
+Conventions (fixed here, used everywhere):
+
+* Volumes are reoriented to **LPS** (SimpleITK's DICOM convention): array axes ``(z, y, x)``
+  run inferior→superior, anterior→posterior, right→left. Displayed with ``imshow`` a slice
+  is in radiological view (patient's right on the image's left, anterior at the top).
+* A **stack** is the region of a scan as ``(slice, row, column)`` ordered **superior →
+  inferior**: ``stack[0]`` is the L3/L4 disc slice, ``stack[-1]`` the L5/S1 disc slice.
+* Model input: intensities clipped (CT to [-30, 150] HU; MRI to the 0.5–99.5th percentile
+  of the volume), scaled to [0, 255] as uint8 and resized to 256 × 256 (bilinear); labels
+  nearest-neighbour. Measurements always use the unclipped native images.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from .errors import DataError, GeometryError
+from .manifest import MUSCLE_TO_CLASS, MUSCLES, Case, DatasetManifest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreparedCase:
+    """A case after preparation (everything in LPS, cropped to the region)."""
+
+    dataset: str
+    case_id: str
+    image: sitk.Image
+    label: sitk.Image | None
+    muscles: sitk.Image | None
+    fat: sitk.Image | None
+    decimation: int
+
+
+def verify_sha256(path: Path, expected: str | None, field: str, manifest: DatasetManifest) -> None:
+    """Compare a file with the SHA-256 its manifest pins (nothing pinned, or a folder: no check)."""
+    from .io import sha256
+
+    if not expected or not path.is_file():
+        return
+    found = sha256(path)
+    if found != expected.strip().lower():
+        raise DataError(f"{path}: SHA-256 mismatch (manifest {manifest.manifest_path} pins {field} = {expected}, the "
+                        f"file has {found}). The file is incomplete, altered or another version: download or export it "
+                        f"again; if this file is the right one, set {field} to {found} in the manifest.")
+
+
+def prepare_case(manifest: DatasetManifest, case: Case) -> PreparedCase:
+    """Load one case, reorient to LPS, crop to the L3/L4–L5/S1 region, decimate CT."""
+    from .io import read_image
+
+    image_path = manifest.resolve(case.image)
+    verify_sha256(image_path, case.sha256.image, "sha256.image", manifest)
+    image = read_image(image_path)
+    array = sitk.GetArrayViewFromImage(image)
+    if not np.isfinite(array).all():
+        raise DataError(f"{image_path}: holds NaN or Inf voxels. Replace them (e.g. with the background value) before running.")
+    _prep, step = region_crop(manifest, case, image, image_path)
+
+    label = muscles = fat = None
+    if case.label:
+        label_path = manifest.resolve(case.label)
+        verify_sha256(label_path, case.sha256.label, "sha256.label", manifest)
+        source = read_image(label_path)
+        check_same_grid(image, source, str(image_path), str(label_path))
+        source = _prep(sitk.Cast(source, sitk.sitkUInt16))
+        source_array = sitk.GetArrayFromImage(source)
+        label = sitk.GetImageFromArray(map_labels(source_array, manifest.label_map, str(label_path)))
+        label.CopyInformation(source)
+        if manifest.muscle_map:
+            muscles = sitk.GetImageFromArray(map_muscles(source_array, manifest.muscle_map))
+            muscles.CopyInformation(source)
+    if case.fat:
+        fat_path = manifest.resolve(case.fat)
+        verify_sha256(fat_path, case.sha256.fat, "sha256.fat", manifest)
+        fat_image = read_image(fat_path)
+        check_same_grid(image, fat_image, str(image_path), str(fat_path))
+        fat = _prep(fat_image)
+    return PreparedCase(manifest.name, case.id, _prep(image), label, muscles, fat, step)
+
+
+def write_prepared(case: PreparedCase, folder: str | Path, modality: str) -> Path:
+    """Write a prepared case: image/label/muscles/fat NIfTI, the model-input stack and meta.json.
+
+    ``meta.json`` is written last, so its presence marks a complete case (resume point).
+    """
+    from .io import save_npz, write_image, write_json
+
+    folder = Path(folder)
+    write_image(case.image, folder / "image.nii.gz")
+    for name in ("label", "muscles", "fat"):
+        img = getattr(case, name)
+        if img is not None:
+            write_image(img, folder / f"{name}.nii.gz")
+    save_npz(folder / "model_input.npz", frames=model_input(case.image, modality))
+    write_json({"dataset": case.dataset, "case": case.case_id, "modality": modality,
+                "decimation": case.decimation, "spacing": case.image.GetSpacing(),
+                "size": case.image.GetSize(), "n_slices": case.image.GetSize()[2],
+                "has_label": case.label is not None, "has_fat": case.fat is not None},
+               folder / "meta.json")
+    return folder
+
+
+def prepare_dataset(manifest: DatasetManifest, out_dir: str | Path) -> "pd.DataFrame":
+    """Prepare every case of a dataset into ``out_dir/<case>/`` (finished cases are skipped).
+
+    Returns the case table: dataset, case, subject, timepoint, n_slices, spacing (x, y, z in mm),
+    decimation, has_label, has_fat.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from .io import read_json
+
+    out_dir = Path(out_dir)
+    rows = []
+    for case in tqdm(manifest.cases, desc=f"prepare {manifest.name}", leave=False):
+        folder = out_dir / case.id
+        if not (folder / "meta.json").exists():
+            write_prepared(prepare_case(manifest, case), folder, manifest.modality)
+        meta = read_json(folder / "meta.json")
+        rows.append({"dataset": manifest.name, "case": case.id, "subject": case.subject or case.id,
+                     "timepoint": case.timepoint, "n_slices": meta["n_slices"],
+                     "spacing_x": meta["spacing"][0], "spacing_y": meta["spacing"][1], "spacing_z": meta["spacing"][2],
+                     "decimation": meta["decimation"], "has_label": meta["has_label"], "has_fat": meta["has_fat"]})
+    return pd.DataFrame(rows)
+
+

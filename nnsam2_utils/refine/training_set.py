@@ -1,0 +1,94 @@
+"""TODO docstring."""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Literal
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+from .io import read_image
+from .nnunet import IGNORE, TrainingCase
+
+
+def sparse_training_cases(kept: pd.DataFrame, label_path, image_path,
+                          mode: Literal["slices", "ignore_label"] = "slices") -> list[TrainingCase]:
+    """nnU-Net training cases from kept frames.
+
+    ``slices``: every kept slice becomes its own one-slice case (2-D training on exactly the
+    kept slices — cheap, and what a CPU budget affords). ``ignore_label``: every scan with a kept
+    slice becomes one case whose unkept slices carry nnU-Net's ignore label (METHOD's default).
+    ``label_path(dataset, case)`` and ``image_path(dataset, case)`` give the files (LPS, prepared grid).
+    Slice indices count from the superior end of the stack.
+    """
+    cases: list[TrainingCase] = []
+    for (dataset, case), rows in kept.loc[kept["kept"]].groupby(["dataset", "case"], sort=True):
+        image = read_image(image_path(dataset, case))
+        label = sitk.GetArrayFromImage(read_image(label_path(dataset, case))).astype(np.uint8)
+        n = label.shape[0]
+        z_kept = sorted(n - 1 - int(s) for s in rows["slice"])  # stack index → LPS z index
+        if mode == "slices":
+            for z in z_kept:
+                cases.append(TrainingCase(f"{dataset}__{case}__z{z:03d}", image[:, :, z : z + 1], label[z : z + 1]))
+        else:
+            sparse = np.full_like(label, IGNORE)
+            sparse[z_kept] = label[z_kept]
+            cases.append(TrainingCase(f"{dataset}__{case}", image, sparse))
+    return cases
+
+
+def full_training_cases(selected: pd.DataFrame, label_path, image_path) -> list[TrainingCase]:
+    """nnU-Net training cases from whole scans (stages 2 and 3, and the supervised baseline)."""
+    cases = []
+    for row in selected.itertuples():
+        image = read_image(image_path(row.dataset, row.case))
+        label = sitk.GetArrayFromImage(read_image(label_path(row.dataset, row.case))).astype(np.uint8)
+        cases.append(TrainingCase(f"{row.dataset}__{row.case}", image, label))
+    return cases
+
+
+def scan_table(workspace, datasets: list[str], current: str, previous: str, max_growth: float) -> pd.DataFrame:
+    """Per scan: agreement of stage ``current`` with stage ``previous`` and smoothness of ``current``."""
+    from .prepare import to_stack
+
+    rows = []
+    for dataset in datasets:
+        cases = pd.read_csv(workspace.prepared(dataset) / "cases.csv")
+        for case in cases.case:
+            now = to_stack(read_image(workspace.labels(current, dataset, case)))
+            before = to_stack(read_image(workspace.labels(previous, dataset, case)))
+            areas = {cls: area_profile(now, cls) for cls in (1, 2)}
+            rows.append({"dataset": dataset, "case": case, "agreement": scan_agreement(now, before),
+                         "smooth": all(is_smooth(a, max_growth) for a in areas.values()),
+                         "max_growth_seen": max(_max_growth(a) for a in areas.values())})
+    return pd.DataFrame(rows)
+
+
+def training_set(workspace, datasets: list[str], stage: int, settings: dict) -> tuple[pd.DataFrame, list[TrainingCase]]:
+    """The filter table and the nnU-Net training cases of a refinement stage (METHOD §4)."""
+    name, previous, before = stage_names(stage)
+    image_path = lambda d, c: workspace.prepared(d, c) / "image.nii.gz"  # noqa: E731
+    label_path = lambda d, c: workspace.labels(previous, d, c)  # noqa: E731
+    if stage == 1:
+        confidence = pd.concat([pd.read_csv(workspace.stage("stage0", d) / "confidence.csv") for d in datasets],
+                               ignore_index=True)
+        selection = stage1_filter(confidence, settings.get("confidence_percentile", 90.0),
+                                  settings.get("slice_fraction", 0.02))
+        return selection, sparse_training_cases(selection, label_path, image_path,
+                                                settings.get("sparse_mode", "slices"))
+    rules = {**STAGE_RULES[stage], **(settings.get(f"stage{stage}") or {})}
+    scans = scan_table(workspace, datasets, previous, before, rules["max_growth"])
+    selection = scan_filter(scans, rules["min_agreement"], rules["fraction"], rules["min_scans"])
+    return selection, full_training_cases(selection.loc[selection["kept"]], label_path, image_path)
+
+
+def supervised_cases(workspace, datasets: list[str]) -> list[TrainingCase]:
+    """Every scan with its expert label: the fully supervised upper bound's training set."""
+    rows = []
+    for dataset in datasets:
+        cases = pd.read_csv(workspace.prepared(dataset) / "cases.csv")
+        rows += [{"dataset": dataset, "case": c} for c in cases.loc[cases["has_label"].astype(bool), "case"]]
+    return full_training_cases(pd.DataFrame(rows, columns=["dataset", "case"]),
+                               lambda d, c: workspace.prepared(d, c) / "label.nii.gz",
+                               lambda d, c: workspace.prepared(d, c) / "image.nii.gz")

@@ -1,30 +1,30 @@
-# The nnsam2 workflow: papermill runs each notebook per (dataset, stage); the book renders them.
+# The nnsam2 workflow: each rule runs one notebook with papermill; the notebook calls one function of
+# nnsam2_utils.steps (the same function a reader calls by hand). The book renders the executed notebooks.
 #   snakemake --cores 2 --config profile=demo -- book
-# Config keys: profile (config/<profile>.yaml), book (the book source folder, default "book").
+# Config keys: profile (config/<profile>.yaml, typed: nnsam2_utils.workflow.profile.RunProfile),
+#              book (the book source folder, default "book").
 import os
+import shlex
 import sys
 from pathlib import Path
 
-import yaml
+from nnsam2_utils.workflow.code_deps import step_files, view_files
+from nnsam2_utils.workflow.profile import config_dir, load_profile
+from nnsam2_utils.workflow.session import own_manifests
 
 PROFILE = config.get("profile", "demo")
 BOOK = config.get("book", "book")
-CONFIG_DIR = os.environ.get("NNSAM2_CONFIG_DIR", "config")  # where profiles are read (nnsam2_utils.config)
-P = yaml.safe_load(open(f"{CONFIG_DIR}/{PROFILE}.yaml"))
+P = load_profile(PROFILE)  # validated once: an unknown key or a wrong type stops here with the file and the key
+PROFILE_FILE = str(config_dir() / f"{PROFILE}.yaml")
 os.environ["NNSAM2_BOOK"] = os.path.abspath(BOOK)  # notebooks copy their tables and figures into the book
-WORK = os.environ.get("NNSAM2_WORK", "work")
-W = f"{WORK}/{PROFILE}"
 G = f"{BOOK}/generated"
 
-COHORT = P.get("cohort") or {}
-DATASETS = list(COHORT.get("datasets") or []) if COHORT.get("generate") else []
-DATASETS += [yaml.safe_load(open(m, encoding="utf-8"))["name"] for m in P.get("manifests") or []]
-STAGES = list(range(1, int((P.get("refine") or {}).get("stages", 1)) + 1))
-BASELINES = [name for name, on in (P.get("baselines") or {}).items() if on]
-RESOURCES = P.get("resources") or {}  # per step: mem_mb, runtime (minutes); the cluster profile uses them
-PROPAGATION = P.get("propagation") or {}
-# stage 0 alone with other backends than the profile's, for the results table (02_stage0_<dataset>__<backend>)
-COMPARE = [b for b in PROPAGATION.get("compare_backends") or [] if b != PROPAGATION.get("backend", "litemedsam")]
+DATASETS = P.generated_datasets + list(own_manifests(P))
+STAGES = list(range(1, P.refine.stages + 1))
+BASELINES = P.enabled_baselines
+COMPARE = P.compared_backends  # stage 0 alone with other backends, for the results table
+GPU_STAGE0 = 1 if P.propagation.device == "cuda" else 0
+GPU_REFINE = 1 if P.refine.device == "cuda" else 0
 
 wildcard_constraints:
     dataset="|".join(DATASETS) or "(?!)",
@@ -33,24 +33,33 @@ wildcard_constraints:
 
 def res(step, **defaults):
     """A step's resources: the profile's ``resources.<step>`` entries over these defaults."""
-    return {**defaults, **(RESOURCES.get(step) or {})}
-from nnsam2_utils.steps import step_files, view_files
+    given = P.resources.get(step)
+    return {**defaults, **(given.model_dump(exclude_none=True) if given else {})}
 
 
 def code(step):
-    """The helper modules a step's notebook uses (see nnsam2_utils/steps.py)."""
+    """The helper modules a step's notebook uses (nnsam2_utils/workflow/code_deps.py)."""
     return [str(p) for p in step_files(step) + view_files(step)]
-
-
-BIN = Path(sys.executable).parent  # the environment Snakemake runs in (.venv/bin)
-# Every notebook runs with OMP_NUM_THREADS (torch) and ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS (SimpleITK)
-# set to {threads}: each uses the cores Snakemake gave the job, so
-# parallel jobs (stage 0 of two datasets) do not oversubscribe the cores; training rules take them all.
-PM = f"{BIN}/nnsam2 execute -p profile {PROFILE}"
 
 
 def notebook(name):
     return f"notebooks/{name}.ipynb"
+
+
+BIN = Path(sys.executable).parent  # the environment Snakemake runs in (.venv/bin)
+
+
+def papermill(*parameters):
+    """The shell command of a rule: its notebook run by papermill with the profile and ``parameters``.
+
+    Every notebook runs with OMP_NUM_THREADS (torch) and ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS (SimpleITK) set to
+    the job's {threads}, so parallel jobs do not oversubscribe the cores. Names and paths are shell-quoted.
+    """
+    extra = " ".join(f"-p {name} {{wildcards.{name}}}" if value is None else f"-p {name} {shlex.quote(str(value))}"
+                     for name, value in parameters)
+    return ("OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} "
+            f"{shlex.quote(str(BIN / 'nnsam2'))} execute -p profile {shlex.quote(PROFILE)} {extra} "
+            "{input[0]:q} {output:q}")
 
 
 rule book:
@@ -66,17 +75,18 @@ rule book:
         expand(f"{G}/03_refine_{{stage}}.ipynb", stage=STAGES),
         expand(f"{G}/05_{{baseline}}.ipynb", baseline=BASELINES),
         sorted(str(p) for p in Path(BOOK).glob("*.md")),
+        "docs/method.md",
         f"{BOOK}/_toc.yml",
         f"{BOOK}/_config.yml",
     output:
         f"{BOOK}/_build/html/index.html",
     shell:
-        f"{BIN}/jupyter-book build {BOOK} --quiet --keep-going -W"
+        f"{shlex.quote(str(BIN / 'jupyter-book'))} build {shlex.quote(BOOK)} --quiet --keep-going -W"
 
 
 onstart:
     # A real run (not a dry run) of a profile whose data or checkpoint is missing stops here with the list.
-    from nnsam2_utils.datacheck import missing_for_profile
+    from nnsam2_utils.workflow.preflight import missing_for_profile
     from snakemake.exceptions import WorkflowError
 
     _missing = missing_for_profile(PROFILE)
@@ -91,20 +101,20 @@ rule own_scans:
     output:
         f"{G}/09_own_scans.ipynb",
     resources:
-        gpu=1 if (P.get("propagation") or {}).get("device") == "cuda" else 0,
+        gpu=GPU_STAGE0,
     shell:
-        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} {input[0]} {output}"
+        papermill()
 
 
 rule cohort:
     input:
         notebook("00_cohort"),
-        f"{CONFIG_DIR}/{PROFILE}.yaml",
+        PROFILE_FILE,
         code("cohort"),
     output:
         f"{G}/00_cohort.ipynb",
     shell:
-        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} {input[0]} {output}"
+        papermill()
 
 
 rule prepare:
@@ -115,7 +125,7 @@ rule prepare:
     output:
         f"{G}/01_prepare_{{dataset}}.ipynb",
     shell:
-        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} -p dataset {wildcards.dataset} {input[0]} {output}"
+        papermill(("dataset", None))
 
 
 rule stage0:
@@ -126,10 +136,10 @@ rule stage0:
     output:
         f"{G}/02_stage0_{{dataset}}.ipynb",
     resources:
-        gpu=1 if (P.get("propagation") or {}).get("device") == "cuda" else 0,
+        gpu=GPU_STAGE0,
         **res("stage0", mem_mb=4000, runtime=60),
     shell:
-        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} -p dataset {wildcards.dataset} {input[0]} {output}"
+        papermill(("dataset", None))
 
 
 rule stage0_compare:
@@ -140,11 +150,10 @@ rule stage0_compare:
     output:
         f"{G}/02_stage0_{{dataset}}__{{backend}}.ipynb",
     resources:
-        gpu=1 if PROPAGATION.get("device") == "cuda" else 0,
+        gpu=GPU_STAGE0,
         **res("stage0", mem_mb=4000, runtime=60),
     shell:
-        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} -p dataset {wildcards.dataset} "
-        "-p backend {wildcards.backend} {input[0]} {output}"
+        papermill(("dataset", None), ("backend", None))
 
 
 def refine_inputs(wildcards):
@@ -163,10 +172,10 @@ rule refine:
         f"{G}/03_refine_{{stage}}.ipynb",
     threads: workflow.cores
     resources:
-        gpu=1 if (P.get("refine") or {}).get("device") == "cuda" else 0,
+        gpu=GPU_REFINE,
         **res("refine", mem_mb=8000, runtime=120),
     shell:
-        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} -p stage {wildcards.stage} {input[0]} {output}"
+        papermill(("stage", None))
 
 
 rule oneshot:
@@ -177,7 +186,7 @@ rule oneshot:
     output:
         f"{G}/05_oneshot.ipynb",
     shell:
-        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} {input[0]} {output}"
+        papermill()
 
 
 rule repeat:
@@ -189,10 +198,10 @@ rule repeat:
         f"{G}/05_repeat.ipynb",
     threads: workflow.cores
     resources:
-        gpu=1 if (P.get("refine") or {}).get("device") == "cuda" else 0,
+        gpu=GPU_REFINE,
         **res("refine", mem_mb=8000, runtime=120),
     shell:
-        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} {input[0]} {output}"
+        papermill()
 
 
 rule supervised:
@@ -204,10 +213,10 @@ rule supervised:
         f"{G}/05_supervised.ipynb",
     threads: workflow.cores
     resources:
-        gpu=1 if (P.get("refine") or {}).get("device") == "cuda" else 0,
+        gpu=GPU_REFINE,
         **res("supervised", mem_mb=8000, runtime=120),
     shell:
-        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} {input[0]} {output}"
+        papermill()
 
 
 rule results:
@@ -220,7 +229,7 @@ rule results:
     output:
         f"{G}/04_results.ipynb",
     shell:
-        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} {input[0]} {output}"
+        papermill()
 
 
 rule agreement:
@@ -231,7 +240,7 @@ rule agreement:
     output:
         f"{G}/06_agreement.ipynb",
     shell:
-        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} {input[0]} {output}"
+        papermill()
 
 
 rule teaching:
@@ -242,7 +251,7 @@ rule teaching:
     output:
         f"{G}/07_teaching.ipynb",
     shell:
-        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} {input[0]} {output}"
+        papermill()
 
 
 rule run_record:
@@ -255,4 +264,4 @@ rule run_record:
     output:
         f"{G}/08_run_record.ipynb",
     shell:
-        "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} {PM} {input[0]} {output}"
+        papermill()

@@ -48,7 +48,7 @@ def main() -> None:
     text = markdown(rows())
     sys.stdout.write(text)
     if args.out:
-        from nnsam2_utils.io import atomic_path
+        from nnsam2_utils.data.io import atomic_path
 
         with atomic_path(args.out) as tmp:
             tmp.write_text(text)

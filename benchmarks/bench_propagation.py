@@ -21,22 +21,22 @@ The SAM2 section is a marked hook (``bench_sam2``) for the SAM2 backend in ``pro
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import resource
 import sys
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
 
-from nnsam2_utils.metrics import dice_per_class  # noqa: E402
+from nnsam2_utils.evaluate.metrics import dice_per_class  # noqa: E402
 
 
 def synthetic_scan(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """uint8 (n, 256, 256) stack and its class masks: body, vertebra, two drifting muscle ellipses."""
-    from nnsam2_utils.synthetic import ellipse_stack
+    from synthetic import ellipse_stack
 
     return ellipse_stack(n, seed=seed)
 

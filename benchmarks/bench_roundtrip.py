@@ -36,7 +36,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nnsam2_utils.metrics import dice_per_class  # noqa: E402
+from nnsam2_utils.evaluate.metrics import dice_per_class  # noqa: E402
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Scans:
 
 def load_scans(folder: Path, max_slices: int) -> Scans:
     """Prepared scans of ``folder`` (sorted; the first is the reference) until ``max_slices`` slices."""
-    from nnsam2_utils.prepare import label_to_model, load_model_input, load_stack
+    from nnsam2_utils.prepare.model_input import label_to_model, load_model_input, load_stack
     from nnsam2_utils.propagate.run import annotated_slice_mask
 
     cases = sorted(p.name for p in folder.iterdir() if (p / "model_input.npz").exists())

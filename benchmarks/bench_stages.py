@@ -5,7 +5,7 @@ Usage::
     .venv/bin/python benchmarks/bench_stages.py [--profile demo] [--work WORK]
 
 Reads only the run's records: ``<work>/<profile>/runlog/<step>__<dataset>.json`` (written by
-:func:`nnsam2_utils.runlog.step_record`: seconds, peak resident MB, parameters, …) and, for
+:func:`nnsam2_utils.workflow.runlog.step_record`: seconds, peak resident MB, parameters, …) and, for
 stage 0, the number of slices it labelled per dataset (rows of
 ``<work>/<profile>/stage0/<dataset>/confidence.csv``, one per slice and class). ``<work>``
 defaults to ``$NNSAM2_WORK`` or the repository's ``work/``.
@@ -25,7 +25,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nnsam2_utils.runlog import collect_records  # noqa: E402
+from nnsam2_utils.workflow.runlog import collect_records  # noqa: E402
 
 
 def step_table(runlog: Path) -> pd.DataFrame:

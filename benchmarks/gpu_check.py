@@ -18,7 +18,7 @@ the exit code is 1 when any check fails.
   cost, not its quality); one propagation: masks of shape (n, 256, 256), uint8, classes in
   {0, 1, 2}, one confidence row per slice and class; seconds per frame.
 * ``nnunet``: a real 2-D nnU-Net v2 training with ``nnUNetTrainer_nnsam2`` through
-  :func:`nnsam2_utils.nnunet.fit` (a few epochs of a few iterations, on synthetic two-blob
+  :func:`nnsam2_utils.refine.nnunet.fit` (a few epochs of a few iterations, on synthetic two-blob
   images) and a prediction with ``load_predictor``/``predict_image``: the output keeps the
   image's grid and holds only classes {0, 1, 2} (and, outside ``--quick``, both muscles);
   iterations/s of the last epoch, read from nnU-Net's training log.
@@ -49,7 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nnsam2_utils.metrics import dice_per_class  # noqa: E402
+from nnsam2_utils.evaluate.metrics import dice_per_class  # noqa: E402
 
 CHECKS = ("litemedsam", "sam2", "nnunet")
 DSC_AGREEMENT = 0.99
@@ -125,7 +125,7 @@ def versions() -> str:
 # --------------------------------------------------------------------------- scans
 def synthetic_scan(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """uint8 (n, 256, 256) stack and class masks: body, vertebra, two drifting muscle ellipses."""
-    from nnsam2_utils.synthetic import ellipse_stack
+    from synthetic import ellipse_stack
 
     return ellipse_stack(n, seed=seed)
 
@@ -149,7 +149,7 @@ class StageZeroInput:
 
 def prepared_input(folder: Path, max_cases: int | None = None) -> StageZeroInput:
     """Stage-0 input from a prepared dataset folder: first case = reference, its top slice annotated."""
-    from nnsam2_utils.prepare import load_model_input
+    from nnsam2_utils.prepare.model_input import load_model_input
     from nnsam2_utils.propagate.run import annotated_slice_mask
 
     cases = sorted(p.name for p in folder.iterdir() if (p / "model_input.npz").exists())[:max_cases]
@@ -287,7 +287,7 @@ def blob_case(index: int, rng: np.random.Generator, size: int, nz: int = 1):
     """A synthetic nnU-Net training case: noise with two bright ellipses (class 1 left, 2 right)."""
     import SimpleITK as sitk
 
-    from nnsam2_utils.nnunet import TrainingCase
+    from nnsam2_utils.refine.nnunet import TrainingCase
 
     yy, xx = np.mgrid[:size, :size]
     image = rng.normal(0, 0.2, (nz, size, size)).astype(np.float32)
@@ -311,7 +311,7 @@ def epoch_times(fold_dir: Path) -> list[float]:
 
 def check_nnunet(device: torch.device, quick: bool, root: Path) -> Outcome:
     """(c) nnU-Net 2-D training with nnUNetTrainer_nnsam2 and prediction on ``device``."""
-    from nnsam2_utils import nnunet
+    from nnsam2_utils.refine import nnunet
 
     outcome = Outcome("nnunet", True)
     rng = np.random.default_rng(0)

@@ -35,9 +35,9 @@ DATASET = "backpain_t2w"
 
 def prepare(work: Path, slices: int) -> Path:
     """Generate the tiny dataset and prepare it with a ``slices``-slice region; returns the prepared folder."""
-    from nnsam2_utils.manifest import Discs, load_manifest
-    from nnsam2_utils.phantom import generate_cohort
-    from nnsam2_utils.prepare import prepare_dataset
+    from nnsam2_utils.data.manifest import Discs, load_manifest
+    from nnsam2_utils.data.synthetic.cohort import generate_cohort
+    from nnsam2_utils.prepare.dataset import prepare_dataset
 
     folder = work / "prepared" / DATASET
     if not (work / "data" / f"{DATASET}.yaml").exists():
@@ -54,7 +54,7 @@ def prepare(work: Path, slices: int) -> Path:
 
 def stage0(prepared: Path, out: Path) -> None:
     """One stage-0 run (reference choice + propagation), as notebook 02_stage0 runs it."""
-    from nnsam2_utils.io import write_csv
+    from nnsam2_utils.data.io import write_csv
     from nnsam2_utils.propagate import make_propagator
     from nnsam2_utils.propagate.run import propagate_dataset, select_reference
 
@@ -79,7 +79,7 @@ def compare_stage0(a: Path, b: Path, cases: list[str]) -> dict:
 
 def train_and_predict(prepared: Path, pseudo: Path, root: Path, seed: int, workers: int, settings: dict) -> dict:
     """Train a tiny nnU-Net on the pseudo-labels and predict every scan; {case: class array}."""
-    from nnsam2_utils import nnunet
+    from nnsam2_utils.refine import nnunet
 
     cases = sorted(p.name for p in prepared.iterdir() if (p / "meta.json").exists())
     images = {c: sitk.ReadImage(str(prepared / c / "image.nii.gz")) for c in cases}
@@ -93,7 +93,7 @@ def train_and_predict(prepared: Path, pseudo: Path, root: Path, seed: int, worke
 
 def score(predictions: dict, prepared: Path) -> list[dict]:
     """DSC against the expert label and volume (ml) per scan and class."""
-    from nnsam2_utils.metrics import dice_per_class
+    from nnsam2_utils.evaluate.metrics import dice_per_class
 
     rows = []
     for case, seg in predictions.items():

@@ -7,12 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import repo_root
-from .errors import Nnsam2Error
+from nnsam2_utils.errors import Nnsam2Error
+from nnsam2_utils.workflow.workspace import repo_root
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .phantom import generate_cohort
+    from nnsam2_utils.data.synthetic.cohort import generate_cohort
 
     paths = generate_cohort(Path(args.out), size=args.size, seed=args.seed, datasets=args.datasets or None)
     for path in paths:
@@ -23,7 +23,7 @@ def _generate(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     root = repo_root()
     if not args.dry_run:
-        from .datacheck import missing_for_profile
+        from nnsam2_utils.workflow.preflight import missing_for_profile
 
         missing = missing_for_profile(args.profile)
         if missing:
@@ -40,18 +40,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _execute(args: argparse.Namespace) -> int:
-    from .notebooks import execute, parse_parameters
+    from nnsam2_utils.workflow.notebook import execute, parse_parameters
 
     execute(args.notebook, args.output, parse_parameters(args.parameter or []))
     return 0
 
 
 def _data_check(args: argparse.Namespace) -> int:
-    from .datacheck import check_manifest, report
+    from nnsam2_utils.data.checks import check_manifest, report
 
     paths = [Path(p) for p in args.manifest]
     if args.profile:
-        from .config import load_profile
+        from nnsam2_utils.workflow.profile import load_profile
 
         root = repo_root()
         paths += [Path(e) if Path(e).is_absolute() else root / e for e in load_profile(args.profile).get("manifests") or []]
@@ -70,7 +70,7 @@ def _data_check(args: argparse.Namespace) -> int:
 
 
 def _data_fetch(args: argparse.Namespace) -> int:
-    from .fetch import fetch_manifest
+    from nnsam2_utils.data.fetch import fetch_manifest
 
     fetched = fetch_manifest(Path(args.manifest))
     for path in fetched:

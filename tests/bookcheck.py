@@ -16,7 +16,7 @@ and a ``chromium`` binary is needed: no chromedriver, no Selenium, no TCP port.
 External ``http(s)`` requests are blocked in the browser, so the result does not depend on
 whether the machine is online; blocked requests are reported as warnings.
 
-Command line: ``python -m nnsam2_utils.bookcheck HTML_ROOT --out DIR`` (exit status 1 when
+Command line: ``python -m bookcheck HTML_ROOT --out DIR`` (exit status 1 when
 a check fails).
 """
 from __future__ import annotations
@@ -559,8 +559,8 @@ def _print_problems(title: str, problems: list[Problem]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m nnsam2_utils.bookcheck HTML_ROOT --out DIR``: exit 1 when a check fails."""
-    parser = argparse.ArgumentParser(prog="python -m nnsam2_utils.bookcheck", description=__doc__.split("\n\n")[0])
+    """``python -m bookcheck HTML_ROOT --out DIR``: exit 1 when a check fails."""
+    parser = argparse.ArgumentParser(prog="python -m bookcheck", description=__doc__.split("\n\n")[0])
     parser.add_argument("html_root", type=Path, help="the built book, e.g. book/_build/html")
     parser.add_argument("--out", type=Path, default=Path("bookcheck"), help="folder for the screenshots")
     parser.add_argument("--no-browser", action="store_true", help="only the static link check")

@@ -19,7 +19,7 @@ def make_image(array: np.ndarray, spacing=(0.9, 0.9, 4.0), direction=None, origi
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory):
     """The tiny demo cohort generated once per test session; returns its folder."""
-    from nnsam2_utils.phantom import generate_cohort
+    from nnsam2_utils.data.synthetic.cohort import generate_cohort
 
     folder = tmp_path_factory.mktemp("tiny_cohort")
     generate_cohort(folder, size="tiny", seed=0)

@@ -1,5 +1,5 @@
 """A minimal synthetic scan for tests and benchmarks of the propagation backends (not anatomy:
-the demo cohort is :mod:`nnsam2_utils.phantom`)."""
+the demo cohort is :mod:`nnsam2_utils.data.synthetic.cohort`)."""
 from __future__ import annotations
 
 import numpy as np

@@ -49,7 +49,7 @@ def label_array(nz: int = 10) -> np.ndarray:
 def write_dataset(root: Path, image: sitk.Image | None = None, label: sitk.Image | None = None,
                   case: dict | None = None, top: dict | None = None) -> Path:
     """A one-case dataset under ``root/d`` and its manifest ``root/m.yaml``; returns the manifest path."""
-    from nnsam2_utils.io import write_image
+    from nnsam2_utils.data.io import write_image
 
     data = root / "d"
     data.mkdir(parents=True, exist_ok=True)
@@ -68,8 +68,8 @@ def write_dataset(root: Path, image: sitk.Image | None = None, label: sitk.Image
 def run_prepare(manifest_path: Path) -> Callable[[], object]:
     """The prepare step (01_prepare) of a manifest."""
     def call():
-        from nnsam2_utils.manifest import load_manifest
-        from nnsam2_utils.prepare import prepare_dataset
+        from nnsam2_utils.data.manifest import load_manifest
+        from nnsam2_utils.prepare.dataset import prepare_dataset
 
         return prepare_dataset(load_manifest(manifest_path), manifest_path.parent / "prepared")
     return call
@@ -89,7 +89,7 @@ class Bad:
 
 
 def _missing_manifest(root: Path):
-    from nnsam2_utils.manifest import load_manifest
+    from nnsam2_utils.data.manifest import load_manifest
 
     path = root / "absent.yaml"
     return (lambda: load_manifest(path)), path
@@ -194,8 +194,8 @@ def _escape(root: Path):
 
 def _prepared_case(root: Path, label: np.ndarray) -> Path:
     """A prepared case folder (what 01_prepare writes) with the given label stack; returns the dataset folder."""
-    from nnsam2_utils.io import write_image
-    from nnsam2_utils.prepare import from_stack
+    from nnsam2_utils.data.geometry import from_stack
+    from nnsam2_utils.data.io import write_image
 
     folder = root / "prepared" / "t"
     grid = _image(np.zeros(label.shape, np.float32))
@@ -224,7 +224,7 @@ def _checkpoint_hash(root: Path):
 
 
 def _checkpoint_missing(root: Path):
-    from nnsam2_utils.checkpoints import verify_checkpoint
+    from nnsam2_utils.data.checkpoints import verify_checkpoint
 
     path = root / "models" / "sam2.1_hiera_large.pt"
     return (lambda: verify_checkpoint(path, "0" * 64, "Download sam2.1_hiera_large.pt.")), path

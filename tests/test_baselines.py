@@ -6,7 +6,14 @@ import math
 import numpy as np
 import pytest
 
-from nnsam2_utils import baselines, metrics
+from nnsam2_utils.baselines.oneshot import (
+    RegistrationSettings,
+    muscle_is_bright,
+    register_slice,
+    registration_baseline,
+    threshold_baseline,
+)
+from nnsam2_utils.evaluate import metrics
 
 SPACING = (2.0, 2.0)  # (row, column) mm
 SIZE = 96
@@ -56,7 +63,7 @@ def test_registration_recovers_a_known_shift_and_rotation(shift, angle):
     moving, moving_mask = synthetic_slice(seed=1)
     fixed, truth = synthetic_slice(shift=shift, angle_deg=angle, seed=2)
     before = _mean_dsc(moving_mask, truth)
-    warped = baselines.register_slice(fixed, moving, moving_mask, SPACING)
+    warped = register_slice(fixed, moving, moving_mask, SPACING)
     dsc = metrics.dice_per_class(warped, truth)
     assert warped.dtype == np.uint8 and warped.shape == fixed.shape
     assert before < 0.7  # the task is not solved by doing nothing
@@ -66,7 +73,7 @@ def test_registration_recovers_a_known_shift_and_rotation(shift, angle):
 def test_registration_keeps_right_on_the_image_left():
     moving, moving_mask = synthetic_slice(seed=1)
     fixed, _ = synthetic_slice(shift=(3.0, 4.0), angle_deg=-5.0, seed=3)
-    warped = baselines.register_slice(fixed, moving, moving_mask, SPACING)
+    warped = register_slice(fixed, moving, moving_mask, SPACING)
     right_col = np.nonzero(warped == 1)[1].mean()
     left_col = np.nonzero(warped == 2)[1].mean()
     assert right_col < SIZE / 2 < left_col
@@ -77,7 +84,7 @@ def test_registration_handles_different_pixel_spacings():
     coarse, coarse_truth = synthetic_slice(shift=(4.0, -3.0), seed=2)
     # the same target anatomy sampled at 1 mm: each 2 mm pixel becomes 2 x 2 pixels
     fine, fine_truth = (np.repeat(np.repeat(a, 2, axis=0), 2, axis=1) for a in (coarse, coarse_truth))
-    warped = baselines.register_slice(fine, moving, moving_mask, (1.0, 1.0), moving_spacing=SPACING)
+    warped = register_slice(fine, moving, moving_mask, (1.0, 1.0), moving_spacing=SPACING)
     assert warped.shape == fine.shape
     assert _mean_dsc(warped, fine_truth) >= 0.9  # measured 0.99
 
@@ -85,10 +92,10 @@ def test_registration_handles_different_pixel_spacings():
 def test_empty_target_slice_gives_an_empty_mask():
     moving, moving_mask = synthetic_slice(seed=1)
     empty = np.zeros((SIZE, SIZE), np.float32)
-    assert not baselines.register_slice(empty, moving, moving_mask, SPACING).any()
-    assert not baselines.register_slice(synthetic_slice(seed=2)[0], moving, np.zeros_like(moving_mask), SPACING).any()
+    assert not register_slice(empty, moving, moving_mask, SPACING).any()
+    assert not register_slice(synthetic_slice(seed=2)[0], moving, np.zeros_like(moving_mask), SPACING).any()
     stack = np.stack([synthetic_slice(seed=2)[0], empty])
-    out = baselines.registration_baseline(moving, moving_mask, stack, SPACING)
+    out = registration_baseline(moving, moving_mask, stack, SPACING)
     assert out.dtype == np.uint8 and out.shape == stack.shape
     assert not out[1].any() and set(np.unique(out[0])) == {0, 1, 2}
 
@@ -96,25 +103,25 @@ def test_empty_target_slice_gives_an_empty_mask():
 def test_registration_is_deterministic():
     moving, moving_mask = synthetic_slice(seed=1)
     fixed, _ = synthetic_slice(shift=(2.0, -3.0), angle_deg=4.0, seed=4)
-    runs = [baselines.register_slice(fixed, moving, moving_mask, SPACING) for _ in range(3)]
+    runs = [register_slice(fixed, moving, moving_mask, SPACING) for _ in range(3)]
     assert all(np.array_equal(runs[0], run) for run in runs[1:])
     with pytest.raises(ValueError, match="seed"):  # SimpleITK reads seed 0 as "use the wall clock"
-        baselines.register_slice(fixed, moving, moving_mask, SPACING, settings=baselines.RegistrationSettings(seed=0))
+        register_slice(fixed, moving, moving_mask, SPACING, settings=RegistrationSettings(seed=0))
 
 
 def test_registration_rejects_mismatched_inputs():
     moving, moving_mask = synthetic_slice(seed=1)
     with pytest.raises(ValueError):
-        baselines.register_slice(moving, moving, moving_mask[:-1], SPACING)
+        register_slice(moving, moving, moving_mask[:-1], SPACING)
     with pytest.raises(ValueError):
-        baselines.registration_baseline(moving, moving_mask, moving, SPACING)
+        registration_baseline(moving, moving_mask, moving, SPACING)
 
 
 # --- threshold baseline ------------------------------------------------------------------------
 def test_threshold_baseline_labels_and_sides_on_a_synthetic_stack():
     stack = np.stack([synthetic_slice(seed=s)[0] for s in range(3)])
     truth = np.stack([synthetic_slice(seed=s)[1] for s in range(3)])
-    out = baselines.threshold_baseline(stack, "MRI", "T2w")
+    out = threshold_baseline(stack, "MRI", "T2w")
     assert out.dtype == np.uint8 and out.shape == stack.shape
     assert set(np.unique(out)) <= {0, 1, 2}
     assert np.nonzero(out == 1)[2].max() < SIZE / 2 <= np.nonzero(out == 2)[2].min()
@@ -122,28 +129,29 @@ def test_threshold_baseline_labels_and_sides_on_a_synthetic_stack():
 
 
 def test_threshold_baseline_edge_cases():
-    assert not baselines.threshold_baseline(np.zeros((2, 16, 16), np.float32), "CT").any()
-    assert baselines.threshold_baseline(np.zeros((0, 16, 16), np.float32), "MRI").shape == (0, 16, 16)
-    assert baselines.muscle_is_bright("CT") and baselines.muscle_is_bright("MRI", "Dixon")
-    assert not baselines.muscle_is_bright("MRI", "T1w")
+    assert not threshold_baseline(np.zeros((2, 16, 16), np.float32), "CT").any()
+    assert threshold_baseline(np.zeros((0, 16, 16), np.float32), "MRI").shape == (0, 16, 16)
+    assert muscle_is_bright("CT") and muscle_is_bright("MRI", "Dixon")
+    assert not muscle_is_bright("MRI", "T1w")
     with pytest.raises(ValueError):
-        baselines.muscle_is_bright("PET")
+        muscle_is_bright("PET")
 
 
 # --- both on the tiny demo cohort ----------------------------------------------------------------
 @pytest.mark.parametrize("dataset", ["backpain_t2w", "totalseg_ct"])
 def test_threshold_scores_clearly_below_registration_on_the_phantom(tiny_cohort, dataset):
-    from nnsam2_utils.manifest import load_manifest
-    from nnsam2_utils.prepare import prepare_case, to_stack
+    from nnsam2_utils.data.geometry import to_stack
+    from nnsam2_utils.data.manifest import load_manifest
+    from nnsam2_utils.prepare.dataset import prepare_case
 
     manifest = load_manifest(tiny_cohort / f"{dataset}.yaml")
     reference = prepare_case(manifest, manifest.cases[0])
     target = prepare_case(manifest, manifest.cases[-1])
     image, truth = to_stack(target.image), to_stack(target.label)
-    registered = baselines.registration_baseline(
+    registered = registration_baseline(
         to_stack(reference.image)[0], to_stack(reference.label)[0], image,
         spacing=target.image.GetSpacing()[1::-1], reference_spacing=reference.image.GetSpacing()[1::-1])
-    thresholded = baselines.threshold_baseline(image, manifest.modality, manifest.sequence)
+    thresholded = threshold_baseline(image, manifest.modality, manifest.sequence)
     assert set(np.unique(thresholded)) <= {0, 1, 2}
     assert np.nonzero(thresholded == 1)[2].mean() < np.nonzero(thresholded == 2)[2].mean()
     reg, thr = _mean_dsc(registered, truth), _mean_dsc(thresholded, truth)

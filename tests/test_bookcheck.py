@@ -9,10 +9,9 @@ import sys
 import zlib
 from pathlib import Path
 
+import bookcheck
 import pytest
-
-from nnsam2_utils import bookcheck
-from nnsam2_utils.bookcheck import Problem, browse, check_links, errors, warnings
+from bookcheck import Problem, browse, check_links, errors, warnings
 
 CHROMIUM = "/usr/bin/chromium"
 needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(),
@@ -154,7 +153,7 @@ def test_browse_blocks_external_requests_as_warnings(tmp_path: Path) -> None:
 
 @needs_chromium
 def test_cli_exit_status(good_tree: Path, bad_tree: Path, tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "nnsam2_utils.bookcheck"]
+    command = [sys.executable, "-m", "bookcheck"]
     good = subprocess.run(command + [str(good_tree), "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert good.returncode == 0, good.stdout + good.stderr
     assert good.stdout.strip().endswith("OK")

@@ -49,7 +49,7 @@ def test_demo_profile_asks_for_no_gpu():
 
 
 def test_a_compared_sam2_backend_without_its_checkpoint_is_named_before_the_run(tmp_path, monkeypatch):
-    from nnsam2_utils.datacheck import missing_for_profile
+    from nnsam2_utils.workflow.preflight import missing_for_profile
 
     demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     assert not missing_for_profile("demo")

@@ -11,14 +11,14 @@ import SimpleITK as sitk
 import yaml
 
 from nnsam2_utils.cli import main
-from nnsam2_utils.datacheck import check_manifest, path_sha256, report
-from nnsam2_utils.io import read_image, sha256, write_image
+from nnsam2_utils.data.checks import check_manifest, path_sha256, report
+from nnsam2_utils.data.io import read_image, sha256, write_image
 
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory) -> Path:
     """The tiny phantom's backpain_t2w dataset (3 scans, checksums pinned by the generator)."""
-    from nnsam2_utils.phantom import generate_cohort
+    from nnsam2_utils.data.synthetic.cohort import generate_cohort
 
     return generate_cohort(tmp_path_factory.mktemp("clean"), size="tiny", seed=0, datasets=["backpain_t2w"])[0]
 
@@ -137,11 +137,11 @@ def test_missing_root_is_one_problem_with_how_to_get(copy, tmp_path):
     problems = check_manifest(copy)
     assert kinds(problems) == ["missing"]
     assert "data root of 'backpain_t2w' not found" in problems[0].what
-    assert "nnsam2_utils.phantom" in problems[0].fix  # the manifest's source.how_to_get
+    assert "nnsam2_utils.data.synthetic.cohort" in problems[0].fix  # the manifest's source.how_to_get
 
 
 def test_dicom_folder_checksum_is_stable(tmp_path):
-    from nnsam2_utils.dicom import write_series
+    from nnsam2_utils.data.dicom import write_series
 
     image = sitk.GetImageFromArray(np.arange(4 * 8 * 8, dtype=np.int16).reshape(4, 8, 8))
     folder = write_series(image, tmp_path / "series")
@@ -157,8 +157,8 @@ REAL = ("backpain_t1w", "backpain_t2w", "totalseg_ct", "word_ct", "myosegmentum_
 @pytest.mark.parametrize("name", REAL)
 def test_public_dataset_manifests_say_where_to_get_the_data(name, tmp_path, monkeypatch):
     """Without the data, each public manifest gives one problem: its root, with how to get the files."""
-    from nnsam2_utils.config import repo_root
-    from nnsam2_utils.manifest import load_manifest
+    from nnsam2_utils.data.manifest import load_manifest
+    from nnsam2_utils.workflow.workspace import repo_root
 
     monkeypatch.setenv("NNSAM2_DATA", str(tmp_path / "nowhere"))
     path = repo_root() / "data_manifest" / f"{name}.yaml"
@@ -173,8 +173,8 @@ def test_public_dataset_manifests_say_where_to_get_the_data(name, tmp_path, monk
 
 def test_word_manifest_reads_the_authors_disc_table_format(tmp_path, monkeypatch):
     """The WORD manifest maps a table laid out like the authors' (pid = file name, L3_L4, L5_S1, …)."""
-    from nnsam2_utils.config import repo_root
-    from nnsam2_utils.manifest import load_manifest
+    from nnsam2_utils.data.manifest import load_manifest
+    from nnsam2_utils.workflow.workspace import repo_root
 
     root = tmp_path / "word_ct"
     root.mkdir()
@@ -192,8 +192,8 @@ def test_word_manifest_reads_the_authors_disc_table_format(tmp_path, monkeypatch
 
 
 def test_template_is_a_valid_manifest():
-    from nnsam2_utils.config import repo_root
-    from nnsam2_utils.manifest import load_manifest
+    from nnsam2_utils.data.manifest import load_manifest
+    from nnsam2_utils.workflow.workspace import repo_root
 
     manifest = load_manifest(repo_root() / "data_manifest" / "TEMPLATE.yaml", cases_csv=False)
     assert manifest.annotation.case == "patient01" and manifest.muscle_map[11] == "R-ES"
@@ -213,8 +213,8 @@ def test_fetch_verifies_and_never_overwrites(tmp_path):
     """`data fetch` on a direct link (file:// here): downloads, checks the pinned SHA-256, keeps what is there."""
     import hashlib
 
+    from nnsam2_utils.data.fetch import fetch_manifest
     from nnsam2_utils.errors import DataError
-    from nnsam2_utils.fetch import fetch_manifest
 
     payload = tmp_path / "served" / "archive.zip"
     payload.parent.mkdir()

@@ -6,11 +6,12 @@ import pytest
 import SimpleITK as sitk
 import yaml
 
-from nnsam2_utils import external, report
-from nnsam2_utils.config import Workspace
+from nnsam2_utils.baselines import external
+from nnsam2_utils.data.manifest import load_manifest
 from nnsam2_utils.errors import DataError, GeometryError
-from nnsam2_utils.manifest import load_manifest
-from nnsam2_utils.prepare import prepare_dataset
+from nnsam2_utils.prepare.dataset import prepare_dataset
+from nnsam2_utils.report.results import collect_dsc
+from nnsam2_utils.workflow.workspace import Workspace
 
 SOURCE = {11: 1, 12: 2}   # e.g. a tool's own label values for right and left back muscles
 
@@ -63,7 +64,7 @@ def test_external_predictions_are_scored_on_the_prepared_grid(dataset):
     prepared = sitk.ReadImage(str(workspace.labels("external_tool_v1", manifest.name, shifted)))
     truth = sitk.ReadImage(str(workspace.prepared(manifest.name, shifted) / "label.nii.gz"))
     assert prepared.GetSize() == truth.GetSize() and prepared.GetOrigin() == truth.GetOrigin()
-    collected = report.collect_dsc(workspace, [manifest.name])
+    collected = collect_dsc(workspace, [manifest.name])
     assert "external_tool_v1" in set(collected["stage"])
 
 

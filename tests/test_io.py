@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
-
-from nnsam2_utils import io
-from nnsam2_utils.errors import DataError
 from conftest import make_image
+
+from nnsam2_utils.data import io
+from nnsam2_utils.errors import DataError
 
 
 def test_atomic_write_leaves_no_partial_file_and_keeps_the_old_one(tmp_path):

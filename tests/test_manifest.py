@@ -1,8 +1,8 @@
 import pytest
 import yaml
 
+from nnsam2_utils.data.manifest import load_manifest
 from nnsam2_utils.errors import ManifestError
-from nnsam2_utils.manifest import load_manifest
 
 GOOD = {
     "name": "my_ct", "modality": "CT", "sequence": "CT", "root": "data",

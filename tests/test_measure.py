@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnsam2_utils.errors import DataError, GeometryError
-from nnsam2_utils.measure import fat_ratio, hu_mean, measurement_rows, volume_ml
+from nnsam2_utils.evaluate.measurements import fat_ratio, hu_mean, measurement_rows, volume_ml
 
 
 def _cube(shape=(20, 20, 20), corner=(5, 5, 5), side=10) -> np.ndarray:
@@ -137,7 +137,7 @@ def test_measurement_rows_rejects_bad_arguments():
 def test_datasets_without_expert_labels_get_a_summary_of_their_automated_measurements():
     import pandas as pd
 
-    from nnsam2_utils.evaluate import measurement_summary, unlabelled_datasets
+    from nnsam2_utils.evaluate.scans import measurement_summary, unlabelled_datasets
 
     def row(dataset, case, cls, source, value, measure="volume_ml"):
         return {"dataset": dataset, "case": case, "subject": case, "class": cls, "measure": measure, "source": source, "value": value}

@@ -3,10 +3,9 @@ import json
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
-
-from nnsam2_utils import nnunet
 from conftest import make_image
+
+from nnsam2_utils.refine import nnunet
 
 
 def blob_case(i: int, rng, nz: int = 1) -> nnunet.TrainingCase:
@@ -120,7 +119,7 @@ def test_a_warm_start_reuses_the_earlier_plan_and_weights(trained):
 
 
 def test_rotation_range_is_validated():
-    from nnsam2_utils.trainers.nnsam2_trainer import rotation_range
+    from nnsam2_utils.refine.trainers.nnsam2_trainer import rotation_range
 
     low, high = rotation_range(15)
     assert high == pytest.approx(np.pi / 12) and low == -high
@@ -132,8 +131,8 @@ def test_a_checkpoint_changed_after_training_is_refused(trained, tmp_path):
     """nnU-Net unpickles its checkpoints (weights_only=False): only the bytes this run trained are loaded."""
     import shutil
 
+    from nnsam2_utils.data.io import sha256
     from nnsam2_utils.errors import CheckpointError
-    from nnsam2_utils.io import sha256
 
     _, budget, _, folder = trained
     digest = folder / "fold_all" / "checkpoint_final.pth.sha256"

@@ -2,7 +2,7 @@
 import nbformat
 import pytest
 
-from nnsam2_utils import notebooks
+from nnsam2_utils.workflow import notebook as notebooks
 
 
 def make_notebook(path, body: str):

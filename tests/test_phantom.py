@@ -6,10 +6,12 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from nnsam2_utils import prepare
-from nnsam2_utils.io import sha256
-from nnsam2_utils.manifest import load_manifest
-from nnsam2_utils.phantom import DATASETS, SIZES, generate_cohort
+from nnsam2_utils.data.geometry import canonical, check_same_grid, region_slices, to_stack
+from nnsam2_utils.data.io import sha256
+from nnsam2_utils.data.manifest import load_manifest
+from nnsam2_utils.data.synthetic.cohort import generate_cohort
+from nnsam2_utils.data.synthetic.specs import DATASETS, SIZES
+from nnsam2_utils.prepare.dataset import prepare_case
 
 
 def _files(folder):
@@ -58,7 +60,7 @@ def test_tiny_cohort_files_manifest_and_geometry(tiny_cohort):
             image_path, label_path = manifest.resolve(case.image), manifest.resolve(case.label)
             assert sha256(image_path) == case.sha256.image and sha256(label_path) == case.sha256.label
             image, label = sitk.ReadImage(str(image_path)), sitk.ReadImage(str(label_path))
-            prepare.check_same_grid(image, label, "image", "label")
+            check_same_grid(image, label, "image", "label")
             assert max(image.GetSize()[:2]) <= 128
             assert set(np.unique(sitk.GetArrayViewFromImage(label))) <= {0, 1, 2, 3, 4}
             discs = case.discs
@@ -67,14 +69,14 @@ def test_tiny_cohort_files_manifest_and_geometry(tiny_cohort):
             # superior -> inferior in physical space: z of L3/L4 > L4/L5 > L5/S1 (LPS z grows superiorly)
             z = [image.TransformIndexToPhysicalPoint((0, 0, k))[2] for k in (discs.L3L4, discs.L4L5, discs.L5S1)]
             assert z[0] > z[1] > z[2]
-            lps = prepare.canonical(image)
+            lps = canonical(image)
             zc = [lps.TransformPhysicalPointToIndex(image.TransformIndexToPhysicalPoint((0, 0, k)))[2]
                   for k in (discs.L3L4, discs.L5S1)]
             assert zc[0] > zc[1]  # canonical LPS: L3/L4 has the higher (more superior) index
-            prepared = prepare.prepare_case(manifest, case)
+            prepared = prepare_case(manifest, case)
             n = prepared.image.GetSize()[2]
             assert 6 <= n <= 8, f"{case.id}: {n} region slices"
-            muscles = prepare.to_stack(prepared.muscles)
+            muscles = to_stack(prepared.muscles)
             # left/right: R-ES (1) on the image's left half in LPS (x grows to the patient's left)
             cols = np.nonzero(muscles == 1)[2].mean(), np.nonzero(muscles == 4)[2].mean()
             assert cols[0] < cols[1]
@@ -104,7 +106,7 @@ def test_default_mri_muscle_areas_and_fat(default_pair):
             area = (label == value).sum() * cm2
             assert low <= area <= high, f"{case.id} label {value}: {area:.1f} cm² at L4/L5"
         assert max(label.shape) <= 256
-        n = prepare.prepare_case(manifest, case).image.GetSize()[2]
+        n = prepare_case(manifest, case).image.GetSize()[2]
         assert 12 <= n <= 16
     assert truth["fat_fraction"].between(0.05, 0.30).all()
     by_muscle = truth.groupby("muscle")["fat_fraction"].mean()
@@ -117,11 +119,11 @@ def test_default_ct_attenuation_and_anatomy(default_pair):
     truth = pd.read_csv(default_pair / "totalseg_ct_truth.csv")
     assert truth["hu_mean"].between(30, 55).all()
     for case in manifest.cases:
-        prepared = prepare.prepare_case(manifest, case)
+        prepared = prepare_case(manifest, case)
         assert 12 <= prepared.image.GetSize()[2] <= 16
-        image = sitk.GetArrayFromImage(prepare.canonical(sitk.ReadImage(str(manifest.resolve(case.image)))))
-        label = sitk.GetArrayFromImage(prepare.canonical(sitk.ReadImage(str(manifest.resolve(case.label)))))
-        lo, hi = prepare.region_slices(sitk.ReadImage(str(manifest.resolve(case.image))), case.discs.L3L4, case.discs.L5S1)
+        image = sitk.GetArrayFromImage(canonical(sitk.ReadImage(str(manifest.resolve(case.image)))))
+        label = sitk.GetArrayFromImage(canonical(sitk.ReadImage(str(manifest.resolve(case.label)))))
+        lo, hi = region_slices(sitk.ReadImage(str(manifest.resolve(case.image))), case.discs.L3L4, case.discs.L5S1)
         region_img, region_lab = image[lo:hi + 1], label[lo:hi + 1]
         muscle_hu = region_img[region_lab > 0].mean()
         assert 35 <= muscle_hu <= 55, muscle_hu
@@ -135,7 +137,7 @@ def test_default_ct_attenuation_and_anatomy(default_pair):
         # vertebral body (midline, in front of the canal): cancellous 150-250 HU, a brighter cortex;
         # the recorded L4/L5 disc slice shows disc (< 120 HU) where the body was
         image_ref = sitk.ReadImage(str(manifest.resolve(case.image)))
-        z_l4l5, z_l3l4 = prepare.region_slices(image_ref, case.discs.L4L5, case.discs.L3L4)
+        z_l4l5, z_l3l4 = region_slices(image_ref, case.discs.L4L5, case.discs.L3L4)
         mid_x = int(round(np.nonzero(np.isin(label[k], (2, 3)))[1].mean()))
         front_of_muscle = int(np.nonzero(np.isin(label[k], (2, 3)))[0].min())
         body_column = image[(z_l4l5 + z_l3l4) // 2, :front_of_muscle, mid_x]

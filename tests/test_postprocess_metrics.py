@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nnsam2_utils import metrics, postprocess
+from nnsam2_utils.evaluate import metrics
+from nnsam2_utils.propagate import postprocess
 
 
 def test_largest_component_keeps_the_biggest_blob_and_handles_empty():

@@ -2,12 +2,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import yaml
-
-from nnsam2_utils import prepare
-from nnsam2_utils.errors import DataError, GeometryError
-from nnsam2_utils.io import write_image
-from nnsam2_utils.manifest import load_manifest
 from conftest import make_image
+
+from nnsam2_utils.data.geometry import canonical, crop_z, decimation_factor, region_slices, to_stack
+from nnsam2_utils.data.io import write_image
+from nnsam2_utils.data.labels import map_labels
+from nnsam2_utils.data.manifest import load_manifest
+from nnsam2_utils.errors import DataError, GeometryError
+from nnsam2_utils.prepare.dataset import prepare_case, prepare_dataset
+from nnsam2_utils.prepare.model_input import label_from_model, label_to_model, load_model_input, model_input
 
 RAS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 LIS = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0, 0.0, 1.0, 0.0)  # k runs inferior: an unusual storage order
@@ -22,7 +25,7 @@ def ramp_volume(nz=10, ny=6, nx=8):
 
 def test_canonical_orientation_is_lps_without_resampling():
     image = make_image(ramp_volume(), direction=RAS)
-    lps = prepare.canonical(image)
+    lps = canonical(image)
     assert np.allclose(lps.GetDirection(), np.eye(3).ravel())
     assert sorted(sitk.GetArrayFromImage(lps).ravel()) == sorted(ramp_volume().ravel())
     # RAS index i grows to the patient's left? no: RAS x grows to the right, so LPS flips x
@@ -31,52 +34,52 @@ def test_canonical_orientation_is_lps_without_resampling():
 
 def test_region_is_inclusive_and_stack_runs_superior_to_inferior():
     image = make_image(ramp_volume(nz=12), direction=RAS)
-    low, high = prepare.region_slices(image, k_a=9, k_b=3)  # L3L4 at k=9 (superior), L5S1 at k=3
+    low, high = region_slices(image, k_a=9, k_b=3)  # L3L4 at k=9 (superior), L5S1 at k=3
     assert (low, high) == (3, 9)
-    cropped = prepare.crop_z(prepare.canonical(image), low, high)
-    stack = prepare.to_stack(cropped)
+    cropped = crop_z(canonical(image), low, high)
+    stack = to_stack(cropped)
     assert len(stack) == 7
     assert stack[0].min() // 100 == 9 and stack[-1].min() // 100 == 3
 
 
 def test_region_maps_disc_indices_through_an_unusual_orientation():
     image = make_image(ramp_volume(nz=6, ny=12, nx=8), direction=LIS)
-    low, high = prepare.region_slices(image, k_a=2, k_b=9)
-    lps = prepare.canonical(image)
+    low, high = region_slices(image, k_a=2, k_b=9)
+    lps = canonical(image)
     assert lps.GetSize()[2] == 12 and high - low == 7
 
 
 def test_disc_outside_volume_is_a_geometry_error():
     with pytest.raises(GeometryError, match="outside the volume"):
-        prepare.region_slices(make_image(ramp_volume()), 0, 10)
+        region_slices(make_image(ramp_volume()), 0, 10)
 
 
 def test_decimation_keeps_the_superior_disc():
-    assert prepare.decimation_factor(2.5, 5.0) == 2
-    assert prepare.decimation_factor(1.0, 5.0) == 5
-    assert prepare.decimation_factor(6.0, 5.0) == 1
-    assert prepare.decimation_factor(2.5, None) == 1
+    assert decimation_factor(2.5, 5.0) == 2
+    assert decimation_factor(1.0, 5.0) == 5
+    assert decimation_factor(6.0, 5.0) == 1
+    assert decimation_factor(2.5, None) == 1
     image = make_image(ramp_volume(nz=12))
-    cropped = prepare.crop_z(image, 2, 10, step=3)
-    assert [int(s.min()) // 100 for s in prepare.to_stack(cropped)] == [10, 7, 4]
+    cropped = crop_z(image, 2, 10, step=3)
+    assert [int(s.min()) // 100 for s in to_stack(cropped)] == [10, 7, 4]
 
 
 def test_label_mapping_and_unknown_values():
     label = np.array([[0, 1, 2, 3, 4]])
-    assert prepare.map_labels(label, {1: 1, 2: 1, 3: 2, 4: 2}, "x").tolist() == [[0, 1, 1, 2, 2]]
+    assert map_labels(label, {1: 1, 2: 1, 3: 2, 4: 2}, "x").tolist() == [[0, 1, 1, 2, 2]]
     with pytest.raises(DataError, match=r"label values \[9\]"):
-        prepare.map_labels(np.array([[0, 9]]), {1: 1}, "seg.nii.gz")
+        map_labels(np.array([[0, 9]]), {1: 1}, "seg.nii.gz")
 
 
 def test_model_input_normalisation_and_size():
     ct = np.full((3, 40, 50), -1000.0)
     ct[:, 10:30, 10:40] = 60.0
     ct[:, 15:20, 15:20] = 1500.0
-    frames = prepare.model_input(make_image(ct.astype(np.float32)), "CT")
+    frames = model_input(make_image(ct.astype(np.float32)), "CT")
     assert frames.shape == (3, 256, 256) and frames.dtype == np.uint8
     assert frames.min() == 0 and frames.max() == 255
     mri = np.random.default_rng(0).gamma(2.0, 100.0, (4, 30, 30)).astype(np.float32)
-    frames = prepare.model_input(make_image(mri), "MRI")
+    frames = model_input(make_image(mri), "MRI")
     assert frames.max() == 255 and frames.min() == 0
 
 
@@ -84,9 +87,9 @@ def test_label_resize_is_nearest_and_roundtrips():
     label = np.zeros((2, 64, 48), np.uint8)
     label[:, 10:30, 5:20] = 1
     label[:, 10:30, 28:44] = 2
-    small = prepare.label_to_model(label)
+    small = label_to_model(label)
     assert set(np.unique(small)) == {0, 1, 2}
-    back = prepare.label_from_model(small, (64, 48))
+    back = label_from_model(small, (64, 48))
     assert (back == label).mean() > 0.99
 
 
@@ -106,19 +109,19 @@ def test_prepare_case_checks_geometry_and_values(tmp_path):
     shifted = make_image(np.zeros((10, 6, 8), np.uint8), origin=(5.0, 0.0, 0.0))
     manifest = _dataset(tmp_path, image, shifted)
     with pytest.raises(GeometryError, match="origin"):
-        prepare.prepare_case(manifest, manifest.cases[0])
+        prepare_case(manifest, manifest.cases[0])
     nan = sitk.GetArrayFromImage(image)
     nan[2, 2, 2] = np.nan
     manifest = _dataset(tmp_path, make_image(nan), label)
     with pytest.raises(DataError, match="NaN or Inf"):
-        prepare.prepare_case(manifest, manifest.cases[0])
+        prepare_case(manifest, manifest.cases[0])
     manifest = _dataset(tmp_path, image, label)
-    case = prepare.prepare_case(manifest, manifest.cases[0])
+    case = prepare_case(manifest, manifest.cases[0])
     assert case.image.GetSize()[2] == 8 and case.label.GetSize() == case.image.GetSize()
 
 
 def test_prepare_dataset_resumes_and_never_touches_inputs(tmp_path):
-    from nnsam2_utils.io import sha256
+    from nnsam2_utils.data.io import sha256
 
     image = make_image(ramp_volume().astype(np.float32))
     lab = np.zeros((10, 6, 8), np.uint8)
@@ -126,11 +129,11 @@ def test_prepare_dataset_resumes_and_never_touches_inputs(tmp_path):
     lab[:, 1:4, 5:7] = 2
     manifest = _dataset(tmp_path, image, make_image(lab))
     before = sha256(tmp_path / "d" / "img.nii.gz")
-    table = prepare.prepare_dataset(manifest, tmp_path / "out")
+    table = prepare_dataset(manifest, tmp_path / "out")
     assert table.n_slices.tolist() == [8]
     meta = tmp_path / "out" / "c1" / "meta.json"
     stamp = meta.stat().st_mtime_ns
-    prepare.prepare_dataset(manifest, tmp_path / "out")
+    prepare_dataset(manifest, tmp_path / "out")
     assert meta.stat().st_mtime_ns == stamp
     assert sha256(tmp_path / "d" / "img.nii.gz") == before
-    assert prepare.load_model_input(tmp_path / "out" / "c1").shape == (8, 256, 256)
+    assert load_model_input(tmp_path / "out" / "c1").shape == (8, 256, 256)

@@ -11,8 +11,10 @@ import yaml
 
 matplotlib.use("Agg")
 
-from nnsam2_utils import config, method_figure, provenance, runlog, session  # noqa: E402
 from nnsam2_utils.errors import ConfigError  # noqa: E402
+from nnsam2_utils.report import method_figure, provenance  # noqa: E402
+from nnsam2_utils.workflow import profile as config
+from nnsam2_utils.workflow import runlog, session
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,14 @@ import pandas as pd
 import pytest
 
 from nnsam2_utils.errors import DataError
-from nnsam2_utils.reference import (ANNOTATED_SLICE, choose_reference, cosine_distances, embedding_slices, medoid,
-                                    scan_embedding)
+from nnsam2_utils.propagate.reference import (
+    ANNOTATED_SLICE,
+    choose_reference,
+    cosine_distances,
+    embedding_slices,
+    medoid,
+    scan_embedding,
+)
 
 
 def test_medoid_is_the_central_scan():

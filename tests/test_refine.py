@@ -2,11 +2,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
-
-from nnsam2_utils import refine
-from nnsam2_utils.io import write_image
-from nnsam2_utils.nnunet import IGNORE
 from conftest import make_image
+
+from nnsam2_utils.data.io import write_image
+from nnsam2_utils.refine.filters import (
+    area_profile,
+    frame_confidence,
+    is_smooth,
+    scan_agreement,
+    scan_filter,
+    stage1_filter,
+)
+from nnsam2_utils.refine.nnunet import IGNORE
+from nnsam2_utils.refine.training_set import sparse_training_cases
 
 
 def confidence_table(values, dataset="d", prompted=()):
@@ -21,7 +29,7 @@ def confidence_table(values, dataset="d", prompted=()):
 
 def test_frame_confidence_sums_classes_and_excludes_prompted_frames():
     table = confidence_table({("a", 0): (0.9, 0.8), ("a", 1): (0.5, np.nan)}, prompted={("a", 0)})
-    frames = refine.frame_confidence(table)
+    frames = frame_confidence(table)
     assert frames[["case", "slice"]].values.tolist() == [["a", 1]]
     assert frames.confidence.tolist() == [pytest.approx(0.5)]
 
@@ -29,7 +37,7 @@ def test_frame_confidence_sums_classes_and_excludes_prompted_frames():
 def test_stage1_keeps_top_percentile_then_quota_per_position():
     rng = np.random.default_rng(1)
     values = {(f"c{i:02d}", s): tuple(rng.uniform(0.3, 1.0, 2)) for i in range(20) for s in range(5)}
-    table = refine.stage1_filter(confidence_table(values), percentile=90, slice_fraction=0.02)
+    table = stage1_filter(confidence_table(values), percentile=90, slice_fraction=0.02)
     assert len(table) == 100
     threshold = np.percentile(table.confidence, 90)
     kept = table[table.kept]
@@ -45,7 +53,7 @@ def test_stage1_quota_grows_with_the_number_of_scans_and_percentiles_are_per_dat
     values = {(f"c{i:03d}", 0): (0.9, 0.9) for i in range(150)}
     low = {(f"x{i}", 0): (0.1, 0.1) for i in range(10)}
     table = pd.concat([confidence_table(values, "big"), confidence_table(low, "small")])
-    out = refine.stage1_filter(table, percentile=90, slice_fraction=0.02)
+    out = stage1_filter(table, percentile=90, slice_fraction=0.02)
     # ties: every frame equals the big dataset's threshold; quota floor(0.02*150)=3, ties broken by case id
     big = out[out.dataset == "big"]
     assert big.kept.sum() == 3 and big[big.kept].case.tolist() == ["c000", "c001", "c002"]
@@ -55,7 +63,7 @@ def test_stage1_quota_grows_with_the_number_of_scans_and_percentiles_are_per_dat
 
 def test_stage1_single_frame_dataset_and_empty_masks():
     table = confidence_table({("only", 3): (np.nan, np.nan)})
-    out = refine.stage1_filter(table)
+    out = stage1_filter(table)
     assert out.kept.tolist() == [True] and out.confidence.tolist() == [0.0]
 
 
@@ -70,35 +78,35 @@ def test_sparse_training_cases_slices_and_ignore_label(tmp_path):
     write_image(lab, tmp_path / "lab.nii.gz")
     selection = pd.DataFrame({"dataset": "d", "case": "c", "slice": [0, 1, 2, 3], "kept": [True, False, False, True]})
     paths = dict(label_path=lambda d, c: tmp_path / "lab.nii.gz", image_path=lambda d, c: tmp_path / "img.nii.gz")
-    slices = refine.sparse_training_cases(selection, mode="slices", **paths)
+    slices = sparse_training_cases(selection, mode="slices", **paths)
     # stack slice 0 is the most superior = LPS z index 3
     assert [c.case_id for c in slices] == ["d__c__z000", "d__c__z003"]
     assert all(c.image.GetSize()[2] == 1 and c.label.shape == (1, 8, 8) for c in slices)
-    sparse = refine.sparse_training_cases(selection, mode="ignore_label", **paths)
+    sparse = sparse_training_cases(selection, mode="ignore_label", **paths)
     assert len(sparse) == 1
     assert (sparse[0].label[[1, 2]] == IGNORE).all()
     assert (sparse[0].label[[0, 3]] == label[[0, 3]]).all()
 
 
 def test_smoothness_rule_skips_empty_pairs_and_bounds_growth():
-    assert refine.is_smooth(np.array([100, 140, 150, 90, 0, 0]), 1.5)
-    assert not refine.is_smooth(np.array([100, 160]), 1.5)
-    assert refine.is_smooth(np.array([100, 150]), 1.5)          # exactly 1.5× is allowed
-    assert not refine.is_smooth(np.array([100, 0, 80]), 1.5)    # a gap then regrowth
-    assert refine.is_smooth(np.array([0, 0, 0]), 1.25)
+    assert is_smooth(np.array([100, 140, 150, 90, 0, 0]), 1.5)
+    assert not is_smooth(np.array([100, 160]), 1.5)
+    assert is_smooth(np.array([100, 150]), 1.5)          # exactly 1.5× is allowed
+    assert not is_smooth(np.array([100, 0, 80]), 1.5)    # a gap then regrowth
+    assert is_smooth(np.array([0, 0, 0]), 1.25)
     stack = np.zeros((3, 4, 4), np.uint8)
     stack[0, :2, :2] = 1
     stack[1, :3, :2] = 1
-    assert refine.area_profile(stack, 1).tolist() == [4, 6, 0]
+    assert area_profile(stack, 1).tolist() == [4, 6, 0]
 
 
 def test_scan_agreement_ignores_classes_absent_from_both():
     a = np.zeros((2, 4, 4), np.uint8)
     a[:, :2, :2] = 1
-    assert refine.scan_agreement(a, a) == 1.0
+    assert scan_agreement(a, a) == 1.0
     b = a.copy()
     b[:, 2:, 2:] = 2
-    assert refine.scan_agreement(a, b) == pytest.approx(0.5)
+    assert scan_agreement(a, b) == pytest.approx(0.5)
 
 
 def test_scan_filter_quota_eligibility_and_minimum():
@@ -106,7 +114,7 @@ def test_scan_filter_quota_eligibility_and_minimum():
                           "case": [f"c{i:02d}" for i in range(30)] + ["s0", "s1", "s2"],
                           "agreement": list(np.linspace(0.80, 0.99, 30)) + [0.95, 0.5, 0.6],
                           "smooth": [True] * 29 + [False] + [True, True, True]})
-    out = refine.scan_filter(scans, min_agreement=0.90, fraction=0.10, min_scans=2)
+    out = scan_filter(scans, min_agreement=0.90, fraction=0.10, min_scans=2)
     big = out[out.dataset == "d"]
     # quota max(2, floor(3)) = 3; the most agreeing scan (c29) is not smooth
     assert big[big.kept].case.tolist() == ["c28", "c27", "c26"]
@@ -119,5 +127,5 @@ def test_scan_filter_quota_eligibility_and_minimum():
 
 def test_scan_filter_ties_are_broken_by_case_id():
     scans = pd.DataFrame({"dataset": "d", "case": ["b", "a", "c"], "agreement": 0.95, "smooth": True})
-    out = refine.scan_filter(scans, min_scans=2)
+    out = scan_filter(scans, min_scans=2)
     assert out[out.kept].case.tolist() == ["a", "b"]

@@ -1,9 +1,9 @@
-"""Run-to-run variation between two trainings (nnsam2_utils.repeat), against hand-computed numbers."""
+"""Run-to-run variation between two trainings (nnsam2_utils.evaluate.repeatability), against hand-computed numbers."""
 import numpy as np
 import pandas as pd
 import pytest
 
-from nnsam2_utils import repeat
+from nnsam2_utils.evaluate.repeatability import VARIATION_COLUMNS, mask_agreement, variation_table
 
 
 def rows(values: dict[tuple[str, str, int, str], float], source: str = "auto") -> pd.DataFrame:
@@ -19,7 +19,7 @@ def test_percentages_are_of_the_group_mean_like_the_margin():
                   ("t2", "b", 1, "volume_ml"): 300.0, ("ct", "x", 1, "hu_mean"): 40.0})
     second = rows({("t2", "a", 1, "volume_ml"): 110.0, ("t2", "a", 2, "volume_ml"): 190.0,
                    ("t2", "b", 1, "volume_ml"): 330.0, ("ct", "x", 1, "hu_mean"): 38.0})
-    table = repeat.variation_table(first, second, GROUPS).set_index(["measure", "group"])
+    table = variation_table(first, second, GROUPS).set_index(["measure", "group"])
     mri = table.loc[("volume_ml", "MRI")]
     # differences +10, -10, +30; group mean of the first training 200
     assert mri.n == 3
@@ -36,7 +36,7 @@ def test_expert_rows_other_classes_and_unpaired_values_are_left_out():
                   ("t2", "a", 0, "volume_ml"): 999.0})
     second = pd.concat([rows({("t2", "a", 1, "volume_ml"): 105.0, ("t2", "a", 0, "volume_ml"): 1.0}),
                         rows({("t2", "b", 1, "volume_ml"): 500.0}, source="expert")])
-    table = repeat.variation_table(first, second, GROUPS)
+    table = variation_table(first, second, GROUPS)
     assert len(table) == 1 and table.n.iloc[0] == 1
     assert table.max_abs_pct.iloc[0] == pytest.approx(5.0)
     assert "1 scan/class values without a counterpart" in table.note.iloc[0]
@@ -45,14 +45,14 @@ def test_expert_rows_other_classes_and_unpaired_values_are_left_out():
 def test_a_zero_mean_gives_no_percentages_and_says_why():
     first = rows({("t2", "a", 1, "volume_ml"): 0.0})
     second = rows({("t2", "a", 1, "volume_ml"): 2.0})
-    table = repeat.variation_table(first, second, GROUPS)
+    table = variation_table(first, second, GROUPS)
     assert np.isnan(table.mean_abs_pct.iloc[0]) and table.mean_abs_diff.iloc[0] == 2.0
     assert "group mean is zero" in table.note.iloc[0]
 
 
 def test_no_common_values_give_an_empty_table_with_the_columns():
-    table = repeat.variation_table(rows({("t2", "a", 1, "volume_ml"): 1.0}), rows({("t2", "b", 1, "volume_ml"): 1.0}), GROUPS)
-    assert table.empty and list(table.columns) == repeat.VARIATION_COLUMNS
+    table = variation_table(rows({("t2", "a", 1, "volume_ml"): 1.0}), rows({("t2", "b", 1, "volume_ml"): 1.0}), GROUPS)
+    assert table.empty and list(table.columns) == VARIATION_COLUMNS
 
 
 def test_mask_agreement_is_the_dsc_between_the_two_trainings():
@@ -62,5 +62,5 @@ def test_mask_agreement_is_the_dsc_between_the_two_trainings():
     b[0, :2, :1] = 1
     a[0, 2:, 2:] = 2
     b[0, 2:, 2:] = 2
-    dsc = {r["class"]: r["dsc"] for r in repeat.mask_agreement("t2", "a", a, b)}
+    dsc = {r["class"]: r["dsc"] for r in mask_agreement("t2", "a", a, b)}
     assert dsc[1] == pytest.approx(2 * 2 / (4 + 2)) and dsc[2] == 1.0

@@ -26,14 +26,15 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from nnsam2_utils.io import is_temporary
+from nnsam2_utils.data.io import is_temporary
+
 
 def run_stage0(prepared: str | Path, out: str | Path) -> None:
     """Stage 0 as notebook 02_stage0 runs it: claim the folder, choose the reference, propagate, pool."""
-    from nnsam2_utils import runlog
-    from nnsam2_utils.io import write_csv
+    from nnsam2_utils.data.io import write_csv
     from nnsam2_utils.propagate import make_propagator
     from nnsam2_utils.propagate.run import propagate_dataset, select_reference
+    from nnsam2_utils.workflow import runlog
 
     prepared, out = Path(prepared), Path(out)
     cases = sorted(p.name for p in prepared.iterdir() if (p / "meta.json").exists())
@@ -46,7 +47,7 @@ def run_stage0(prepared: str | Path, out: str | Path) -> None:
 
 def blob_case(i: int, rng: np.random.Generator):
     """A 64 × 64 one-slice training case: two ellipses (class 1 on the image's left, class 2 right)."""
-    from nnsam2_utils import nnunet
+    from nnsam2_utils.refine import nnunet
 
     yy, xx = np.mgrid[:64, :64]
     image = rng.normal(0, 0.2, (1, 64, 64)).astype(np.float32)
@@ -61,7 +62,7 @@ def blob_case(i: int, rng: np.random.Generator):
 
 
 def budget():
-    from nnsam2_utils import nnunet
+    from nnsam2_utils.refine import nnunet
 
     return nnunet.Budget(epochs=4, iterations_per_epoch=4, val_iterations=1, batch_size=2, max_features=16,
                          target_spacing_mm=2.0, seed=0)
@@ -69,7 +70,7 @@ def budget():
 
 def train_blobs(root: str | Path) -> None:
     """nnU-Net fit (raw dataset, plan, preprocess, train or resume) on four blob cases."""
-    from nnsam2_utils import nnunet
+    from nnsam2_utils.refine import nnunet
 
     rng = np.random.default_rng(0)
     nnunet.fit(Path(root), 502, "blobs", [blob_case(i, rng) for i in range(4)], budget())
@@ -99,7 +100,7 @@ def final_files(folder: Path, pattern: str) -> list[Path]:
 
 def read_whole(path: Path) -> None:
     """Read a finished output completely (raises on a partial file)."""
-    from nnsam2_utils.io import read_image
+    from nnsam2_utils.data.io import read_image
 
     if path.name.endswith(".nii.gz"):
         read_image(path)
@@ -130,8 +131,8 @@ def kill_when(process: subprocess.Popen, ready, watch, timeout: float = 900) -> 
 @pytest.fixture(scope="module")
 def prepared(tiny_cohort, tmp_path_factory) -> Path:
     """The tiny T2w dataset prepared with a 2-slice region per scan (keeps three LiteMedSAM runs short)."""
-    from nnsam2_utils.manifest import Discs, load_manifest
-    from nnsam2_utils.prepare import prepare_dataset
+    from nnsam2_utils.data.manifest import Discs, load_manifest
+    from nnsam2_utils.prepare.dataset import prepare_dataset
 
     manifest = load_manifest(tiny_cohort / "backpain_t2w.yaml")
     cases = []
@@ -203,7 +204,7 @@ def _loadable(path: Path) -> bool:
 
 @pytest.mark.slow
 def test_nnunet_training_killed_after_a_checkpoint_resumes_and_finishes(tmp_path):
-    from nnsam2_utils import nnunet
+    from nnsam2_utils.refine import nnunet
 
     plan = budget()
     log = tmp_path / "nnunet.log"
@@ -230,7 +231,7 @@ def test_nnunet_training_killed_after_a_checkpoint_resumes_and_finishes(tmp_path
     diff = max(float((a["network_weights"][k].float() - b["network_weights"][k].float()).abs().max())
                for k in a["network_weights"])
     losses = np.abs(np.subtract(a["logging"]["train_losses"], b["logging"]["train_losses"]))
-    from nnsam2_utils.metrics import dice_per_class
+    from nnsam2_utils.evaluate.metrics import dice_per_class
 
     case = blob_case(9, np.random.default_rng(5))
     seg = {name: nnunet.predict_image(nnunet.load_predictor(nnunet.model_folder(root, 502, "blobs", plan), plan),
@@ -247,7 +248,8 @@ def test_nnunet_training_killed_after_a_checkpoint_resumes_and_finishes(tmp_path
 
 
 def test_a_resumed_step_removes_a_killed_runs_temporary_files_only(tmp_path):
-    from nnsam2_utils import io, runlog
+    from nnsam2_utils.data import io
+    from nnsam2_utils.workflow import runlog
 
     folder = tmp_path / "stage0"
     assert runlog.claim_folder(folder, "k") is False
@@ -267,7 +269,7 @@ def test_a_resumed_step_removes_a_killed_runs_temporary_files_only(tmp_path):
 def test_atomic_outputs_get_the_usual_file_permissions(tmp_path):
     import stat
 
-    from nnsam2_utils.io import write_json
+    from nnsam2_utils.data.io import write_json
 
     old = os.umask(0o027)
     try:

@@ -1,6 +1,6 @@
 import json
 
-from nnsam2_utils import runlog
+from nnsam2_utils.workflow import runlog
 
 
 def test_step_record_writes_seconds_memory_and_versions(tmp_path):
@@ -45,7 +45,7 @@ def test_run_key_follows_upstream_keys(tmp_path):
 
 
 def test_step_code_fingerprints_depend_only_on_their_modules():
-    from nnsam2_utils import steps
+    from nnsam2_utils.workflow import code_deps as steps
 
     prepare_files = {p.name for p in steps.step_files("prepare")}
     assert "prepare.py" in prepare_files and "nnunet.py" not in prepare_files

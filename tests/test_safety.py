@@ -81,8 +81,8 @@ def test_yaml_is_only_loaded_with_safe_load_and_nothing_is_unpickled_or_evaluate
 
 
 def test_a_yaml_tag_that_would_run_code_is_refused(tmp_path):
+    from nnsam2_utils.data.manifest import load_manifest
     from nnsam2_utils.errors import ManifestError
-    from nnsam2_utils.manifest import load_manifest
 
     marker = tmp_path / "ran"
     path = tmp_path / "evil.yaml"
@@ -105,7 +105,7 @@ def test_notebook_parameters_cells_hold_only_literal_values():
 def test_command_line_parameters_stay_strings_never_code(tmp_path):
     import yaml
 
-    from nnsam2_utils.notebooks import parse_parameters
+    from nnsam2_utils.workflow.notebook import parse_parameters
 
     marker = tmp_path / "ran"
     text = f"__import__('os').system('touch {marker}')"

@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("sam2")
 
-from nnsam2_utils.checkpoints import verify_checkpoint  # noqa: E402
+from nnsam2_utils.data.checkpoints import verify_checkpoint  # noqa: E402
 from nnsam2_utils.errors import CheckpointError  # noqa: E402
 from nnsam2_utils.propagate.base import CONFIDENCE_COLUMNS, Propagator  # noqa: E402
 from nnsam2_utils.propagate.sam2 import (  # noqa: E402

@@ -9,8 +9,16 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from nnsam2_utils.stats import (StatsError, agreement_table, bland_altman, icc, icc_from_matrix,
-                                mixed_model_tost, smallest_equivalence_margin, tost_paired)
+from nnsam2_utils.evaluate.statistics import (
+    StatsError,
+    agreement_table,
+    bland_altman,
+    icc,
+    icc_from_matrix,
+    mixed_model_tost,
+    smallest_equivalence_margin,
+    tost_paired,
+)
 
 # Shrout & Fleiss (1979), Table 2: 6 targets rated by 4 judges.
 SHROUT_FLEISS = np.array([[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]], float)

@@ -17,17 +17,18 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from nnsam2_utils.datacheck import check_manifest
-from nnsam2_utils.io import read_image
-from nnsam2_utils.manifest import load_manifest
-from nnsam2_utils.owndata import assemble_example
-from nnsam2_utils.prepare import prepare_case, slice_axis, to_stack
+from nnsam2_utils.data.checks import check_manifest
+from nnsam2_utils.data.geometry import slice_axis, to_stack
+from nnsam2_utils.data.io import read_image
+from nnsam2_utils.data.manifest import load_manifest
+from nnsam2_utils.data.synthetic.own_example import assemble_example
+from nnsam2_utils.prepare.dataset import prepare_case
 
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory) -> Path:
     """The tiny phantom's backpain_t2w dataset (3 scans) and its manifest."""
-    from nnsam2_utils.phantom import generate_cohort
+    from nnsam2_utils.data.synthetic.cohort import generate_cohort
 
     folder = tmp_path_factory.mktemp("phantom")
     return generate_cohort(folder, size="tiny", seed=0, datasets=["backpain_t2w"])[0]
@@ -78,7 +79,7 @@ def test_prepared_volumes_equal_those_of_the_original_files(user_dataset, phanto
 
 
 def test_user_annotation_is_the_labelled_slice(user_dataset):
-    from nnsam2_utils.annotation import prepare_annotation
+    from nnsam2_utils.prepare.annotation import prepare_annotation
 
     manifest = load_manifest(user_dataset)
     prepared, index = prepare_annotation(manifest)
@@ -99,10 +100,11 @@ def narrow(case, slices: int = 3):
 def test_stage0_runs_from_the_user_slice(user_dataset, tmp_path):
     """prepare → stage 0 (LiteMedSAM, CPU) on two scans (regions cut to 3 slices), from the user's
     annotated scan and slice: the prompt is the user's slice, and both classes land on the right side."""
-    from nnsam2_utils.annotation import user_annotation, write_prepared_annotation
-    from nnsam2_utils.io import read_json
-    from nnsam2_utils.metrics import dice_per_class
-    from nnsam2_utils.prepare import load_stack, prepare_dataset
+    from nnsam2_utils.data.io import read_json
+    from nnsam2_utils.evaluate.metrics import dice_per_class
+    from nnsam2_utils.prepare.annotation import user_annotation, write_prepared_annotation
+    from nnsam2_utils.prepare.dataset import prepare_dataset
+    from nnsam2_utils.prepare.model_input import load_stack
     from nnsam2_utils.propagate import make_propagator
     from nnsam2_utils.propagate.run import propagate_dataset
 
@@ -130,7 +132,7 @@ def test_stage0_runs_from_the_user_slice(user_dataset, tmp_path):
 
 
 def test_damaged_copy_is_caught_kind_by_kind(user_dataset, tmp_path):
-    from nnsam2_utils.owndata import damaged_copy
+    from nnsam2_utils.data.synthetic.own_example import damaged_copy
 
     before = {p: p.read_bytes() for p in user_dataset.parent.rglob("*") if p.is_file()}
     damaged = damaged_copy(user_dataset, tmp_path / "damaged")

@@ -34,7 +34,7 @@ def unlabelled_user_dataset(folder: Path) -> Path:
     """
     import SimpleITK as sitk
 
-    from nnsam2_utils.phantom import generate_cohort
+    from nnsam2_utils.data.synthetic.cohort import generate_cohort
 
     source = generate_cohort(folder, size="tiny", seed=0, datasets=["athletes_mri"])[0]
     manifest = yaml.safe_load(source.read_text())
@@ -67,7 +67,7 @@ def random_sam2_checkpoint(path: Path, config: str, image_size: int) -> str:
     """
     import torch
 
-    from nnsam2_utils.io import sha256
+    from nnsam2_utils.data.io import sha256
     from nnsam2_utils.propagate.sam2 import build_predictor
 
     torch.manual_seed(0)
@@ -199,7 +199,7 @@ def test_a_second_run_with_nothing_changed_does_nothing(built_book):
 
 
 def test_the_built_book_has_no_broken_link_image_or_page_error(built_book):
-    from nnsam2_utils import bookcheck
+    import bookcheck
 
     tmp, book, _, _ = built_book
     html = book / "_build" / "html"

@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from .errors import DataError
-from .io import read_image, write_csv, write_image
-from .manifest import Case, DatasetManifest, ExternalPredictions
-from .metrics import dsc_rows
-from .prepare import check_same_grid, region_crop
+from nnsam2_utils.data.geometry import check_same_grid, region_crop
+from nnsam2_utils.data.io import read_image, write_csv, write_image
+from nnsam2_utils.data.manifest import Case, DatasetManifest, ExternalPredictions
+from nnsam2_utils.errors import DataError
+from nnsam2_utils.evaluate.metrics import dsc_rows
 
 log = logging.getLogger(__name__)
 

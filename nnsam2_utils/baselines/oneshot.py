@@ -32,13 +32,14 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import SimpleITK as sitk
 from scipy import ndimage
 from skimage.filters import threshold_multiotsu
 from tqdm.auto import tqdm
 
-from .postprocess import clean_pseudo_label, fill_holes, largest_component
-from .prepare import CT_WINDOW
+from nnsam2_utils.prepare.model_input import CT_WINDOW
+from nnsam2_utils.propagate.postprocess import clean_pseudo_label, fill_holes, largest_component
 
 log = logging.getLogger(__name__)
 
@@ -331,18 +332,18 @@ def run_dataset_baselines(workspace, dataset: str, modality: str, sequence: str)
     import json
 
     import pandas as pd
-    import SimpleITK as sitk
 
-    from .io import read_image, write_image
-    from .metrics import dsc_rows
-    from .prepare import from_stack, load_stack
+    from nnsam2_utils.data.geometry import from_stack
+    from nnsam2_utils.data.io import write_image
+    from nnsam2_utils.evaluate.metrics import dsc_rows
+    from nnsam2_utils.prepare.model_input import load_stack
 
     note = json.loads((workspace.stage("stage0", dataset) / "annotation.json").read_text())
     ref_image, ref_itk = load_stack(workspace.prepared(dataset, note["reference_case"]))
     ref_label, _ = load_stack(workspace.prepared(dataset, note["reference_case"]), note.get("annotation_volume", "label"))
     k = note["annotated_slice"]
     ref_spacing = (ref_itk.GetSpacing()[1], ref_itk.GetSpacing()[0])
-    cases = pd.read_csv(workspace.prepared(dataset) / "cases.csv")
+    cases = workspace.case_table(dataset)
     rows = []
     for case in tqdm(list(cases["case"]), desc=f"baselines {dataset}", leave=False):
         stack, image = load_stack(workspace.prepared(dataset, case))

@@ -10,8 +10,8 @@ import logging
 import os
 from pathlib import Path
 
-from .errors import CheckpointError
-from .io import sha256 as file_sha256
+from nnsam2_utils.data.io import sha256 as file_sha256
+from nnsam2_utils.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import DataError, GeometryError, ManifestError
-from .manifest import DatasetManifest, load_manifest
+from nnsam2_utils.data.manifest import DatasetManifest, load_manifest
+from nnsam2_utils.errors import DataError, GeometryError, ManifestError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class Problem:
 
 def path_sha256(path: str | os.PathLike) -> str:
     """SHA-256 of a file, or of a folder's files (sorted relative names with their digests)."""
-    from .io import sha256
+    from nnsam2_utils.data.io import sha256
 
     path = Path(path)
     if path.is_file():
@@ -90,7 +90,7 @@ class _Checker:
                          f"file is the right one, set its sha256 in the manifest to {found}.")
         if not self.read:
             return None
-        from .io import read_image
+        from nnsam2_utils.data.io import read_image
 
         try:
             return read_image(path)
@@ -99,7 +99,7 @@ class _Checker:
             return None
 
     def grid(self, image: sitk.Image, other: sitk.Image, image_path: Path, other_path: Path, role: str) -> bool:
-        from .prepare import check_same_grid
+        from nnsam2_utils.data.geometry import check_same_grid
 
         try:
             check_same_grid(image, other, str(image_path), str(other_path))
@@ -122,7 +122,7 @@ class _Checker:
                          "add them to muscle_map (R-ES, R-MF, L-MF, L-ES) or remove muscle_map.")
 
     def discs(self, case, image: sitk.Image, path: Path) -> None:
-        from .prepare import slice_axis
+        from nnsam2_utils.data.geometry import slice_axis
 
         n = image.GetSize()[slice_axis(image)]
         d = case.discs
@@ -134,7 +134,7 @@ class _Checker:
                      "read the slice numbers off a viewer along the axial direction (first slice = 0) and correct them "
                      "in the manifest or cases CSV.")
             return
-        from .prepare import case_region
+        from nnsam2_utils.data.geometry import case_region
 
         try:
             case_region(image, case, path)
@@ -163,7 +163,7 @@ class _Checker:
             self.discs(case, image, image_path)
 
     def annotation(self) -> None:
-        from .annotation import prepare_annotation
+        from nnsam2_utils.prepare.annotation import prepare_annotation
 
         note = self.manifest.annotation
         case = self.manifest.case(note.case)

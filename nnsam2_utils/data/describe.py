@@ -7,9 +7,11 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from .io import read_image
-from .manifest import MUSCLES, DatasetManifest
-from .prepare import canonical, lps_slice_index, map_muscles
+from nnsam2_utils.data.geometry import canonical, lps_slice_index
+from nnsam2_utils.data.io import read_image
+from nnsam2_utils.data.labels import map_muscles
+from nnsam2_utils.data.manifest import MUSCLES, DatasetManifest
+from nnsam2_utils.data.io import read_csv
 
 
 def scan_description(manifest: DatasetManifest, case_index: int) -> dict:
@@ -52,4 +54,4 @@ def cohort_description(manifests: list[DatasetManifest]) -> pd.DataFrame:
 def truth_table(manifest: DatasetManifest) -> pd.DataFrame | None:
     """The generator's truth table next to a generated dataset's manifest (None for real data)."""
     path = Path(manifest.manifest_path or "").with_name(f"{manifest.name}_truth.csv")
-    return pd.read_csv(path) if path.exists() else None
+    return read_csv(path) if path.exists() else None

@@ -1,7 +1,7 @@
 """DICOM series: a folder of 2-D slices read as one 3-D volume.
 
 A manifest's ``image`` (or ``fat``) may name a folder that holds exactly one DICOM series;
-:func:`nnsam2_utils.io.read_image` reads it with SimpleITK's ``ImageSeriesReader`` (slices sorted
+:func:`nnsam2_utils.data.io.read_image` reads it with SimpleITK's ``ImageSeriesReader`` (slices sorted
 by position by GDCM). Labels stay volumes (NIfTI/NRRD), as ITK-SNAP and 3D Slicer save them, on
 the grid of the series. :func:`write_series` writes a volume as a series: the tests use it to
 build DICOM scans, and it converts a volume for tools that want DICOM.
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import DataError
+from nnsam2_utils.errors import DataError
 
 log = logging.getLogger(__name__)
 

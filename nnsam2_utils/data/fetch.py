@@ -13,9 +13,9 @@ import shutil
 import urllib.request
 from pathlib import Path
 
-from .errors import DataError
-from .io import atomic_path
-from .manifest import Download, load_manifest
+from nnsam2_utils.data.io import atomic_path
+from nnsam2_utils.data.manifest import Download, load_manifest
+from nnsam2_utils.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -1,15 +1,24 @@
-"""TODO docstring."""
+"""Geometry of a scan: canonical LPS orientation, disc slices, the L3/L4–L5/S1 region, CT decimation, grids.
+
+Conventions (used everywhere):
+
+* Volumes are reoriented to **LPS** (SimpleITK's DICOM convention): array axes ``(z, y, x)``
+  run inferior→superior, anterior→posterior, right→left. Displayed with ``imshow`` a slice
+  is in radiological view (patient's right on the image's left, anterior at the top).
+* A **stack** is the region of a scan as ``(slice, row, column)`` ordered **superior →
+  inferior**: ``stack[0]`` is the L3/L4 disc slice, ``stack[-1]`` the L5/S1 disc slice.
+
+See docs/method.md §2.
+"""
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 import SimpleITK as sitk
-import torch
-import torch.nn.functional as F
-from .errors import DataError, GeometryError
-from .manifest import MUSCLE_TO_CLASS, MUSCLES, Case, DatasetManifest
+
+from nnsam2_utils.data.manifest import Case, DatasetManifest
+from nnsam2_utils.errors import GeometryError
 
 
 def canonical(image: sitk.Image) -> sitk.Image:

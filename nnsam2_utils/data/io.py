@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from .errors import DataError
+from nnsam2_utils.errors import DataError
 
 
 def _umask() -> int:
@@ -64,6 +64,20 @@ def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
     for path in stale:
         path.unlink()
     return stale
+
+
+def write_if_changed(path: str | os.PathLike, write) -> str:
+    """Write through ``write(tmp)`` at a temporary name and move it onto ``path`` only if the bytes differ.
+
+    Returns ``"written"`` or ``"unchanged"``: an unchanged file keeps its timestamp, so the workflow
+    engine sees nothing new.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        write(tmp)
+        if path.exists() and sha256(path) == sha256(tmp):
+            return "unchanged"
+    return "written"
 
 
 def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -170,12 +184,16 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
+#: Identifier columns of the run's tables: always text (a case id "001" stays "001", never the number 1).
+ID_COLUMNS = ("dataset", "case", "subject")
+
+
 def read_csv(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a CSV table with a clear error."""
+    """Read one of the run's CSV tables with a clear error; identifier columns are read as text."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found. Run the stage that writes it first.")
-    return pd.read_csv(path)
+    return pd.read_csv(path, dtype={column: str for column in ID_COLUMNS})
 
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:

@@ -1,15 +1,11 @@
-"""TODO docstring."""
+"""Label maps: source label values to the two classes (right, left LPM) and to the four muscles.
+"""
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
-from pathlib import Path
 import numpy as np
-import SimpleITK as sitk
-import torch
-import torch.nn.functional as F
-from .errors import DataError, GeometryError
-from .manifest import MUSCLE_TO_CLASS, MUSCLES, Case, DatasetManifest
+
+from nnsam2_utils.data.manifest import MUSCLES
+from nnsam2_utils.errors import DataError
 
 
 def map_labels(label: np.ndarray, label_map: dict[int, int], where: str) -> np.ndarray:

@@ -22,10 +22,11 @@ import os
 from pathlib import Path
 from typing import Literal
 
+import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ManifestError
+from nnsam2_utils.errors import ManifestError
 
 CLASSES: dict[int, str] = {1: "right_lpm", 2: "left_lpm"}
 MUSCLES: tuple[str, ...] = ("R-ES", "R-MF", "L-MF", "L-ES")
@@ -58,7 +59,7 @@ SHA256 = r"^[0-9a-f]{64}$"
 
 
 class Checksums(_Strict):
-    """SHA-256 of a case's files (of a DICOM folder: see :func:`nnsam2_utils.datacheck.path_sha256`)."""
+    """SHA-256 of a case's files (of a DICOM folder: see :func:`nnsam2_utils.data.checks.path_sha256`)."""
 
     image: str | None = Field(default=None, pattern=SHA256)
     label: str | None = Field(default=None, pattern=SHA256)
@@ -329,7 +330,7 @@ def load_manifest(path: str | os.PathLike, cases_csv: bool = True) -> DatasetMan
 
 def dump_manifest(manifest: DatasetManifest, path: str | os.PathLike) -> Path:
     """Write a manifest as YAML atomically (without the runtime-only ``manifest_path``)."""
-    from .io import atomic_path
+    from nnsam2_utils.data.io import atomic_path
 
     data = manifest.model_dump(mode="json", exclude={"manifest_path"}, exclude_none=True)
     path = Path(path)
@@ -353,7 +354,7 @@ def cohort_table(manifests: list[DatasetManifest]) -> "pd.DataFrame":
     import pandas as pd
     import SimpleITK as sitk
 
-    from .prepare import decimation_factor
+    from nnsam2_utils.data.geometry import decimation_factor
 
     rows = []
     for manifest in manifests:

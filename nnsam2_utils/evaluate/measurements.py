@@ -27,8 +27,8 @@ from collections.abc import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import DataError, GeometryError
-from .manifest import MUSCLES
+from nnsam2_utils.data.manifest import MUSCLES
+from nnsam2_utils.errors import DataError, GeometryError
 
 log = logging.getLogger(__name__)
 

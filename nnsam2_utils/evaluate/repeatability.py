@@ -16,20 +16,12 @@ Public API: :data:`REPEAT_STAGE`, :func:`variation_table`, :func:`mask_agreement
 """
 from __future__ import annotations
 
-import json
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
-import SimpleITK as sitk
 
-from .io import read_image
-from .metrics import dsc_rows
+from nnsam2_utils.evaluate.metrics import dsc_rows
 
 REPEAT_STAGE = "repeat"
-#: nnU-Net dataset id of the repeated training (stages use 501-503, the supervised bound 599)
-REPEAT_DATASET_ID = 590
 VARIATION_COLUMNS = ["measure", "group", "n", "mean_first", "mean_abs_diff", "mean_abs_pct", "max_abs_pct",
                      "mean_diff_pct", "note"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .io import read_image
-from .measure import measurement_rows
+from nnsam2_utils.data.io import read_image
+from nnsam2_utils.evaluate.measurements import measurement_rows
 
 MEASURE_LABELS = {"volume_ml": "Volume (mL)", "fat_ratio": "Dixon fat ratio", "hu_mean": "CT attenuation (HU)"}
 
@@ -38,7 +38,7 @@ def measurements(workspace, run, stage: str) -> pd.DataFrame:
     rows = []
     for dataset in run.datasets:
         manifest = run.manifest(dataset)
-        cases = pd.read_csv(workspace.prepared(dataset) / "cases.csv")
+        cases = workspace.case_table(dataset)
         subjects = dict(zip(cases["case"], cases["subject"].astype(str)))
         for case in tqdm(list(cases["case"]), desc=f"measure {dataset}", leave=False):
             for row in scan_measurements(workspace, dataset, manifest.modality, case, stage):
@@ -66,3 +66,23 @@ def measurement_summary(measurements: pd.DataFrame, datasets: list[str], classes
     summary = (auto.groupby(["dataset", "class", "measure"], sort=False)["value"]
                .agg(scans="count", mean="mean", sd="std").reset_index())
     return summary[["dataset", "class", "measure", "scans", "mean", "sd"]]
+
+
+def stage_dsc(workspace, datasets: list[str], stage: str) -> pd.DataFrame:
+    """DSC per scan and class of a stage's label files against the expert labels (docs/method.md §7).
+
+    Scans without an expert label give no rows; the one place the run computes DSC from its files.
+    """
+    import SimpleITK as sitk
+
+    from nnsam2_utils.evaluate.metrics import dsc_rows
+
+    rows = []
+    for dataset in datasets:
+        for case in workspace.case_ids(dataset):
+            truth_path = workspace.prepared(dataset, case) / "label.nii.gz"
+            if truth_path.exists():
+                truth = sitk.GetArrayFromImage(read_image(truth_path))
+                pseudo = sitk.GetArrayFromImage(read_image(workspace.labels(stage, dataset, case)))
+                rows += dsc_rows(dataset, case, stage, pseudo, truth)
+    return pd.DataFrame(rows, columns=["dataset", "case", "class", "stage", "dsc"])

@@ -30,7 +30,7 @@ import pandas as pd
 import pingouin as pg
 from scipy import stats as sps
 
-from .errors import Nnsam2Error
+from nnsam2_utils.errors import Nnsam2Error
 
 log = logging.getLogger(__name__)
 

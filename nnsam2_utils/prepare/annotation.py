@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import DataError
-from .manifest import DatasetManifest
+from nnsam2_utils.data.manifest import DatasetManifest
+from nnsam2_utils.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ FILE_NAME = "annotation.nii.gz"
 def labelled_slices(label: sitk.Image) -> list[int]:
     """Slice numbers (along the stored axis closest to superior–inferior, as a viewer counts them)
     that hold any non-zero voxel."""
-    from .prepare import slice_axis
+    from nnsam2_utils.data.geometry import slice_axis
 
     array = sitk.GetArrayViewFromImage(label)
     numpy_axis = 2 - slice_axis(label)  # SimpleITK arrays are (k, j, i)
@@ -39,8 +39,8 @@ def read_annotation(manifest: DatasetManifest) -> tuple[sitk.Image, sitk.Image, 
     Errors name the file: missing or unreadable file, another grid than the scan, zero or several
     labelled slices.
     """
-    from .io import read_image
-    from .prepare import check_same_grid
+    from nnsam2_utils.data.geometry import check_same_grid
+    from nnsam2_utils.data.io import read_image
 
     note = manifest.annotation
     if note is None:
@@ -60,8 +60,16 @@ def read_annotation(manifest: DatasetManifest) -> tuple[sitk.Image, sitk.Image, 
 def prepare_annotation(manifest: DatasetManifest) -> tuple[sitk.Image, int]:
     """The annotation in the prepared grid of its scan (LPS, region crop, CT decimation), classes
     mapped through ``label_map``; and its index in the scan's superior→inferior stack."""
-    from .prepare import (canonical, case_region, crop_z, decimation_factor, lps_slice_index, map_labels,
-                          slice_axis, to_stack)
+    from nnsam2_utils.data.geometry import (
+        canonical,
+        case_region,
+        crop_z,
+        decimation_factor,
+        lps_slice_index,
+        slice_axis,
+        to_stack,
+    )
+    from nnsam2_utils.data.labels import map_labels
 
     label, image, k = read_annotation(manifest)
     note, case = manifest.annotation, manifest.case(manifest.annotation.case)
@@ -87,7 +95,7 @@ def prepare_annotation(manifest: DatasetManifest) -> tuple[sitk.Image, int]:
 
 def write_prepared_annotation(manifest: DatasetManifest, prepared_dir: str | Path) -> Path | None:
     """Write the prepared annotation into ``prepared_dir/<case>/annotation.nii.gz``; None without one."""
-    from .io import write_image
+    from nnsam2_utils.data.io import write_image
 
     if manifest.annotation is None:
         return None
@@ -100,7 +108,7 @@ def write_prepared_annotation(manifest: DatasetManifest, prepared_dir: str | Pat
 def user_annotation(prepared_dir: str | Path, manifest: DatasetManifest) -> tuple[str, int] | None:
     """(reference case, stack slice index) of the user's prepared annotation, or None when the
     manifest names none (then stage 0 picks the medoid and its top slice)."""
-    from .prepare import load_stack
+    from nnsam2_utils.prepare.model_input import load_stack
 
     if manifest.annotation is None:
         return None

@@ -1,16 +1,5 @@
-"""Preparation: canonical orientation, region crop, CT decimation, model-input slices.
-
-Conventions (fixed here, used everywhere):
-
-* Volumes are reoriented to **LPS** (SimpleITK's DICOM convention): array axes ``(z, y, x)``
-  run inferior→superior, anterior→posterior, right→left. Displayed with ``imshow`` a slice
-  is in radiological view (patient's right on the image's left, anterior at the top).
-* A **stack** is the region of a scan as ``(slice, row, column)`` ordered **superior →
-  inferior**: ``stack[0]`` is the L3/L4 disc slice, ``stack[-1]`` the L5/S1 disc slice.
-* Model input: intensities clipped (CT to [-30, 150] HU; MRI to the 0.5–99.5th percentile
-  of the volume), scaled to [0, 255] as uint8 and resized to 256 × 256 (bilinear); labels
-  nearest-neighbour. Measurements always use the unclipped native images.
-"""
+"""Preparation of a dataset (docs/method.md §2): each scan reoriented to LPS, cropped to the L3/L4–L5/S1
+region, CT decimated; written with its model-input stack and a meta.json that marks it complete."""
 from __future__ import annotations
 
 import logging
@@ -18,12 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import SimpleITK as sitk
-import torch
-import torch.nn.functional as F
 
-from .errors import DataError, GeometryError
-from .manifest import MUSCLE_TO_CLASS, MUSCLES, Case, DatasetManifest
+from nnsam2_utils.data.geometry import check_same_grid, region_crop
+from nnsam2_utils.data.labels import map_labels, map_muscles
+from nnsam2_utils.data.manifest import Case, DatasetManifest
+from nnsam2_utils.errors import DataError
+from nnsam2_utils.prepare.model_input import model_input
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +34,7 @@ class PreparedCase:
 
 def verify_sha256(path: Path, expected: str | None, field: str, manifest: DatasetManifest) -> None:
     """Compare a file with the SHA-256 its manifest pins (nothing pinned, or a folder: no check)."""
-    from .io import sha256
+    from nnsam2_utils.data.io import sha256
 
     if not expected or not path.is_file():
         return
@@ -56,7 +47,7 @@ def verify_sha256(path: Path, expected: str | None, field: str, manifest: Datase
 
 def prepare_case(manifest: DatasetManifest, case: Case) -> PreparedCase:
     """Load one case, reorient to LPS, crop to the L3/L4–L5/S1 region, decimate CT."""
-    from .io import read_image
+    from nnsam2_utils.data.io import read_image
 
     image_path = manifest.resolve(case.image)
     verify_sha256(image_path, case.sha256.image, "sha256.image", manifest)
@@ -93,7 +84,7 @@ def write_prepared(case: PreparedCase, folder: str | Path, modality: str) -> Pat
 
     ``meta.json`` is written last, so its presence marks a complete case (resume point).
     """
-    from .io import save_npz, write_image, write_json
+    from nnsam2_utils.data.io import save_npz, write_image, write_json
 
     folder = Path(folder)
     write_image(case.image, folder / "image.nii.gz")
@@ -119,7 +110,7 @@ def prepare_dataset(manifest: DatasetManifest, out_dir: str | Path) -> "pd.DataF
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from .io import read_json
+    from nnsam2_utils.data.io import read_json
 
     out_dir = Path(out_dir)
     rows = []

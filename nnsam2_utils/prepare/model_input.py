@@ -1,16 +1,17 @@
-"""TODO docstring."""
+"""The promptable model's input: intensities clipped (CT to [-30, 150] HU; MRI to the 0.5–99.5th
+percentile of the volume), scaled to [0, 255] as uint8 and resized to 256 × 256 (bilinear); labels
+nearest-neighbour (docs/method.md §2). Measurements always use the unclipped native images.
+"""
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
-from .errors import DataError, GeometryError
-from .manifest import MUSCLE_TO_CLASS, MUSCLES, Case, DatasetManifest
 
+from nnsam2_utils.data.geometry import to_stack
 
 MODEL_SIZE = 256
 
@@ -61,7 +62,7 @@ def label_from_model(masks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def load_stack(folder: str | Path, name: str = "image") -> tuple[np.ndarray, sitk.Image]:
     """A prepared volume as a superior→inferior stack, with its LPS image for geometry."""
-    from .io import read_image
+    from nnsam2_utils.data.io import read_image
 
     image = read_image(Path(folder) / f"{name}.nii.gz")
     return to_stack(image), image

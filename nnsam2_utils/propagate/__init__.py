@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ConfigError
-from .base import CONFIDENCE_COLUMNS, PropagationResult, Propagator
+from nnsam2_utils.errors import ConfigError
+from nnsam2_utils.propagate.base import CONFIDENCE_COLUMNS, PropagationResult, Propagator
 
 BACKENDS = ("litemedsam", "sam2")
 
@@ -14,11 +14,11 @@ def make_propagator(settings: dict[str, Any]) -> Propagator:
     backend = settings.get("backend", "litemedsam")
     device = settings.get("device", "cpu")
     if backend == "litemedsam":
-        from .litemedsam import LiteMedSAMPropagator
+        from nnsam2_utils.propagate.litemedsam import LiteMedSAMPropagator
 
         return LiteMedSAMPropagator(device=device)
     if backend == "sam2":
-        from .sam2 import SAM2Propagator
+        from nnsam2_utils.propagate.sam2 import SAM2Propagator
 
         return SAM2Propagator(config=settings.get("sam2_config", "configs/sam2.1/sam2.1_hiera_l.yaml"),
                               checkpoint=settings.get("sam2_checkpoint"), sha256=settings.get("sam2_sha256"),

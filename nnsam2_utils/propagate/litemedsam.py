@@ -15,7 +15,7 @@ box prompts from slice to slice, per class:
    on the tiny CT phantom this raised the reference scan's DSC from 0.60 to 0.77); an empty
    previous mask stops that direction (the rest stays empty);
 3. mask logits are thresholded at 0; overlaps between classes go to the highest positive logit;
-4. the stacked pseudo-label is cleaned with :func:`~nnsam2_utils.postprocess.clean_pseudo_label`.
+4. the stacked pseudo-label is cleaned with :func:`~nnsam2_utils.propagate.postprocess.clean_pseudo_label`.
 
 Each slice is encoded once (the encoder dominates the cost: about 1.4 s per 256² slice on two
 CPU cores, against about 0.07 s per box for prompt encoder + mask decoder) and its embedding is
@@ -38,10 +38,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..checkpoints import verify_checkpoint
-from ..errors import DataError
-from ..postprocess import clean_pseudo_label, largest_component
-from .base import CLASS_IDS, CONFIDENCE_COLUMNS, PropagationResult, empty_confidence
+from nnsam2_utils.data.checkpoints import verify_checkpoint
+from nnsam2_utils.errors import DataError
+from nnsam2_utils.propagate.base import CLASS_IDS, CONFIDENCE_COLUMNS, PropagationResult, empty_confidence
+from nnsam2_utils.propagate.postprocess import clean_pseudo_label, largest_component
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .errors import DataError
-from .propagate.base import Propagator
+from nnsam2_utils.errors import DataError
+from nnsam2_utils.propagate.base import Propagator
 
 log = logging.getLogger(__name__)
 

@@ -1,24 +1,28 @@
 """Stage 0 over a dataset: reference selection, propagation to every scan, pseudo-labels on disk."""
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import SimpleITK as sitk
 from tqdm.auto import tqdm
 
-from ..errors import DataError, GeometryError
-from ..io import read_csv, write_csv, write_image, write_json
-from ..prepare import label_from_model, label_to_model, load_model_input, load_stack, from_stack
-from .base import Propagator
+from nnsam2_utils.data.geometry import from_stack
+from nnsam2_utils.data.io import read_csv, read_image, write_csv, write_image, write_json
+from nnsam2_utils.errors import DataError, GeometryError
+from nnsam2_utils.prepare.model_input import label_from_model, label_to_model, load_model_input, load_stack
+from nnsam2_utils.propagate.base import Propagator
 
 log = logging.getLogger(__name__)
 
 
 def select_reference(propagator: Propagator, prepared_dir: Path, cases: list[str]) -> tuple[str, pd.DataFrame]:
     """The medoid scan of a dataset by the backend's image-encoder embeddings (METHOD §2)."""
-    from ..reference import medoid, scan_embedding
+    from nnsam2_utils.propagate.reference import medoid, scan_embedding
 
     embeddings = {case: scan_embedding(propagator, load_model_input(prepared_dir / case)) for case in cases}
     return medoid(embeddings)

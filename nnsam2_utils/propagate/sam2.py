@@ -34,11 +34,11 @@ import torch
 import torch.nn.functional as F
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 
-from ..checkpoints import verify_checkpoint
-from ..errors import CheckpointError
-from ..io import sha256 as file_sha256
-from ..postprocess import clean_pseudo_label
-from .base import CLASS_IDS, CONFIDENCE_COLUMNS, PropagationResult
+from nnsam2_utils.data.checkpoints import verify_checkpoint
+from nnsam2_utils.data.io import sha256 as file_sha256
+from nnsam2_utils.errors import CheckpointError
+from nnsam2_utils.propagate.base import CLASS_IDS, CONFIDENCE_COLUMNS, PropagationResult
+from nnsam2_utils.propagate.postprocess import clean_pseudo_label
 
 log = logging.getLogger(__name__)
 

@@ -1,15 +1,12 @@
-"""TODO docstring."""
+"""The stage filters as pure functions on tables (docs/method.md §5.1–5.2): stage 1 keeps confident frames,
+stages 2–3 keep whole scans that agree with the previous stage and grow smoothly.
+"""
 from __future__ import annotations
 
-import logging
 import math
-from pathlib import Path
-from typing import Literal
+
 import numpy as np
 import pandas as pd
-import SimpleITK as sitk
-from .io import read_image
-from .nnunet import IGNORE, TrainingCase
 
 
 def frame_confidence(confidence: pd.DataFrame) -> pd.DataFrame:
@@ -79,7 +76,7 @@ def is_smooth(areas: np.ndarray, max_growth: float) -> bool:
 
 def scan_agreement(current: np.ndarray, previous: np.ndarray, classes: tuple[int, ...] = (1, 2)) -> float:
     """Mean class DSC between a stage's output and the previous stage's label (NaN classes ignored)."""
-    from .metrics import dice_per_class
+    from nnsam2_utils.evaluate.metrics import dice_per_class
 
     values = [v for v in dice_per_class(current, previous, classes).values() if not np.isnan(v)]
     return float(np.mean(values)) if values else float("nan")
@@ -128,6 +125,6 @@ STAGE_RULES = {  # METHOD §4 defaults, every value a profile parameter
 }
 
 
-def _max_growth(areas: np.ndarray) -> float:
+def largest_growth(areas: np.ndarray) -> float:
     ratios = [after / before for before, after in zip(areas[:-1], areas[1:]) if before > 0]
     return float(max(ratios)) if ratios else float("nan")

@@ -20,8 +20,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .errors import CheckpointError
-from .io import atomic_path, read_json, sha256, write_image, write_json
+from nnsam2_utils.data.io import atomic_path, read_json, sha256, write_image, write_json
+from nnsam2_utils.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,7 @@ def plan_and_preprocess(root: str | Path, dataset_id: int, budget: Budget, plans
     plans file of an earlier stage) that plan is reused as it is, so the earlier stage's
     weights fit the network (a warm start).
     """
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-        extract_fingerprints, plan_experiments, preprocess)
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
 
     # nnU-Net's planner sets torch's threads to nnUNet_n_proc_DA: at least one, even when training augments in-process

@@ -5,53 +5,51 @@ Each filter returns a table of what was kept and why, so the book can show it.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
-from typing import Literal
 
-import numpy as np
-import pandas as pd
 import SimpleITK as sitk
 
-from .io import read_image
-from .nnunet import IGNORE, TrainingCase
+from nnsam2_utils.data.io import read_image
+from nnsam2_utils.refine.nnunet import TrainingCase
 
 log = logging.getLogger(__name__)
 
 
-def predict_all(model_folder: Path, budget, datasets: list[str], workspace, stage: str) -> pd.DataFrame:
-    """Predict every prepared scan of every dataset, post-process, write labels; returns DSC rows.
+def predict_all(model_folder: Path, budget, datasets: list[str], workspace, stage: str) -> list[Path]:
+    """Predict every prepared scan of every dataset, post-process, write ``<stage>/<dataset>/labels``.
 
-    Scans whose prediction already exists are not predicted again (resume). DSC rows are only
-    produced for scans with an expert label.
+    Scans whose prediction already exists are not predicted again (resume). DSC is computed from the
+    written files by :func:`nnsam2_utils.evaluate.scans.stage_dsc`. Returns the label files.
     """
     from tqdm.auto import tqdm
 
-    from .io import write_image
-    from .metrics import dsc_rows
-    from .nnunet import load_predictor, predict_image
-    from .postprocess import clean_volume
+    from nnsam2_utils.data.io import write_image
+    from nnsam2_utils.propagate.postprocess import clean_volume
+    from nnsam2_utils.refine.nnunet import load_predictor, predict_image
 
     predictor = None
-    rows = []
+    written = []
     for dataset in datasets:
-        cases = pd.read_csv(workspace.prepared(dataset) / "cases.csv")
-        for case in tqdm(list(cases.case), desc=f"{stage} predict {dataset}", leave=False):
+        for case in tqdm(workspace.case_ids(dataset), desc=f"{stage} predict {dataset}", leave=False):
             out = workspace.labels(stage, dataset, case)
-            folder = workspace.prepared(dataset, case)
-            if out.exists():
-                labels = sitk.GetArrayFromImage(read_image(out))
-            else:
+            if not out.exists():
                 predictor = predictor or load_predictor(model_folder, budget)
-                image = read_image(folder / "image.nii.gz")
+                image = read_image(workspace.prepared(dataset, case) / "image.nii.gz")
                 labels = clean_volume(predict_image(predictor, image))
                 result = sitk.GetImageFromArray(labels)
                 result.CopyInformation(image)
                 write_image(result, out)
-            if (folder / "label.nii.gz").exists():
-                truth = sitk.GetArrayFromImage(read_image(folder / "label.nii.gz"))
-                rows += dsc_rows(dataset, case, stage, labels, truth)
-    return pd.DataFrame(rows, columns=["dataset", "case", "class", "stage", "dsc"])
+            written.append(out)
+    return written
+
+
+#: nnU-Net dataset ids of the run's trainings: the one place these numbers are named.
+DATASET_IDS: dict[str, int] = {"nnunet1": 501, "nnunet2": 502, "nnunet3": 503, "repeat": 590, "supervised": 599}
+
+
+def dataset_id(name: str) -> int:
+    """The nnU-Net dataset id of a training (``nnunet<k>``, ``repeat``, ``supervised``)."""
+    return DATASET_IDS[name]
 
 
 def stage_names(stage: int) -> tuple[str, str, str | None]:
@@ -63,24 +61,24 @@ def stage_names(stage: int) -> tuple[str, str, str | None]:
 
 
 def fit_stage(workspace, stage: int, cases: list[TrainingCase], budget, settings: dict,
-              name: str | None = None, dataset_id: int | None = None) -> Path:
+              name: str | None = None) -> Path:
     """Train (or resume) the nnU-Net of a refinement stage; returns its model folder.
 
     Stage 1 trains on sparse pseudo-labels (2-D kept slices, or volumes with nnU-Net's ignore
     label); with ``budget.warm_start`` stages 2-3 start from the previous stage's plan and final
     weights rather than from random weights (a CPU-budget choice; the paper trains each anew).
-    ``name`` and ``dataset_id`` train the same stage again under another folder and nnU-Net
-    dataset (the repeat with another seed, :mod:`.repeat`); by default ``nnunet<stage>``, 500 + stage.
+    ``name`` trains the same stage again under another folder and nnU-Net dataset (``repeat``: the
+    repeat with another seed); by default ``nnunet<stage>``. Dataset ids: :data:`DATASET_IDS`.
     """
-    from .nnunet import fit, model_folder
+    from nnsam2_utils.refine.nnunet import fit, model_folder
 
     stage_name, previous, _ = stage_names(stage)
     name = name or stage_name
     root = workspace.stage(name) / "nnunet"
     start_from = None
     if stage > 1 and budget.warm_start:
-        start_from = model_folder(workspace.stage(previous) / "nnunet", 500 + stage - 1, previous, budget)
-    return fit(root, dataset_id or 500 + stage, name, cases, budget,
+        start_from = model_folder(workspace.stage(previous) / "nnunet", dataset_id(previous), previous, budget)
+    return fit(root, dataset_id(name), name, cases, budget,
                ignore_label=stage == 1 and settings.get("sparse_mode") == "ignore_label", start_from=start_from)
 
 
@@ -91,6 +89,6 @@ def stage_settings(settings: dict, stage: int) -> dict:
 
 def stage_budget(settings: dict, stage: int, seed: int = 0):
     """The nnU-Net budget of a refinement stage (``stage<k>`` entries override the section)."""
-    from .nnunet import Budget
+    from nnsam2_utils.refine.nnunet import Budget
 
     return Budget.from_settings(stage_settings(settings, stage), seed=seed)

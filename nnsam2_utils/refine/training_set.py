@@ -1,15 +1,26 @@
-"""TODO docstring."""
+"""The nnU-Net training cases of a stage: the filter applied to the run's files (docs/method.md §5).
+"""
 from __future__ import annotations
 
-import logging
-import math
-from pathlib import Path
 from typing import Literal
+
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
-from .io import read_image
-from .nnunet import IGNORE, TrainingCase
+
+from nnsam2_utils.data.io import read_image
+from nnsam2_utils.refine.filters import (
+    STAGE_RULES,
+    largest_growth,
+    area_profile,
+    is_smooth,
+    scan_agreement,
+    scan_filter,
+    stage1_filter,
+)
+from nnsam2_utils.refine.nnunet import IGNORE, TrainingCase
+from nnsam2_utils.refine.stages import stage_names
+from nnsam2_utils.data.io import read_csv
 
 
 def sparse_training_cases(kept: pd.DataFrame, label_path, image_path,
@@ -50,18 +61,18 @@ def full_training_cases(selected: pd.DataFrame, label_path, image_path) -> list[
 
 def scan_table(workspace, datasets: list[str], current: str, previous: str, max_growth: float) -> pd.DataFrame:
     """Per scan: agreement of stage ``current`` with stage ``previous`` and smoothness of ``current``."""
-    from .prepare import to_stack
+    from nnsam2_utils.data.geometry import to_stack
 
     rows = []
     for dataset in datasets:
-        cases = pd.read_csv(workspace.prepared(dataset) / "cases.csv")
+        cases = workspace.case_table(dataset)
         for case in cases.case:
             now = to_stack(read_image(workspace.labels(current, dataset, case)))
             before = to_stack(read_image(workspace.labels(previous, dataset, case)))
             areas = {cls: area_profile(now, cls) for cls in (1, 2)}
             rows.append({"dataset": dataset, "case": case, "agreement": scan_agreement(now, before),
                          "smooth": all(is_smooth(a, max_growth) for a in areas.values()),
-                         "max_growth_seen": max(_max_growth(a) for a in areas.values())})
+                         "max_growth_seen": max(largest_growth(a) for a in areas.values())})
     return pd.DataFrame(rows)
 
 
@@ -71,7 +82,7 @@ def training_set(workspace, datasets: list[str], stage: int, settings: dict) -> 
     image_path = lambda d, c: workspace.prepared(d, c) / "image.nii.gz"  # noqa: E731
     label_path = lambda d, c: workspace.labels(previous, d, c)  # noqa: E731
     if stage == 1:
-        confidence = pd.concat([pd.read_csv(workspace.stage("stage0", d) / "confidence.csv") for d in datasets],
+        confidence = pd.concat([read_csv(workspace.stage("stage0", d) / "confidence.csv") for d in datasets],
                                ignore_index=True)
         selection = stage1_filter(confidence, settings.get("confidence_percentile", 90.0),
                                   settings.get("slice_fraction", 0.02))
@@ -87,7 +98,7 @@ def supervised_cases(workspace, datasets: list[str]) -> list[TrainingCase]:
     """Every scan with its expert label: the fully supervised upper bound's training set."""
     rows = []
     for dataset in datasets:
-        cases = pd.read_csv(workspace.prepared(dataset) / "cases.csv")
+        cases = workspace.case_table(dataset)
         rows += [{"dataset": dataset, "case": c} for c in cases.loc[cases["has_label"].astype(bool), "case"]]
     return full_training_cases(pd.DataFrame(rows, columns=["dataset", "case"]),
                                lambda d, c: workspace.prepared(d, c) / "label.nii.gz",

@@ -12,10 +12,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-from .plots import CLASS_COLOURS, STAGE_COLOURS, label_cmap
+from nnsam2_utils.report.plots import CLASS_COLOURS, STAGE_COLOURS, label_cmap
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .manifest import DatasetManifest
+    from nnsam2_utils.data.manifest import DatasetManifest
 
 FILTERS = {1: "most confident\nstage-0 slices", 2: "scans agreeing with\nstage 1, smooth", 3: "scans agreeing with\nstage 2, smooth"}
 BACKENDS = {"litemedsam": "LiteMedSAM", "sam2": "SAM2"}
@@ -31,8 +31,8 @@ def annotated_level_slice(manifest: "DatasetManifest", case_index: int = 0) -> t
     """A scan's slice at the L3/L4 disc (the level of the one annotated slice), image and classes 0/1/2."""
     import SimpleITK as sitk
 
-    from .io import read_image
-    from .prepare import canonical, region_slices
+    from nnsam2_utils.data.geometry import canonical, region_slices
+    from nnsam2_utils.data.io import read_image
 
     case = manifest.cases[case_index]
     image = read_image(manifest.resolve(case.image))

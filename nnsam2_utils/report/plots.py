@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap
 
@@ -46,7 +45,7 @@ def show_slice(ax, image: np.ndarray, label: np.ndarray | None = None, title: st
 
 def save(fig, path: str | Path, dpi: int = 110) -> Path:
     """Save a figure as PNG atomically (the book shows these files)."""
-    from .io import atomic_path
+    from nnsam2_utils.data.io import atomic_path
 
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:

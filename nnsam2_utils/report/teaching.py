@@ -7,10 +7,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .config import Workspace
-from .metrics import dice_per_class
-from .plots import STAGE_COLOURS, STAGE_LABELS, show_slice
-from .prepare import load_stack
+from nnsam2_utils.evaluate.metrics import dice_per_class
+from nnsam2_utils.prepare.model_input import load_stack
+from nnsam2_utils.report.plots import STAGE_COLOURS, STAGE_LABELS, show_slice
+from nnsam2_utils.workflow.workspace import Workspace
 
 
 def annotation_of(workspace: Workspace, dataset: str) -> dict:

@@ -1,7 +1,7 @@
 """Which helper modules each workflow step depends on.
 
 Snakemake re-runs a step's notebook when one of its modules changes, and the step's run key
-(see :func:`nnsam2_utils.runlog.run_key`) hashes the same modules, so editing, say, a plot
+(see :func:`nnsam2_utils.workflow.runlog.run_key`) hashes the same modules, so editing, say, a plot
 helper re-executes the results notebook but neither propagation nor training.
 Patterns are relative to the package folder.
 """
@@ -11,38 +11,49 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 
-COMMON = ("__init__.py", "errors.py", "io.py", "config.py", "session.py", "runlog.py",
-          "notebooks.py", "manifest.py")
+COMMON = ("__init__.py", "errors.py", "data/__init__.py", "data/io.py", "data/manifest.py", "workflow/*.py",
+          "steps/__init__.py")
+
+#: Shared building blocks of several steps.
+_GRID = ("data/geometry.py", "data/labels.py")
+_STAGE0 = (*_GRID, "data/checkpoints.py", "prepare/*.py", "propagate/*.py", "evaluate/metrics.py", "evaluate/scans.py",
+           "evaluate/measurements.py", "steps/prepare.py", "steps/stage0.py")
+_NNUNET = (*_GRID, "prepare/model_input.py", "propagate/postprocess.py", "refine/*.py", "refine/trainers/*.py",
+           "evaluate/metrics.py", "evaluate/scans.py", "evaluate/measurements.py")
 
 STEP_CODE: dict[str, tuple[str, ...]] = {
-    "cohort": ("phantom*.py", "describe.py", "prepare.py"),
-    "prepare": ("prepare.py", "annotation.py", "dicom.py"),
-    "stage0": ("prepare.py", "annotation.py", "propagate/*.py", "reference.py", "postprocess.py", "metrics.py", "checkpoints.py"),
-    "refine": ("prepare.py", "refine.py", "nnunet.py", "trainers/*.py", "postprocess.py", "metrics.py"),
-    "supervised": ("prepare.py", "refine.py", "nnunet.py", "trainers/*.py", "postprocess.py", "metrics.py"),
-    "repeat": ("prepare.py", "refine.py", "nnunet.py", "trainers/*.py", "postprocess.py", "metrics.py", "repeat.py",
-               "evaluate.py", "measure.py", "propagate/*.py", "reference.py", "checkpoints.py"),
-    "oneshot": ("baselines.py", "external.py", "prepare.py", "postprocess.py", "metrics.py"),
-    "results": ("report.py", "metrics.py", "plots.py", "prepare.py"),
-    "teaching": ("teaching.py", "report.py", "metrics.py", "plots.py", "prepare.py"),
-    "own_scans": ("phantom*.py", "owndata.py", "dicom.py", "datacheck.py", "annotation.py", "prepare.py",
-                  "propagate/*.py", "postprocess.py", "checkpoints.py", "measure.py", "evaluate.py", "metrics.py", "plots.py"),
-    "agreement": ("evaluate.py", "measure.py", "stats.py", "report.py", "metrics.py", "plots.py", "prepare.py"),
+    "cohort": ("data/synthetic/*.py", "data/describe.py", *_GRID, "steps/cohort.py"),
+    "prepare": (*_GRID, "data/dicom.py", "prepare/*.py", "steps/prepare.py"),
+    "stage0": _STAGE0,
+    "refine": (*_NNUNET, "steps/refine.py"),
+    "supervised": (*_NNUNET, "steps/supervised.py"),
+    "repeat": (*_NNUNET, *_STAGE0, "evaluate/repeatability.py", "steps/repeat.py"),
+    "oneshot": ("baselines/*.py", *_GRID, "prepare/model_input.py", "propagate/postprocess.py", "evaluate/metrics.py",
+                "steps/oneshot.py"),
+    "results": ("report/results.py", "report/plots.py", "evaluate/metrics.py", "prepare/model_input.py", *_GRID,
+                "steps/results.py"),
+    "teaching": ("report/teaching.py", "report/results.py", "report/plots.py", "evaluate/metrics.py",
+                 "prepare/model_input.py", *_GRID),
+    "own_scans": (*_STAGE0, "data/synthetic/*.py", "data/dicom.py", "data/checks.py", "steps/own_scans.py"),
+    "agreement": ("evaluate/*.py", "report/results.py", "report/plots.py", "prepare/model_input.py", *_GRID,
+                  "steps/agreement.py"),
 }
 
 #: Modules a step's notebook uses only to present what it computed (downloadable tables, the page's
 #: provenance, the method figure). Snakemake re-runs the notebook when one changes, but they are not
 #: part of the step's run key: editing them never discards a computed result.
 VIEW_CODE: dict[str, tuple[str, ...]] = {
-    "cohort": ("provenance.py", "method_figure.py", "plots.py"),
-    "prepare": ("plots.py",),
-    "stage0": ("report.py", "plots.py"),
-    "results": ("provenance.py",),
-    "oneshot": ("provenance.py",),
-    "supervised": ("provenance.py",),
-    "repeat": ("provenance.py",),
-    "agreement": ("provenance.py",),
-    "teaching": ("provenance.py",),
+    "cohort": ("report/provenance.py", "report/method_figure.py", "report/plots.py"),
+    "prepare": ("report/plots.py",),
+    "stage0": ("report/results.py", "report/plots.py"),
+    "refine": ("report/provenance.py",),
+    "results": ("report/provenance.py",),
+    "oneshot": ("report/provenance.py",),
+    "supervised": ("report/provenance.py",),
+    "repeat": ("report/provenance.py",),
+    "agreement": ("report/provenance.py",),
+    "teaching": ("report/provenance.py",),
+    "own_scans": ("report/plots.py",),
 }
 
 

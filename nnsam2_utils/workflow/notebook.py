@@ -15,7 +15,7 @@ from typing import Any
 import nbformat
 import yaml
 
-from .io import atomic_path
+from nnsam2_utils.data.io import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -1,21 +1,18 @@
-"""TODO docstring."""
+"""What a run profile needs before it starts: its manifests' data and the checkpoints it names.
+"""
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
-import numpy as np
-import SimpleITK as sitk
-from .errors import DataError, GeometryError, ManifestError
-from .manifest import DatasetManifest, load_manifest
+
+from nnsam2_utils.data.checks import check_manifest
 
 
 def missing_for_profile(profile: str) -> list[str]:
     """What a run profile needs and does not have: its manifests' data (presence only, no image read)
     and the SAM2 checkpoint when it asks for SAM2 (as its backend or a compared one). Empty: ready to start."""
-    from .config import load_profile, repo_root
+    from nnsam2_utils.workflow.profile import load_profile
+    from nnsam2_utils.workflow.workspace import repo_root
 
     root = repo_root()
     data = load_profile(profile)
@@ -25,15 +22,15 @@ def missing_for_profile(profile: str) -> list[str]:
         missing += [str(p) for p in check_manifest(path, checksums=False, read=False)]
     settings = data.get("propagation") or {}
     if settings.get("backend") == "sam2" or "sam2" in (settings.get("compare_backends") or []):
-        from .checkpoints import verify_checkpoint
-        from .errors import CheckpointError
+        from nnsam2_utils.data.checkpoints import verify_checkpoint
+        from nnsam2_utils.errors import CheckpointError
 
         checkpoint = settings.get("sam2_checkpoint")
         if not checkpoint:
             missing.append(f"[checkpoint] run profile '{profile}': propagation.sam2_checkpoint is not set. Fix: download the "
                            "SAM2.1 checkpoint named by propagation.sam2_config and set its path.")
         else:
-            from .propagate.sam2 import download_hint
+            from nnsam2_utils.propagate.sam2 import download_hint
 
             path = Path(os.path.expandvars(str(checkpoint))).expanduser()
             path = path if path.is_absolute() else root / path

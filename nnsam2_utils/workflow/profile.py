@@ -1,23 +1,139 @@
-"""Run profiles (config/<profile>.yaml) and the work folder layout of a run."""
+"""Run profiles (``config/<profile>.yaml``): typed, validated once, used by the CLI, the Snakefile and the notebooks.
+
+Every key of a profile is a field below; an unknown or mistyped key is a :class:`ConfigError` that names
+the file and the key. docs/method.md names, for each step, the keys that set it.
+"""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from .errors import ConfigError
+from nnsam2_utils.errors import ConfigError
+from nnsam2_utils.workflow.workspace import repo_root
+
+PROFILE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 
 
-def repo_root(start: str | Path | None = None) -> Path:
-    """The project root: the first folder upwards holding pyproject.toml and config/."""
-    here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").exists() and (folder / "config").is_dir():
-            return folder
-    return Path(__file__).resolve().parents[1]
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Cohort(_Section):
+    """The synthetic demo cohort (``generate: false`` for real data only)."""
+
+    generate: bool = False
+    size: Literal["default", "tiny"] = "default"
+    datasets: list[str] = Field(default_factory=list)
+
+
+class Propagation(_Section):
+    """Stage 0 (docs/method.md §4): the promptable model and where it runs."""
+
+    backend: Literal["litemedsam", "sam2"] = "litemedsam"
+    device: str = "cpu"
+    sam2_config: str = "configs/sam2.1/sam2.1_hiera_l.yaml"
+    sam2_checkpoint: str | None = None
+    sam2_sha256: str | None = None
+    sam2_image_size: int | None = None
+    compare_backends: list[Literal["litemedsam", "sam2"]] = Field(default_factory=list)
+
+
+class StageOverrides(_Section):
+    """Per-stage values over the ``refine`` section (budget) and the stage-2/3 filter rules (docs/method.md §5.2)."""
+
+    epochs: int | None = None
+    iterations_per_epoch: int | None = None
+    batch_size: int | None = None
+    min_agreement: float | None = None
+    max_growth: float | None = None
+    fraction: float | None = None
+    min_scans: int | None = None
+
+
+class Refine(_Section):
+    """Stages 1-3 (docs/method.md §5): filters and the nnU-Net budget."""
+
+    stages: int = Field(3, ge=1, le=3)
+    configuration: Literal["2d", "3d_fullres"] = "2d"
+    epochs: int | None = None
+    iterations_per_epoch: int | None = None
+    val_iterations: int | None = None
+    batch_size: int | None = None
+    max_features: int | None = None
+    target_spacing_mm: float | None = None
+    rotation_deg: float | None = None
+    warm_start: bool = False
+    device: str = "cpu"
+    augmentation_workers: int | None = None
+    confidence_percentile: float = Field(90.0, gt=0, lt=100)
+    slice_fraction: float = Field(0.02, gt=0, le=1)
+    sparse_mode: Literal["slices", "ignore_label"] = "slices"
+    stage1: StageOverrides | None = None
+    stage2: StageOverrides | None = None
+    stage3: StageOverrides | None = None
+
+
+class Baselines(_Section):
+    """Which comparisons run beside nnsam2 (docs/method.md §10)."""
+
+    supervised: bool = False
+    oneshot: bool = False
+    repeat: bool = False
+
+
+class Resources(_Section):
+    """A step's memory (MB) and runtime (minutes) on a cluster."""
+
+    mem_mb: int | None = None
+    runtime: int | None = None
+
+
+class RunProfile(_Section):
+    """One run profile: what data, which model, which budget."""
+
+    profile: str = Field(pattern=PROFILE_NAME)
+    seed: int = 0
+    cohort: Cohort = Field(default_factory=Cohort)
+    manifests: list[str] = Field(default_factory=list)
+    propagation: Propagation = Field(default_factory=Propagation)
+    refine: Refine = Field(default_factory=Refine)
+    baselines: Baselines = Field(default_factory=Baselines)
+    resources: dict[str, Resources] = Field(default_factory=dict)
+
+    @field_validator("manifests", "cohort", "propagation", "refine", "baselines", "resources", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any, info: ValidationInfo) -> Any:
+        """An empty YAML key (``manifests:``) means the default, not an error."""
+        if value is None:
+            return [] if info.field_name == "manifests" else {}
+        return value
+
+    def section(self, name: str) -> dict[str, Any]:
+        """A section as a plain dict without unset values (run keys, nnU-Net budgets)."""
+        return getattr(self, name).model_dump(exclude_none=True)
+
+    @property
+    def generated_datasets(self) -> list[str]:
+        """The demo datasets this profile generates (none when ``cohort.generate`` is off)."""
+        return list(self.cohort.datasets) if self.cohort.generate else []
+
+    @property
+    def enabled_baselines(self) -> list[str]:
+        return [name for name, on in self.baselines.model_dump().items() if on]
+
+    @property
+    def compared_backends(self) -> list[str]:
+        """Backends run for stage 0 alone beside the profile's own (results-table rows)."""
+        return [b for b in self.propagation.compare_backends if b != self.propagation.backend]
+
+    def manifest_paths(self, root: str | Path | None = None) -> list[Path]:
+        """The profile's own dataset manifests, relative paths resolved against the project folder."""
+        base = repo_root(root)
+        return [Path(e) if Path(e).is_absolute() else base / e for e in self.manifests]
 
 
 def config_dir(root: str | Path | None = None) -> Path:
@@ -36,59 +152,30 @@ def profile_path(profile: str | Path, root: str | Path | None = None) -> Path:
     return path if path.suffix else config_dir(root) / f"{profile}.yaml"
 
 
-def load_profile(profile: str | Path, root: str | Path | None = None) -> dict[str, Any]:
-    """Load a run profile by name (``<config dir>/<name>.yaml``, see :func:`config_dir`) or by path."""
+def _where(location: tuple) -> str:
+    return ".".join(str(part) for part in location) or "(top)"
+
+
+def load_profile(profile: str | Path, root: str | Path | None = None) -> RunProfile:
+    """Load and validate a run profile by name (``<config dir>/<name>.yaml``) or by path."""
     path = profile_path(profile, root)
-    if not path.exists():
+    if not path.is_file():
         known = sorted(p.stem for p in config_dir(root).glob("*.yaml"))
         where = " (NNSAM2_CONFIG_DIR is set)" if os.environ.get("NNSAM2_CONFIG_DIR") else ""
         raise ConfigError(f"{path}: run profile not found{where}. Known profiles: {known}.")
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict) or "profile" not in data:
-        raise ConfigError(f"{path}: a run profile must be a mapping with a 'profile' key.")
-    return data
-
-
-@dataclass(frozen=True)
-class Workspace:
-    """Every file a run reads or writes, under ``work/<profile>/``."""
-
-    root: Path
-
-    @classmethod
-    def for_profile(cls, profile: str, repo: str | Path | None = None) -> "Workspace":
-        base = os.environ.get("NNSAM2_WORK")
-        folder = Path(base) if base else repo_root(repo) / "work"
-        return cls((folder / profile).resolve())
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    def manifest(self, dataset: str) -> Path:
-        return self.data / f"{dataset}.yaml"
-
-    def prepared(self, dataset: str, case: str | None = None) -> Path:
-        folder = self.root / "prepared" / dataset
-        return folder / case if case else folder
-
-    def stage(self, stage: str, dataset: str | None = None) -> Path:
-        """A stage's folder; stage 0 has one per dataset, refinement stages one pooled folder."""
-        folder = self.root / stage
-        return folder / dataset if dataset else folder
-
-    def labels(self, stage: str, dataset: str, case: str) -> Path:
-        """The label volume a stage produced for a case (prepared LPS grid)."""
-        return self.stage(stage, dataset) / "labels" / f"{case}.nii.gz"
-
-    @property
-    def tables(self) -> Path:
-        return self.root / "tables"
-
-    @property
-    def figures(self) -> Path:
-        return self.root / "figures"
-
-    @property
-    def runlog(self) -> Path:
-        return self.root / "runlog"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable YAML file ({exc}). Fix the syntax at the position shown.") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a run profile must be a mapping of keys (profile, seed, cohort, ...).")
+    try:
+        loaded = RunProfile.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{_where(e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: invalid run profile: {problems}. Each key and its type: "
+                          "nnsam2_utils/workflow/profile.py, class RunProfile.") from exc
+    if not Path(profile).suffix and loaded.profile != Path(profile).name:
+        raise ConfigError(f"{path}: its 'profile:' key says '{loaded.profile}' but the file is named for "
+                          f"'{Path(profile).name}'. Make them the same (the work folder is work/<profile>).")
+    return loaded

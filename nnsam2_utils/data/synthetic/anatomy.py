@@ -8,7 +8,7 @@ Everything here is in an *anatomical* frame (millimetres), independent of any sc
 
 A cross-section at height ``z`` is an ordered list of :class:`Shape` (superellipses painted
 back to front). :func:`cross_section` is a pure function of the subject and ``z``; the
-renderer in :mod:`nnsam2_utils.phantom` places it in a scanner grid.
+renderer in :mod:`nnsam2_utils.data.synthetic.cohort` places it in a scanner grid.
 """
 from __future__ import annotations
 

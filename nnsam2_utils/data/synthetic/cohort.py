@@ -1,7 +1,7 @@
 """Synthetic demo cohort: lumbar MRI/CT phantoms with exact ground truth.
 
 Six datasets mirror the paper's (back-pain T1w and T2w, bed-rest Dixon, athletes, two CT
-collections). Every scan is rendered from an anatomical model (:mod:`phantom_anatomy`):
+collections). Every scan is rendered from an anatomical model (:mod:`.anatomy`):
 tissues are painted on a grid ``supersample`` times finer in-plane than the output and, in the
 spine (where things change fast along z), at several heights within the slice thickness; the
 tissue fractions of every output voxel then give the partial-volume image and the label
@@ -14,33 +14,49 @@ Gaussian noise (CT).
 Everything is deterministic from ``seed``: every subject, scan and noise field draws from
 ``numpy.random.default_rng`` seeded by (seed, dataset or subject group, index, purpose).
 
-Public API: :data:`DATASETS`, :data:`SIZES`, :func:`generate_cohort`; ``python -m
-nnsam2_utils.phantom OUT --size tiny`` writes a cohort from the command line.
+Public API: :func:`generate_cohort`; ``nnsam2 demo generate OUT --size tiny`` writes a cohort from the
+command line.
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import math
-import os
 import time
-import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
-import SimpleITK as sitk
-from scipy import ndimage
 
-from .errors import ConfigError
-from .io import sha256, write_csv, write_image
-from .manifest import Case, Checksums, DatasetManifest, Discs, Source, dump_manifest
-from .phantom_anatomy import (
-    DISCS, LABELLED, N_TISSUES, T, BodyOutline, Shape, Subject, Tube, body_outline, bowel_loops, cross_section,
-    inside_body, sample_subject,
+from nnsam2_utils.data.io import write_if_changed, sha256, write_csv, write_image
+from nnsam2_utils.data.manifest import Case, Checksums, DatasetManifest, Discs, Source, dump_manifest
+from nnsam2_utils.data.synthetic.anatomy import (
+    Subject,
+    sample_subject,
 )
+from nnsam2_utils.data.synthetic.render import (
+    Pose,
+    SubjectFields,
+    scan_rng,
+    acquire,
+    render_scan,
+    reposition,
+    sample_pose,
+    scan_body,
+    subject_fields,
+    to_image,
+    truth_rows,
+)
+from nnsam2_utils.data.synthetic.specs import (
+    BEDREST_FF_CHANGE,
+    BEDREST_VOLUME_CHANGE,
+    DATASETS,
+    SIZES,
+    SPECS,
+    DatasetSpec,
+    SizeSpec,
+    acquisition,
+)
+from nnsam2_utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -65,35 +81,20 @@ def plan_dataset(spec: DatasetSpec, size: SizeSpec, seed: int) -> list[ScanPlan]
     if spec.name == "bedrest_dixon":
         for i in range(size.n_bedrest_subjects):
             sid = f"{SUBJECT_PREFIX[spec.group]}{i + 1:02d}"
-            subject = sample_subject(_rng(seed, spec.group, i, "subject"), sid, spec.cohort, size.level_mm)
-            pose = sample_pose(_rng(seed, spec.name, i, "pose"), spec.modality)
+            subject = sample_subject(scan_rng(seed, spec.group, i, "subject"), sid, spec.cohort, size.level_mm)
+            pose = sample_pose(scan_rng(seed, spec.name, i, "pose"), spec.modality)
             for tp, (dvol, dff) in enumerate(zip(BEDREST_VOLUME_CHANGE, BEDREST_FF_CHANGE), start=1):
                 changed = replace(subject, es_area=subject.es_area * (1 + dvol), mf_area=subject.mf_area * (1 + dvol),
                                   ff_es=subject.ff_es + dff, ff_mf=subject.ff_mf + dff)
-                tp_pose = pose if tp == 1 else reposition(pose, _rng(seed, spec.name, i, tp, "reposition"))
+                tp_pose = pose if tp == 1 else reposition(pose, scan_rng(seed, spec.name, i, tp, "reposition"))
                 plans.append(ScanPlan(f"{sid}_tp{tp}", changed, tp, tp_pose))
         return plans
     for i in range(size.n_scans):
         sid = f"{SUBJECT_PREFIX[spec.group]}{i + 1:02d}"
-        subject = sample_subject(_rng(seed, spec.group, i, "subject"), sid, spec.cohort, size.level_mm)
-        pose = sample_pose(_rng(seed, spec.name, i, "pose"), spec.modality)
+        subject = sample_subject(scan_rng(seed, spec.group, i, "subject"), sid, spec.cohort, size.level_mm)
+        pose = sample_pose(scan_rng(seed, spec.name, i, "pose"), spec.modality)
         plans.append(ScanPlan(f"{spec.prefix}_{i + 1:03d}", subject, 1, pose))
     return plans
-
-
-def _replace_if_changed(path: Path, write) -> str:
-    """Write through ``write(tmp)`` (atomic) and move onto ``path`` only if the bytes differ."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.new{''.join(path.suffixes)}")
-    try:
-        write(tmp)
-        if path.exists() and sha256(path) == sha256(tmp):
-            return "unchanged"
-        os.replace(tmp, path)
-        return "written"
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def generate_dataset(out_dir: Path, name: str, size: SizeSpec, seed: int, size_name: str = "default") -> Path:
@@ -110,7 +111,7 @@ def generate_dataset(out_dir: Path, name: str, size: SizeSpec, seed: int, size_n
             field_cache[plan.subject.field_seed] = subject_fields(plan.subject, scan_body(plan.subject))
         fields = field_cache[plan.subject.field_seed]
         scan = render_scan(spec, plan.subject, fields, plan.pose, size.supersample)
-        stored = acquire(spec, scan, _rng(seed, name, index, "noise"))
+        stored = acquire(spec, scan, scan_rng(seed, name, index, "noise"))
         files = {"image": f"images/{plan.case_id}.nii.gz", "label": f"labels/{plan.case_id}.nii.gz"}
         arrays = {"image": stored["image"], "label": scan.label}
         if "fat" in stored:
@@ -119,7 +120,7 @@ def generate_dataset(out_dir: Path, name: str, size: SizeSpec, seed: int, size_n
         checksums = {}
         for key, rel in files.items():
             image = to_image(arrays[key], scan.grid, spec.direction)
-            result = _replace_if_changed(root / rel, lambda tmp, im=image: write_image(im, tmp))
+            result = write_if_changed(root / rel, lambda tmp, im=image: write_image(im, tmp))
             status[result] += 1
             checksums[key] = sha256(root / rel)
         stored_discs = {d: (k if spec.direction[2] > 0 else scan.grid.nz - 1 - k) for d, k in scan.discs.items()}
@@ -129,17 +130,17 @@ def generate_dataset(out_dir: Path, name: str, size: SizeSpec, seed: int, size_n
         truth += truth_rows(name, plan.case_id, plan.subject.id, plan.timepoint, scan, spec.modality == "CT")
     manifest = DatasetManifest(
         name=name, modality=spec.modality, sequence=spec.sequence, root=name,
-        description=f"{spec.description} Synthetic phantom (nnsam2_utils.phantom, seed {seed}); "
+        description=f"{spec.description} Synthetic phantom (nnsam2 demo cohort, seed {seed}); "
                     f"in-plane {spec.matrix[0]}x{spec.matrix[1]}, slice {spec.slice_mm} mm.",
         source=Source(citation=spec.citation, licence="CC0 (synthetic)",
-                      how_to_get=f"python -m nnsam2_utils.phantom OUT --size {size_name} --seed {seed} --datasets {name}"),
+                      how_to_get=f"nnsam2 demo generate OUT --size {size_name} --seed {seed} --datasets {name}"),
         label_map={1: 1, 2: 1, 3: 2, 4: 2}, muscle_map={1: "R-ES", 2: "R-MF", 3: "L-MF", 4: "L-ES"},
         decimate_to_mm=5.0 if spec.modality == "CT" else None, cases=cases)
     manifest_path = out_dir / f"{name}.yaml"
-    _replace_if_changed(manifest_path, lambda tmp: dump_manifest(manifest, tmp))
+    write_if_changed(manifest_path, lambda tmp: dump_manifest(manifest, tmp))
     table = pd.DataFrame(truth, columns=["dataset", "case", "subject", "timepoint", "class", "muscle", "volume_ml",
                                          "fat_fraction", "hu_mean"])
-    _replace_if_changed(out_dir / f"{name}_truth.csv", lambda tmp: write_csv(table, tmp))
+    write_if_changed(out_dir / f"{name}_truth.csv", lambda tmp: write_csv(table, tmp))
     log.info("%s: %d scans (%d files written, %d unchanged)", name, len(cases), status["written"], status["unchanged"])
     return manifest_path
 
@@ -160,21 +161,3 @@ def generate_cohort(out_dir: Path, size: str = "default", seed: int = 0, dataset
         paths.append(generate_dataset(out_dir, name, spec, seed, size))
         log.info("%s generated in %.1f s", name, time.perf_counter() - start)
     return paths
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m nnsam2_utils.phantom OUT [--size tiny] [--seed 0] [--datasets ...]``."""
-    parser = argparse.ArgumentParser(prog="python -m nnsam2_utils.phantom", description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path, help="output folder")
-    parser.add_argument("--size", default="default", choices=sorted(SIZES))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=None)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for path in generate_cohort(args.out, args.size, args.seed, args.datasets):
-        log.info("manifest %s", path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """An example of a dataset in the form users bring: generated scans rewritten the way clinics store them.
 
-From a phantom dataset (``nnsam2_utils.phantom``) :func:`assemble_example` writes one scan as a
+From a phantom dataset (``nnsam2_utils.data.synthetic.cohort``) :func:`assemble_example` writes one scan as a
 DICOM series stored sagittally, one as NIfTI in RAS+ storage with a clinic-style name, one as MHA;
 four-class labels with other values (11, 12, 21, 22) saved as NRRD; the disc levels in a CSV with
 other column names, counted along each file's own superior–inferior axis; one annotated slice as a
@@ -18,10 +18,10 @@ import pandas as pd
 import SimpleITK as sitk
 import yaml
 
-from .dicom import write_series
-from .io import atomic_path, read_image, write_csv, write_image
-from .manifest import load_manifest
-from .prepare import slice_axis
+from nnsam2_utils.data.dicom import write_series
+from nnsam2_utils.data.geometry import slice_axis
+from nnsam2_utils.data.io import atomic_path, read_image, write_csv, write_image
+from nnsam2_utils.data.manifest import load_manifest
 
 USER_VALUES = {1: 11, 2: 12, 3: 21, 4: 22}  # phantom R-ES, R-MF, L-MF, L-ES → the user's own values
 
@@ -104,7 +104,7 @@ def assemble_example(phantom_manifest: Path, out: Path, name: str = "my_lumbar_t
 def damaged_copy(manifest_path: Path, out: Path) -> Path:
     """A copy of an example dataset with four faults: a truncated image, a wrong pinned checksum,
     a label on another grid, a label value outside the map. Returns the copy's manifest."""
-    from .io import sha256
+    from nnsam2_utils.data.io import sha256
 
     source = Path(manifest_path).parent
     shutil.copytree(source, out)

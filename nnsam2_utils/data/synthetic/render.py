@@ -1,30 +1,35 @@
-"""TODO docstring."""
+"""Rendering one phantom scan: tissue fields, partial volume, contrasts per sequence, bias field and noise.
+"""
 from __future__ import annotations
 
-import argparse
-import logging
 import math
-import os
-import time
 import zlib
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Sequence
+
 import numpy as np
-import pandas as pd
 import SimpleITK as sitk
 from scipy import ndimage
-from .errors import ConfigError
-from .io import sha256, write_csv, write_image
-from .manifest import Case, Checksums, DatasetManifest, Discs, Source, dump_manifest
-from .phantom_anatomy import (
-    DISCS, LABELLED, N_TISSUES, T, BodyOutline, Shape, Subject, Tube, body_outline, bowel_loops, cross_section,
-    inside_body, sample_subject,
+
+from nnsam2_utils.data.synthetic.anatomy import (
+    DISCS,
+    LABELLED,
+    N_TISSUES,
+    BodyOutline,
+    Shape,
+    Subject,
+    T,
+    Tube,
+    body_outline,
+    bowel_loops,
+    cross_section,
+    inside_body,
 )
+from nnsam2_utils.data.synthetic.specs import MUSCLE_NAMES, DatasetSpec
 
 
 # --- random numbers ----------------------------------------------------------------------------
-def _rng(seed: int, *keys: str | int) -> np.random.Generator:
+def scan_rng(seed: int, *keys: str | int) -> np.random.Generator:
     """A generator for (seed, keys...); strings hashed with CRC-32 (stable across processes)."""
     ints = [zlib.crc32(k.encode()) if isinstance(k, str) else int(k) for k in keys]
     return np.random.default_rng(np.random.SeedSequence([int(seed), *ints]))

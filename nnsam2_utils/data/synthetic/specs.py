@@ -1,27 +1,8 @@
-"""TODO docstring."""
+"""What the synthetic cohort contains: one acquisition spec per dataset and the cohort sizes.
+"""
 from __future__ import annotations
 
-import argparse
-import logging
-import math
-import os
-import time
-import zlib
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Sequence
-import numpy as np
-import pandas as pd
-import SimpleITK as sitk
-from scipy import ndimage
-from .errors import ConfigError
-from .io import sha256, write_csv, write_image
-from .manifest import Case, Checksums, DatasetManifest, Discs, Source, dump_manifest
-from .phantom_anatomy import (
-    DISCS, LABELLED, N_TISSUES, T, BodyOutline, Shape, Subject, Tube, body_outline, bowel_loops, cross_section,
-    inside_body, sample_subject,
-)
-
 
 DATASETS: tuple[str, ...] = ("backpain_t1w", "backpain_t2w", "bedrest_dixon", "athletes_mri", "totalseg_ct", "word_ct")
 

@@ -1,7 +1,7 @@
 """The nnU-Net v2 trainer used by every nnsam2 stage.
 
 * No mirroring, in training or at inference: left and right LPM are different classes.
-* The training budget comes from the environment (set by :func:`nnsam2_utils.nnunet.train`):
+* The training budget comes from the environment (set by :func:`nnsam2_utils.refine.nnunet.train`):
   ``NNSAM2_EPOCHS``, ``NNSAM2_ITERATIONS``, ``NNSAM2_VAL_ITERATIONS``; unset means nnU-Net's
   defaults (1000 × 250, 50), the paper's budget.
 * The rotation range of data augmentation from ``NNSAM2_ROTATION_DEG`` (± degrees, about every
@@ -22,7 +22,6 @@ import math
 import os
 
 import torch
-
 from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 

@@ -1,0 +1,2 @@
+"""Baselines beside nnsam2: one-shot registration and a plain threshold, and predictions made elsewhere.
+"""

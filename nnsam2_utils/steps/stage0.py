@@ -1,0 +1,76 @@
+"""Step ``stage0`` (docs/method.md §3–4): the reference scan, one annotated slice, propagated to every scan."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from nnsam2_utils.data.io import read_csv, write_csv
+from nnsam2_utils.data.manifest import DatasetManifest
+from nnsam2_utils.evaluate.scans import stage_dsc
+from nnsam2_utils.prepare.annotation import user_annotation
+from nnsam2_utils.propagate import make_propagator
+from nnsam2_utils.propagate.run import propagate_dataset, select_reference
+from nnsam2_utils.workflow.runlog import claim_folder, run_key, step_record
+from nnsam2_utils.workflow.session import Run
+from nnsam2_utils.workflow.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class Stage0Result:
+    """What stage 0 chose and produced for one dataset."""
+
+    dataset: str
+    stage: str                       # "stage0", or "stage0_<backend>" for a compared backend
+    backend: str
+    reference_case: str
+    annotated_slice: int             # index in the reference scan's region, 0 = L3/L4
+    user_annotation: bool            # drawn by the user (manifest ``annotation``) or the medoid's top slice
+    distances: pd.DataFrame | None   # mean cosine distance per scan (None for a user annotation)
+    confidence: pd.DataFrame         # per frame and class: predicted IoU, object score, area
+    dsc: pd.DataFrame                # per scan and class against the expert labels (empty without labels)
+
+
+def propagation_settings(run: Run, backend: str | None = None) -> tuple[dict, str]:
+    """The propagation settings of stage 0, or of a compared backend, and the stage's folder name."""
+    settings = {k: v for k, v in run.section("propagation").items() if k != "compare_backends"}
+    if backend and backend != settings.get("backend", "litemedsam"):
+        return {**settings, "backend": backend}, f"stage0_{backend}"
+    return settings, "stage0"
+
+
+def propagate_manifest(ws: Workspace, manifest: DatasetManifest, settings: dict, stage: str = "stage0",
+                       record_as: str | None = None) -> Stage0Result:
+    """Stage 0 of one prepared dataset in ``ws``: choose the reference, propagate, write labels and tables."""
+    dataset = manifest.name
+    cases = ws.case_ids(dataset)
+    stage_dir = ws.stage(stage, dataset)
+    resumed = claim_folder(stage_dir, run_key({"dataset": dataset, **settings}, [ws.prepared(dataset)], step="stage0"))
+    user = user_annotation(ws.prepared(dataset), manifest)  # (scan, slice) or None
+    propagator = make_propagator(settings)
+    with step_record(ws.runlog, record_as or stage, dataset, settings) as record:
+        distances = None
+        if user:
+            reference_case, annotated = user
+        elif resumed and (stage_dir / "reference.csv").exists():  # chosen under this run key already: not re-encoded
+            distances, annotated = read_csv(stage_dir / "reference.csv"), 0
+            reference_case = str(distances["case"].iloc[0])
+        else:
+            reference_case, distances = select_reference(propagator, ws.prepared(dataset), cases)
+            annotated = 0
+            write_csv(distances, stage_dir / "reference.csv")
+        confidence = propagate_dataset(propagator, ws.prepared(dataset), stage_dir, dataset, cases, reference_case,
+                                       annotated, "annotation" if user else "label")
+        record.update(reference_case=reference_case, annotated_slice=annotated, backend=propagator.name,
+                      resumed=resumed, annotation="user" if user else "medoid top slice")
+    write_csv(confidence, stage_dir / "confidence.csv")
+    dsc = stage_dsc(ws, [dataset], stage)
+    write_csv(dsc, stage_dir / "dsc.csv")
+    return Stage0Result(dataset, stage, propagator.name, reference_case, annotated, bool(user), distances,
+                        confidence, dsc)
+
+
+def stage0(run: Run, dataset: str, backend: str | None = None) -> Stage0Result:
+    """Stage 0 of one dataset of the run, with the profile's backend or a compared one (``backend``)."""
+    settings, stage = propagation_settings(run, backend)
+    return propagate_manifest(run.workspace, run.manifest(dataset), settings, stage)

@@ -36,6 +36,7 @@ from nnsam2_utils.evaluate.metrics import dice_per_class  # noqa: E402
 
 def synthetic_scan(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """uint8 (n, 256, 256) stack and its class masks: body, vertebra, two drifting muscle ellipses."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' synthetic scan
     from synthetic import ellipse_stack
 
     return ellipse_stack(n, seed=seed)

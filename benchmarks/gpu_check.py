@@ -125,6 +125,7 @@ def versions() -> str:
 # --------------------------------------------------------------------------- scans
 def synthetic_scan(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """uint8 (n, 256, 256) stack and class masks: body, vertebra, two drifting muscle ellipses."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' synthetic scan
     from synthetic import ellipse_stack
 
     return ellipse_stack(n, seed=seed)

@@ -53,8 +53,7 @@ def _data_check(args: argparse.Namespace) -> int:
     if args.profile:
         from nnsam2_utils.workflow.profile import load_profile
 
-        root = repo_root()
-        paths += [Path(e) if Path(e).is_absolute() else root / e for e in load_profile(args.profile).get("manifests") or []]
+        paths += load_profile(args.profile).manifest_paths()
     if not paths:
         print("error: name at least one MANIFEST or --profile", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
 import gzip
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -7,6 +8,7 @@ import SimpleITK as sitk
 from conftest import make_image
 
 from nnsam2_utils.data import io
+from nnsam2_utils.data.io import read_image
 from nnsam2_utils.errors import DataError
 
 
@@ -47,3 +49,36 @@ def test_missing_truncated_and_wrong_dimension_images(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 3, 4, 5), np.int16), isVector=False), str(four))
     with pytest.raises(DataError, match="4-D"):
         io.read_image(four)
+
+
+def _dicom_volume(nz: int = 6, spacing_z: float = 4.0):
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray((np.arange(nz * 8 * 8).reshape(nz, 8, 8) % 97).astype(np.int16))
+    image.SetSpacing((1.0, 1.0, spacing_z))
+    return image
+
+
+def test_a_folder_with_two_dicom_series_is_refused(tmp_path):
+    from nnsam2_utils.data.dicom import write_series
+
+    first = write_series(_dicom_volume(), tmp_path / "a")
+    second = write_series(_dicom_volume(), tmp_path / "b")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for i, folder in enumerate((first, second)):
+        for f in sorted(folder.iterdir()):
+            shutil.copy(f, mixed / f"s{i}_{f.name}")
+    assert read_image(first).GetSize() == (8, 8, 6)  # one series reads
+    with pytest.raises(DataError, match=r"mixed: holds 2 DICOM series .* Put each series in its own folder"):
+        read_image(mixed)
+
+
+def test_a_dicom_series_with_a_missing_slice_is_refused(tmp_path):
+    from nnsam2_utils.data.dicom import write_series
+
+    folder = write_series(_dicom_volume(nz=8), tmp_path / "series")
+    files = sorted(folder.iterdir())
+    files[3].unlink()  # a slice lost in transfer
+    with pytest.raises(DataError, match=r"series: slice gaps of the DICOM series range from 4.00 to 8.00 mm"):
+        read_image(folder)

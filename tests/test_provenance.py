@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 
 from nnsam2_utils.errors import ConfigError  # noqa: E402
 from nnsam2_utils.report import method_figure, provenance  # noqa: E402
-from nnsam2_utils.workflow import profile as config
+from nnsam2_utils.workflow import profile as config  # noqa: E402
 from nnsam2_utils.workflow import runlog, session
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,10 +38,10 @@ def test_profiles_are_read_from_nnsam2_config_dir(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"demo\.yaml: run profile not found \(NNSAM2_CONFIG_DIR is set\)"):
         config.load_profile("demo")
     (tmp_path / "demo.yaml").write_text("profile: demo\nseed: 7\n")
-    assert config.load_profile("demo")["seed"] == 7
+    assert config.load_profile("demo").seed == 7
     monkeypatch.delenv("NNSAM2_CONFIG_DIR")
     assert config.config_dir() == ROOT / "config"
-    assert config.load_profile("tiny")["profile"] == "tiny"
+    assert config.load_profile("tiny").profile == "tiny"
 
 
 def test_page_provenance_reads_profile_manifests_checkpoints_and_step_records(tiny_run):

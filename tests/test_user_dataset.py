@@ -79,7 +79,7 @@ def test_prepared_volumes_equal_those_of_the_original_files(user_dataset, phanto
 
 
 def test_user_annotation_is_the_labelled_slice(user_dataset):
-    from nnsam2_utils.prepare.annotation import prepare_annotation
+    from nnsam2_utils.data.annotation import prepare_annotation
 
     manifest = load_manifest(user_dataset)
     prepared, index = prepare_annotation(manifest)

@@ -15,7 +15,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from nnsam2_utils.data.geometry import check_same_grid, region_crop
-from nnsam2_utils.data.io import read_image, write_csv, write_image
+from nnsam2_utils.data.io import array_to_image, read_image, write_csv, write_image
 from nnsam2_utils.data.manifest import Case, DatasetManifest, ExternalPredictions
 from nnsam2_utils.errors import DataError
 from nnsam2_utils.evaluate.metrics import dsc_rows
@@ -50,8 +50,7 @@ def prepared_prediction(manifest: DatasetManifest, case: Case, external: Externa
     check_same_grid(image, prediction, str(image_path), str(path))
     crop, _ = region_crop(manifest, case, image, image_path)
     cropped = crop(sitk.Cast(prediction, sitk.sitkUInt16))
-    classes = sitk.GetImageFromArray(map_to_classes(sitk.GetArrayFromImage(cropped), external.label_map))
-    classes.CopyInformation(cropped)
+    classes = array_to_image(map_to_classes(sitk.GetArrayFromImage(cropped), external.label_map), cropped)
     return classes
 
 

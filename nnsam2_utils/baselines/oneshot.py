@@ -38,6 +38,7 @@ from scipy import ndimage
 from skimage.filters import threshold_multiotsu
 from tqdm.auto import tqdm
 
+from nnsam2_utils.data.io import array_to_image
 from nnsam2_utils.prepare.model_input import CT_WINDOW
 from nnsam2_utils.propagate.postprocess import clean_pseudo_label, fill_holes, largest_component
 
@@ -214,8 +215,7 @@ def register_slice(fixed: np.ndarray, moving: np.ndarray, moving_mask: np.ndarra
             transform = _bspline(fixed_image, moving_image, transform, settings)
         except RuntimeError as error:
             log.warning("B-spline registration failed (%s); keeping the affine result", str(error).strip().splitlines()[-1])
-    mask_image = sitk.GetImageFromArray(moving_mask.astype(np.uint8))
-    mask_image.CopyInformation(moving_image)
+    mask_image = array_to_image(moving_mask.astype(np.uint8), moving_image)
     warped = sitk.Resample(mask_image, fixed_image, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     return sitk.GetArrayFromImage(warped).astype(np.uint8)
 

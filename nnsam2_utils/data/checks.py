@@ -163,7 +163,7 @@ class _Checker:
             self.discs(case, image, image_path)
 
     def annotation(self) -> None:
-        from nnsam2_utils.prepare.annotation import prepare_annotation
+        from nnsam2_utils.data.annotation import prepare_annotation
 
         note = self.manifest.annotation
         case = self.manifest.case(note.case)

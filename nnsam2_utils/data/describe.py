@@ -8,10 +8,9 @@ import pandas as pd
 import SimpleITK as sitk
 
 from nnsam2_utils.data.geometry import canonical, lps_slice_index
-from nnsam2_utils.data.io import read_image
+from nnsam2_utils.data.io import read_csv, read_image
 from nnsam2_utils.data.labels import map_muscles
 from nnsam2_utils.data.manifest import MUSCLES, DatasetManifest
-from nnsam2_utils.data.io import read_csv
 
 
 def scan_description(manifest: DatasetManifest, case_index: int) -> dict:
@@ -55,3 +54,75 @@ def truth_table(manifest: DatasetManifest) -> pd.DataFrame | None:
     """The generator's truth table next to a generated dataset's manifest (None for real data)."""
     path = Path(manifest.manifest_path or "").with_name(f"{manifest.name}_truth.csv")
     return read_csv(path) if path.exists() else None
+
+
+def cohort_summary(scans: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset: modality, sequence, scans, subjects, region slices and voxel size (from :func:`cohort_table`)."""
+    return (scans.groupby(["dataset", "modality", "sequence"], sort=False)
+            .agg(scans=("case", "count"), subjects=("subject", "nunique"), region_slices=("region_slices", "sum"),
+                 voxel_mm=("voxel_mm", "first"))
+            .reset_index())
+
+
+def dataset_description(manifests: list[DatasetManifest]) -> pd.DataFrame:
+    """Per dataset: mean muscle areas, HU and fat ratio over its scans, and the generator's true fat fractions."""
+    description = cohort_description(manifests)
+    per_dataset = description.drop(columns="case").groupby("dataset", sort=False).mean().round(2)
+    truths = [t for m in manifests if (t := truth_table(m)) is not None]
+    if truths:
+        truth = pd.concat(truths)
+        truth = truth[truth.muscle != "LPM"].assign(muscle=lambda t: t.muscle.str[-2:])
+        fat = truth.groupby(["dataset", "muscle"]).fat_fraction.mean().unstack().add_prefix("true fat ").round(3)
+        per_dataset = per_dataset.join(fat)
+    return per_dataset
+
+
+def middle_slice(manifest: DatasetManifest, case_index: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """The LPS slice in the middle of a scan's region and its class label (None without an expert label)."""
+    from nnsam2_utils.data.geometry import region_slices
+    from nnsam2_utils.data.labels import map_labels
+
+    case = manifest.cases[case_index]
+    image = read_image(manifest.resolve(case.image))
+    low, high = region_slices(image, case.discs.L3L4, case.discs.L5S1)
+    z = (low + high) // 2
+    array = sitk.GetArrayFromImage(canonical(image))[z]
+    if not case.label:
+        return array, None
+    label = sitk.GetArrayFromImage(canonical(read_image(manifest.resolve(case.label))))[z]
+    return array, map_labels(label, manifest.label_map, str(manifest.resolve(case.label)))
+
+
+def _lps_spacing(reader) -> tuple[float, float, float]:
+    """Voxel size along the LPS axes (x, y, z) of an image whose header has been read."""
+    import numpy as np
+
+    direction = np.abs(np.asarray(reader.GetDirection()).reshape(3, 3))
+    spacing = reader.GetSpacing()
+    return tuple(float(spacing[int(np.argmax(direction[axis]))]) for axis in range(3))
+
+
+def cohort_table(manifests: list[DatasetManifest]) -> "pd.DataFrame":
+    """One row per scan from file headers only: dataset, modality, case, subject, size, voxel size, and
+    the number of region slices the pipeline will use (L3/L4 to L5/S1 inclusive, after CT decimation)."""
+    import pandas as pd
+    import SimpleITK as sitk
+
+    from nnsam2_utils.data.geometry import decimation_factor
+
+    rows = []
+    for manifest in manifests:
+        for case in manifest.cases:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(manifest.resolve(case.image)))
+            reader.ReadImageInformation()
+            sx, sy, sz = _lps_spacing(reader)
+            span = abs(case.discs.L3L4 - case.discs.L5S1) + 1
+            step = decimation_factor(sz, manifest.decimate_to_mm) if manifest.modality == "CT" else 1
+            rows.append({"dataset": manifest.name, "modality": manifest.modality, "sequence": manifest.sequence,
+                         "case": case.id, "subject": case.subject or case.id, "timepoint": case.timepoint,
+                         "size": "×".join(str(s) for s in reader.GetSize()),
+                         "voxel_mm": f"{sx:.2f}×{sy:.2f}×{sz:.2f}",
+                         "region_slices": len(range(0, span, step)),
+                         "has_label": case.label is not None})
+    return pd.DataFrame(rows)

@@ -41,6 +41,41 @@ def series_files(folder: str | os.PathLike) -> list[str]:
     return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0]))
 
 
+def slice_positions(files: list[str]) -> np.ndarray:
+    """Each file's position along the series' slice normal (mm), from its DICOM header."""
+    positions = []
+    normal = None
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        reader.ReadImageInformation()
+        if normal is None:
+            direction = np.asarray(reader.GetDirection(), dtype=float).reshape(3, 3)
+            normal = direction[:, 2]
+        positions.append(float(np.dot(reader.GetOrigin(), normal)))
+    return np.asarray(positions)
+
+
+def check_uniform_spacing(folder: str | os.PathLike, files: list[str], tolerance: float = 0.05) -> None:
+    """A series whose slice gaps differ by more than ``tolerance`` (relative) misses a slice or mixes stacks."""
+    if len(files) < 3:
+        return
+    gaps = np.abs(np.diff(np.sort(slice_positions(files))))
+    if gaps.min() <= 0 or (gaps.max() - gaps.min()) > tolerance * np.median(gaps):
+        raise DataError(f"{folder}: slice gaps of the DICOM series range from {gaps.min():.2f} to {gaps.max():.2f} mm "
+                        f"over {len(files)} files: a slice is missing, duplicated or the folder mixes stacks. "
+                        "Export the complete series again, one series per folder.")
+
+
+def read_series(folder: str | os.PathLike) -> sitk.Image:
+    """The folder's one DICOM series as a 3-D image: one series per folder, evenly spaced slices, or a DataError."""
+    files = series_files(folder)
+    check_uniform_spacing(folder, files)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    return reader.Execute()
+
+
 def _uid(root: str = "1.2.826.0.1.3680043.2.1125") -> str:
     """A fresh DICOM UID under a documentation root (time and process based)."""
     return f"{root}.{int(time.time() * 1e6) % 10**12}.{os.getpid() % 10**6}.{np.random.randint(10**6)}"

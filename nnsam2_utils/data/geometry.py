@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from nnsam2_utils.data.io import array_to_image
 from nnsam2_utils.data.manifest import Case, DatasetManifest
 from nnsam2_utils.errors import GeometryError
 
@@ -119,6 +120,5 @@ def to_stack(image: sitk.Image) -> np.ndarray:
 
 def from_stack(stack: np.ndarray, reference: sitk.Image) -> sitk.Image:
     """Inverse of :func:`to_stack`, in the geometry of ``reference``."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(stack[::-1]))
-    image.CopyInformation(reference)
+    image = array_to_image(np.ascontiguousarray(stack[::-1]), reference)
     return image

@@ -96,12 +96,9 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
         raise DataError(f"{path}: file not found. Check the path in the manifest or re-run the step that writes it.")
     try:
         if path.is_dir():
-            reader = sitk.ImageSeriesReader()
-            files = reader.GetGDCMSeriesFileNames(str(path))
-            if not files:
-                raise DataError(f"{path}: folder holds no DICOM series. Point the manifest at a NIfTI file or a DICOM series folder.")
-            reader.SetFileNames(files)
-            image = reader.Execute()
+            from nnsam2_utils.data.dicom import read_series
+
+            image = read_series(path)
         else:
             if path.name.endswith((".nii", ".nii.gz")):
                 check_nifti_payload(path)

@@ -22,7 +22,6 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -339,36 +338,3 @@ def dump_manifest(manifest: DatasetManifest, path: str | os.PathLike) -> Path:
     return path
 
 
-def _lps_spacing(reader) -> tuple[float, float, float]:
-    """Voxel size along the LPS axes (x, y, z) of an image whose header has been read."""
-    import numpy as np
-
-    direction = np.abs(np.asarray(reader.GetDirection()).reshape(3, 3))
-    spacing = reader.GetSpacing()
-    return tuple(float(spacing[int(np.argmax(direction[axis]))]) for axis in range(3))
-
-
-def cohort_table(manifests: list[DatasetManifest]) -> "pd.DataFrame":
-    """One row per scan from file headers only: dataset, modality, case, subject, size, voxel size, and
-    the number of region slices the pipeline will use (L3/L4 to L5/S1 inclusive, after CT decimation)."""
-    import pandas as pd
-    import SimpleITK as sitk
-
-    from nnsam2_utils.data.geometry import decimation_factor
-
-    rows = []
-    for manifest in manifests:
-        for case in manifest.cases:
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(str(manifest.resolve(case.image)))
-            reader.ReadImageInformation()
-            sx, sy, sz = _lps_spacing(reader)
-            span = abs(case.discs.L3L4 - case.discs.L5S1) + 1
-            step = decimation_factor(sz, manifest.decimate_to_mm) if manifest.modality == "CT" else 1
-            rows.append({"dataset": manifest.name, "modality": manifest.modality, "sequence": manifest.sequence,
-                         "case": case.id, "subject": case.subject or case.id, "timepoint": case.timepoint,
-                         "size": "×".join(str(s) for s in reader.GetSize()),
-                         "voxel_mm": f"{sx:.2f}×{sy:.2f}×{sz:.2f}",
-                         "region_slices": len(range(0, span, step)),
-                         "has_label": case.label is not None})
-    return pd.DataFrame(rows)

@@ -6,7 +6,7 @@ order, so even the same seed gives a slightly different model. The repeat step t
 refinement stage a second time on exactly the same training set (same filter output, same warm
 start, same budget) with seed + 1, predicts every scan, and compares the measurements of the two
 models. The comparison is expressed in the unit of the equivalence margin (percent of the group
-mean), so the book can show the variation beside the ±10 % margin (METHOD §6).
+mean), so the book can show the variation beside the ±10 % margin (docs/method.md §9, §10.5).
 
 The repeat also re-runs stage 0 on one scan into a scratch folder and compares the bytes of the
 pseudo-label with the run's (:func:`rerun_stage0_case`).

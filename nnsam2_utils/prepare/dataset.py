@@ -11,6 +11,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from nnsam2_utils.data.geometry import check_same_grid, region_crop
+from nnsam2_utils.data.io import array_to_image
 from nnsam2_utils.data.labels import map_labels, map_muscles
 from nnsam2_utils.data.manifest import Case, DatasetManifest
 from nnsam2_utils.errors import DataError
@@ -65,11 +66,9 @@ def prepare_case(manifest: DatasetManifest, case: Case) -> PreparedCase:
         check_same_grid(image, source, str(image_path), str(label_path))
         source = _prep(sitk.Cast(source, sitk.sitkUInt16))
         source_array = sitk.GetArrayFromImage(source)
-        label = sitk.GetImageFromArray(map_labels(source_array, manifest.label_map, str(label_path)))
-        label.CopyInformation(source)
+        label = array_to_image(map_labels(source_array, manifest.label_map, str(label_path)), source)
         if manifest.muscle_map:
-            muscles = sitk.GetImageFromArray(map_muscles(source_array, manifest.muscle_map))
-            muscles.CopyInformation(source)
+            muscles = array_to_image(map_muscles(source_array, manifest.muscle_map), source)
     if case.fat:
         fat_path = manifest.resolve(case.fat)
         verify_sha256(fat_path, case.sha256.fat, "sha256.fat", manifest)

@@ -1,4 +1,4 @@
-"""LiteMedSAM backend: stage-0 pseudo-labels by box chaining (METHOD §3, the demo's model).
+"""LiteMedSAM backend: stage-0 pseudo-labels by box chaining (docs/method.md §4.1, the demo's model).
 
 LiteMedSAM (a TinyViT image encoder distilled from MedSAM, SAM's prompt encoder and mask
 decoder) is an image model, not a video model, so propagation through a target scan chains

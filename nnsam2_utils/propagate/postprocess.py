@@ -63,6 +63,6 @@ def clean_volume(labels: np.ndarray, classes: tuple[int, ...] = (1, 2)) -> np.nd
 
 
 def clean_pseudo_label(stack: np.ndarray, classes: tuple[int, ...] = (1, 2)) -> np.ndarray:
-    """METHOD §3: 2-D largest component + holes on every slice, then 3-D largest component per class."""
+    """docs/method.md §6: 2-D largest component + holes on every slice, then 3-D largest component per class."""
     per_slice = np.stack([clean_slice(s, classes) for s in stack]) if len(stack) else stack.astype(np.uint8)
     return clean_volume(per_slice, classes)

@@ -1,4 +1,4 @@
-"""Reference ("seed") scan selection per dataset (METHOD §2).
+"""Reference ("seed") scan selection per dataset (docs/method.md §3).
 
 Each scan is embedded by the mean of the pooled image-encoder embeddings of three slices of its
 region (first, middle, last). The authors used DINOv2-large; we use the promptable model's own

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def select_reference(propagator: Propagator, prepared_dir: Path, cases: list[str]) -> tuple[str, pd.DataFrame]:
-    """The medoid scan of a dataset by the backend's image-encoder embeddings (METHOD §2)."""
+    """The medoid scan of a dataset by the backend's image-encoder embeddings (docs/method.md §3)."""
     from nnsam2_utils.propagate.reference import medoid, scan_embedding
 
     embeddings = {case: scan_embedding(propagator, load_model_input(prepared_dir / case)) for case in cases}

@@ -1,4 +1,4 @@
-"""SAM2.1 video propagation (METHOD §2–3): one "video" per target scan, one mask prompt.
+"""SAM2.1 video propagation (docs/method.md §3, §4.2): one "video" per target scan, one mask prompt.
 
 How it talks to the installed ``sam2`` package (1.1.0), without touching its files:
 
@@ -292,7 +292,7 @@ class SAM2Propagator:
         case_id: str,
         target_is_reference: bool = False,
     ) -> PropagationResult:
-        """Pseudo-labels of ``target`` from the annotation of ``reference[annotated_slice]`` (METHOD §3)."""
+        """Pseudo-labels of ``target`` from the annotation of ``reference[annotated_slice]`` (docs/method.md §4.2)."""
         reference, target, annotated_mask = _check_inputs(reference, annotated_slice, annotated_mask, target, target_is_reference)
         if target_is_reference:
             order = [("target", i) for i in range(annotated_slice, len(target))]

@@ -84,7 +84,7 @@ def scan_agreement(current: np.ndarray, previous: np.ndarray, classes: tuple[int
 
 def scan_filter(scans: pd.DataFrame, min_agreement: float = 0.90, fraction: float = 0.10,
                 min_scans: int = 2) -> pd.DataFrame:
-    """Stage-2/3 selection of whole scans, per dataset (METHOD §4).
+    """Stage-2/3 selection of whole scans, per dataset (docs/method.md §5.2).
 
     ``scans`` has one row per scan: dataset, case, agreement (mean class DSC of this stage's
     output against the previous stage's label) and smooth (bool). Eligible scans agree above
@@ -119,7 +119,7 @@ def _scan_reason(kept: bool, filled: bool, eligible: bool, agrees: bool) -> str:
     return "not smooth" if agrees else "low agreement"
 
 
-STAGE_RULES = {  # METHOD §4 defaults, every value a profile parameter
+STAGE_RULES = {  # docs/method.md §5.2 defaults, every value a profile parameter
     2: {"min_agreement": 0.90, "max_growth": 1.5, "fraction": 0.10, "min_scans": 2},
     3: {"min_agreement": 0.90, "max_growth": 1.25, "fraction": 0.20, "min_scans": 2},
 }

@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from nnsam2_utils.data.io import atomic_path, read_json, sha256, write_image, write_json
+from nnsam2_utils.data.io import array_to_image, atomic_path, read_json, sha256, write_image, write_json
 from nnsam2_utils.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -112,8 +112,7 @@ def write_raw_dataset(root: str | Path, dataset_id: int, name: str, cases: Seque
         shutil.rmtree(folder)
     for case in cases:
         write_image(sitk.Cast(case.image, sitk.sitkFloat32), folder / "imagesTr" / f"{case.case_id}_0000.nii.gz")
-        label = sitk.GetImageFromArray(case.label.astype(np.uint8))
-        label.CopyInformation(case.image)
+        label = array_to_image(case.label.astype(np.uint8), case.image)
         write_image(label, folder / "labelsTr" / f"{case.case_id}.nii.gz")
     labels = dict(LABELS)
     if ignore_label:

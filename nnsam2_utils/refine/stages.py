@@ -1,15 +1,11 @@
-"""Stages 1–3: confidence-guided filters and the nnU-Net training sets they define (METHOD §4).
-
-Each filter returns a table of what was kept and why, so the book can show it.
-"""
+"""The refinement stages (docs/method.md §5): stage names, budgets, nnU-Net dataset ids, training and
+prediction of one stage."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-import SimpleITK as sitk
-
-from nnsam2_utils.data.io import read_image
+from nnsam2_utils.data.io import array_to_image, read_image
 from nnsam2_utils.refine.nnunet import TrainingCase
 
 log = logging.getLogger(__name__)
@@ -36,8 +32,7 @@ def predict_all(model_folder: Path, budget, datasets: list[str], workspace, stag
                 predictor = predictor or load_predictor(model_folder, budget)
                 image = read_image(workspace.prepared(dataset, case) / "image.nii.gz")
                 labels = clean_volume(predict_image(predictor, image))
-                result = sitk.GetImageFromArray(labels)
-                result.CopyInformation(image)
+                result = array_to_image(labels, image)
                 write_image(result, out)
             written.append(out)
     return written

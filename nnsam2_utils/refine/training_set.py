@@ -8,19 +8,18 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from nnsam2_utils.data.io import read_image
+from nnsam2_utils.data.io import read_csv, read_image
 from nnsam2_utils.refine.filters import (
     STAGE_RULES,
-    largest_growth,
     area_profile,
     is_smooth,
+    largest_growth,
     scan_agreement,
     scan_filter,
     stage1_filter,
 )
 from nnsam2_utils.refine.nnunet import IGNORE, TrainingCase
 from nnsam2_utils.refine.stages import stage_names
-from nnsam2_utils.data.io import read_csv
 
 
 def sparse_training_cases(kept: pd.DataFrame, label_path, image_path,
@@ -29,7 +28,7 @@ def sparse_training_cases(kept: pd.DataFrame, label_path, image_path,
 
     ``slices``: every kept slice becomes its own one-slice case (2-D training on exactly the
     kept slices — cheap, and what a CPU budget affords). ``ignore_label``: every scan with a kept
-    slice becomes one case whose unkept slices carry nnU-Net's ignore label (METHOD's default).
+    slice becomes one case whose unkept slices carry nnU-Net's ignore label (the paper's way, docs/method.md §5.3).
     ``label_path(dataset, case)`` and ``image_path(dataset, case)`` give the files (LPS, prepared grid).
     Slice indices count from the superior end of the stack.
     """
@@ -77,7 +76,7 @@ def scan_table(workspace, datasets: list[str], current: str, previous: str, max_
 
 
 def training_set(workspace, datasets: list[str], stage: int, settings: dict) -> tuple[pd.DataFrame, list[TrainingCase]]:
-    """The filter table and the nnU-Net training cases of a refinement stage (METHOD §4)."""
+    """The filter table and the nnU-Net training cases of a refinement stage (docs/method.md §5)."""
     name, previous, before = stage_names(stage)
     image_path = lambda d, c: workspace.prepared(d, c) / "image.nii.gz"  # noqa: E731
     label_path = lambda d, c: workspace.labels(previous, d, c)  # noqa: E731

@@ -48,7 +48,7 @@ def annotated_level_slice(manifest: "DatasetManifest", case_index: int = 0) -> t
 
 
 def stage_filter(stage: int) -> str:
-    """What trains nnU-Net ``stage`` (METHOD §4)."""
+    """What trains nnU-Net ``stage`` (docs/method.md §5)."""
     return FILTERS.get(stage, f"scans agreeing with\nstage {stage - 1}, smooth")
 
 

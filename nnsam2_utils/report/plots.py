@@ -18,6 +18,15 @@ STAGE_COLOURS = {"stage0": "#8d99ae", "nnunet1": "#4361ee", "nnunet2": "#3a0ca3"
                  "repeat": "#b5179e", "supervised": "#2b9348", "registration": "#f4a261", "threshold": "#bc4749"}
 
 
+#: Display window of CT slices (HU): soft tissue, wider than the model's [-30, 150] clip.
+CT_DISPLAY_WINDOW = (-160.0, 240.0)
+
+
+def ct_window(modality: str) -> tuple[float, float] | None:
+    """The display window of a modality's slices (None: the slice's own 1st–99th percentile)."""
+    return CT_DISPLAY_WINDOW if modality == "CT" else None
+
+
 def label_cmap() -> ListedColormap:
     """Transparent background, then the class colours."""
     return ListedColormap([(0, 0, 0, 0), CLASS_COLOURS[1], CLASS_COLOURS[2]])
@@ -82,3 +91,32 @@ def agreement_scatter_axes(ax, auto, expert, title: str, unit: str, colour: str 
     ax.set_xlabel(f"expert ({unit})")
     ax.set_ylabel(f"automated ({unit})")
     ax.set_title(title, fontsize=9)
+
+
+def model_view(folder: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """A prepared case as the promptable model sees it: the 256² uint8 stack and its label (None without one)."""
+    from nnsam2_utils.prepare.model_input import label_to_model, load_model_input, load_stack
+
+    folder = Path(folder)
+    frames = load_model_input(folder)
+    label = label_to_model(load_stack(folder, "label")[0]) if (folder / "label.nii.gz").exists() else None
+    return frames, label
+
+
+def own_scans_figure(workspace, dataset: str, reference_case: str, annotated: int, cases: list[str]):
+    """The user's annotated slice, then each scan's middle slice with its stage-0 pseudo-label."""
+    import matplotlib.pyplot as plt
+
+    from nnsam2_utils.prepare.model_input import load_stack
+
+    image, _ = load_stack(workspace.prepared(dataset, reference_case))
+    drawn, _ = load_stack(workspace.prepared(dataset, reference_case), "annotation")
+    fig, axes = plt.subplots(1, 1 + len(cases), figsize=(3.0 * (1 + len(cases)), 3.2), squeeze=False)
+    show_slice(axes[0][0], image[annotated], drawn[annotated], f"drawn by the user\n{reference_case}, slice {annotated}")
+    for ax, case in zip(axes[0][1:], cases):
+        stack, _ = load_stack(workspace.prepared(dataset, case))
+        pseudo, _ = load_stack(workspace.stage("stage0", dataset) / "labels", case)
+        middle = len(stack) // 2
+        show_slice(ax, stack[middle], pseudo[middle], f"stage 0: {case}\nslice {middle}")
+    fig.tight_layout()
+    return fig

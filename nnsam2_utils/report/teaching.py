@@ -85,3 +85,32 @@ def stages_figure(workspace: Workspace, dataset: str, case: str, stages: list[st
         ax.title.set_color(STAGE_COLOURS.get(stage, "black"))
     fig.tight_layout()
     return fig
+
+
+def pick_scan(dsc: pd.DataFrame, datasets: list[str], dataset: str | None = None,
+              case: str | None = None) -> tuple[str, str]:
+    """The scan to follow: ``dataset`` (default: the run's first with expert labels) and ``case`` (default: its
+    scan with the median stage-0 DSC)."""
+    from nnsam2_utils.report.results import pick_cases
+
+    labelled = [d for d in datasets if d in set(dsc["dataset"])]
+    if not labelled:
+        raise ValueError("the teaching walk-through compares every stage with the expert labels; "
+                         "no dataset of this run has any")
+    dataset = dataset or labelled[0]
+    if case is None:
+        case = next(c for _, c, _, tag in pick_cases(dsc[dsc["dataset"] == dataset], "stage0") if tag == "median")
+    return dataset, case
+
+
+def stages_of(dsc: pd.DataFrame) -> list[str]:
+    """Stage 0 and the refinement stages of the run, in order."""
+    from nnsam2_utils.report.results import stage_order
+
+    return [s for s in stage_order(dsc["stage"].unique()) if s == "stage0" or s.startswith("nnunet")]
+
+
+def scan_table(dsc: pd.DataFrame, dataset: str, case: str, stages: list[str]) -> pd.DataFrame:
+    """DSC per stage (rows) and class (columns) of one scan."""
+    scan = dsc[(dsc["dataset"] == dataset) & (dsc["case"] == case)]
+    return scan.pivot(index="stage", columns="class", values="dsc").loc[stages].round(3)

@@ -54,3 +54,18 @@ def own_scans_example(run: Run, size: str = "tiny") -> OwnScans:
         cases = prepare_manifest(own, manifest)
         result = propagate_manifest(own, manifest, run.section("propagation"))
     return OwnScans(own, manifest_path, manifest, cases, result)
+
+
+def volumes_table(own: OwnScans) -> pd.DataFrame:
+    """Muscle volumes per scan and class from the stage-0 masks (``auto``) and, with expert labels, from those
+    (``expert``) and the DSC between the two."""
+    from nnsam2_utils.evaluate.scans import scan_measurements
+
+    rows = []
+    for case in own.cases["case"]:
+        rows += scan_measurements(own.workspace, own.manifest.name, own.manifest.modality, case, "stage0")
+    volumes = (pd.DataFrame(rows).query("measure == 'volume_ml' and `class` in [1, 2]")
+               .pivot_table(index=["case", "class"], columns="source", values="value").round(1))
+    if not len(own.stage0.dsc):
+        return volumes
+    return volumes.join(own.stage0.dsc.set_index(["case", "class"])["dsc"].round(3))

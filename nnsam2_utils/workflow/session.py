@@ -59,7 +59,7 @@ def own_manifests(profile: RunProfile) -> dict[str, Path]:
     """The profile's own datasets by name; two manifests of one name, or one named like a demo dataset, are errors."""
     found: dict[str, Path] = {}
     for path in profile.manifest_paths():
-        name = load_manifest(path).name
+        name = load_manifest(path, cases_csv=False).name
         if name in found:
             raise ConfigError(f"{path}: dataset name '{name}' is also the name of {found[name]}. Every dataset of a "
                               "run needs its own name: change 'name:' in one of the manifests.")

@@ -331,7 +331,7 @@ def soft_tissue_shapes(subject: Subject, z: float) -> list[Shape]:
     dv = subject.spine_shift(z)
     zd = subject.z_disc
     zeta = subject.zeta(z)
-    ext = vertebral_extents(subject)
+    vertebral_extents(subject)
     body_name = "L4" if z > zd["L4L5"] else ("L5" if z > zd["L5S1"] else "S1")
     a_vb, b_vb = (x * s for x in _BODY_DIMS[body_name])
     v_vb = -9.0 - b_vb + dv

@@ -27,7 +27,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from nnsam2_utils.data.io import write_if_changed, sha256, write_csv, write_image
+from nnsam2_utils.data.io import sha256, write_csv, write_if_changed, write_image
 from nnsam2_utils.data.manifest import Case, Checksums, DatasetManifest, Discs, Source, dump_manifest
 from nnsam2_utils.data.synthetic.anatomy import (
     Subject,
@@ -36,12 +36,12 @@ from nnsam2_utils.data.synthetic.anatomy import (
 from nnsam2_utils.data.synthetic.render import (
     Pose,
     SubjectFields,
-    scan_rng,
     acquire,
     render_scan,
     reposition,
     sample_pose,
     scan_body,
+    scan_rng,
     subject_fields,
     to_image,
     truth_rows,

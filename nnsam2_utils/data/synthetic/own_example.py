@@ -20,7 +20,7 @@ import yaml
 
 from nnsam2_utils.data.dicom import write_series
 from nnsam2_utils.data.geometry import slice_axis
-from nnsam2_utils.data.io import atomic_path, read_image, write_csv, write_image
+from nnsam2_utils.data.io import array_to_image, atomic_path, read_image, write_csv, write_image
 from nnsam2_utils.data.manifest import load_manifest
 
 USER_VALUES = {1: 11, 2: 12, 3: 21, 4: 22}  # phantom R-ES, R-MF, L-MF, L-ES → the user's own values
@@ -40,8 +40,7 @@ def user_label(label: sitk.Image) -> sitk.Image:
     out = np.zeros(array.shape, np.uint8)
     for source, target in USER_VALUES.items():
         out[array == source] = target
-    image = sitk.GetImageFromArray(out)
-    image.CopyInformation(label)
+    image = array_to_image(out, label)
     return image
 
 
@@ -78,8 +77,7 @@ def assemble_example(phantom_manifest: Path, out: Path, name: str = "my_lumbar_t
             where = [slice(None)] * 3
             where[2 - slice_axis(image_u)] = k
             keep[tuple(where)] = array[tuple(where)]
-            note = sitk.GetImageFromArray(keep)
-            note.CopyInformation(label_u)
+            note = array_to_image(keep, label_u)
             write_image(note, out / "segmentations" / f"{scan}-one-slice.nii.gz")
             annotation = {"case": scan, "file": f"segmentations/{scan}-one-slice.nii.gz"}
     write_csv(pd.DataFrame(rows), out / "discs.csv")
@@ -107,6 +105,7 @@ def damaged_copy(manifest_path: Path, out: Path) -> Path:
     from nnsam2_utils.data.io import sha256
 
     source = Path(manifest_path).parent
+    shutil.rmtree(out, ignore_errors=True)  # a fresh copy each time: the faults are planted once
     shutil.copytree(source, out)
     manifest = load_manifest(out / Path(manifest_path).name)
     first, second, third = manifest.cases[:3]
@@ -117,8 +116,7 @@ def damaged_copy(manifest_path: Path, out: Path) -> Path:
     write_image(label, manifest.resolve(third.label))
     array = sitk.GetArrayFromImage(read_image(manifest.resolve(first.label)))  # a stray label value
     array[array == 22] = 99
-    stray = sitk.GetImageFromArray(array)
-    stray.CopyInformation(read_image(manifest.resolve(first.label)))
+    stray = array_to_image(array, read_image(manifest.resolve(first.label)))
     write_image(stray, manifest.resolve(first.label))
     data = yaml.safe_load(Path(manifest.manifest_path).read_text(encoding="utf-8"))
     pinned = sha256(manifest.resolve(third.image))

@@ -1,0 +1,72 @@
+"""The Agreement page: which columns it shows, what it glues into the prose, the run-to-run variation
+beside the margins, and the Bland–Altman and scatter figure."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from nnsam2_utils.data.io import read_csv, write_csv
+from nnsam2_utils.evaluate.scans import MEASURE_LABELS
+from nnsam2_utils.evaluate.statistics import pair_measurements
+from nnsam2_utils.report.plots import agreement_scatter_axes, bland_altman_axes
+
+SHOWN = ["measure", "group", "n", "icc", "icc_low", "icc_high", "icc2", "tost_p", "margin", "bias", "loa_low",
+         "loa_high", "smallest_margin", "lmm_p", "note"]
+UNITS = {"volume_ml": "mL", "fat_ratio": "fraction", "hu_mean": "HU"}
+
+
+def shown_columns(agreement: pd.DataFrame) -> pd.DataFrame:
+    """The agreement table as the page shows it."""
+    return agreement[SHOWN]
+
+
+def glue_agreement(agreement: pd.DataFrame) -> None:
+    """Glue each row's TOST p and ICC, and the count of equivalent measures, for the prose."""
+    from myst_nb import glue
+
+    for row in agreement.itertuples():
+        glue(f"tost_{row.measure}_{row.group}", f"{row.tost_p:.3g}", display=False)
+        glue(f"icc_{row.measure}_{row.group}", f"{row.icc:.2f}", display=False)
+    tested = agreement.dropna(subset=["tost_p"])
+    glue("n_equivalent", int((tested.tost_p < 0.05).sum()), display=False)
+    glue("n_agreement_tests", len(tested), display=False)
+    margin = f"{100 * (tested.margin / tested.expert_mean).median():.0f}" if len(tested) else "n/a"
+    glue("equivalence_margin", margin, display=False)
+
+
+def variation_beside_margin(workspace, agreement: pd.DataFrame) -> pd.DataFrame | None:
+    """The repeat step's change per measure and group beside the margin and the bias (percent of the group mean);
+    None (and "not measured" glued) when the repeat step is off. Writes ``tables/variation_vs_margin.csv``."""
+    from myst_nb import glue
+
+    path = workspace.tables / "repeatability.csv"
+    if not path.exists():
+        glue("seed_change_worst_pct", "not measured", display=False)
+        return None
+    variation = read_csv(path)[["measure", "group", "mean_abs_pct", "max_abs_pct"]]
+    beside = (agreement.assign(margin_pct=lambda t: 100 * t.margin / t.expert_mean,
+                               bias_pct=lambda t: 100 * t.bias / t.expert_mean)
+              [["measure", "group", "n", "margin_pct", "bias_pct", "tost_p"]]
+              .merge(variation.rename(columns={"mean_abs_pct": "seed_change_mean_pct",
+                                               "max_abs_pct": "seed_change_max_pct"}),
+                     on=["measure", "group"], how="left"))
+    write_csv(beside, workspace.tables / "variation_vs_margin.csv")
+    worst = beside.seed_change_mean_pct.max()
+    glue("seed_change_worst_pct", f"{worst:.1f}" if pd.notna(worst) else "n/a", display=False)
+    glue("seed_change_within_margin", int((beside.seed_change_max_pct < beside.margin_pct).sum()), display=False)
+    glue("seed_change_rows", int(beside.seed_change_max_pct.notna().sum()), display=False)
+    return beside
+
+
+def agreement_figure(table: pd.DataFrame, groups: dict[str, str]):
+    """Bland–Altman (left) and automated vs expert (right), one row per measure and group."""
+    wide, _ = pair_measurements(table)
+    wide = wide[wide["class"].isin(["1", "2"])].assign(group=lambda w: w.dataset.map(groups))
+    panels = wide.groupby(["measure", "group"], sort=True)
+    fig, axes = plt.subplots(len(panels), 2, figsize=(8, 3.2 * len(panels)), squeeze=False)
+    for ((measure, group), part), row in zip(panels, axes):
+        title = f"{MEASURE_LABELS[measure]}, {group}"
+        bland_altman_axes(row[0], part.auto, part.expert, title, UNITS[measure])
+        agreement_scatter_axes(row[1], part.auto, part.expert, title, UNITS[measure])
+    fig.tight_layout()
+    return fig

@@ -8,7 +8,7 @@ CORES ?= 2
 # nnU-Net, for one, writes its logs in the locale's encoding).
 export PYTHONUTF8 := 1
 
-.PHONY: book test lab venv clean
+.PHONY: book test test-fast lint format lab venv clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,21 @@ venv: $(VENV)/.installed
 book: venv
 	$(VENV)/bin/snakemake --snakefile Snakefile --cores $(CORES) --rerun-incomplete --config profile=$(PROFILE) -- book
 
-test: venv
+# The whole suite (CI runs this): lint first, then every test, the end-to-end ones included.
+test: venv lint
 	$(VENV)/bin/python -m pytest tests
+
+# The loop while working: every module's tests, without the end-to-end runs marked slow.
+test-fast: venv
+	$(VENV)/bin/python -m pytest tests -m "not slow"
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 lab: venv
 	$(VENV)/bin/jupyter lab notebooks

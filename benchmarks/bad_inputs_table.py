@@ -6,6 +6,7 @@ entry point, the error type and its message, with the temporary folder shown as 
 
 Usage: ``python benchmarks/bad_inputs_table.py [--out table.md]``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,9 @@ def rows() -> list[dict[str, str]]:
         with tempfile.TemporaryDirectory(prefix="bad_") as folder:
             error, _ = run_bad(bad, Path(folder))
             message = str(error).replace(str(Path(folder).resolve()), "<tmp>").replace(folder, "<tmp>")
-        out.append({"id": bad.id, "input": bad.what, "entry": bad.entry, "error": type(error).__name__,
-                    "message": message})
+        out.append(
+            {"id": bad.id, "input": bad.what, "entry": bad.entry, "error": type(error).__name__, "message": message}
+        )
     return out
 
 

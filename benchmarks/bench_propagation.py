@@ -18,6 +18,7 @@ drifting over the slices):
 
 The SAM2 section is a marked hook (``bench_sam2``) for the SAM2 backend in ``propagate/sam2.py``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def bench_litemedsam(frames: np.ndarray, labels: np.ndarray, device: str, threads: int | None,
-                     batch_sizes: list[int], repeats: int) -> dict[str, float]:
+def bench_litemedsam(
+    frames: np.ndarray, labels: np.ndarray, device: str, threads: int | None, batch_sizes: list[int], repeats: int
+) -> dict[str, float]:
     """LiteMedSAM timings and memory on one synthetic scan (see the module docstring)."""
     from nnsam2_utils.propagate.litemedsam import LiteMedSAMPropagator
 
@@ -80,9 +82,14 @@ def bench_litemedsam(frames: np.ndarray, labels: np.ndarray, device: str, thread
     tracemalloc.stop()
     inside = propagator.seconds["encoder"] + propagator.seconds["decoder"]
     dsc = dice_per_class(result.masks, labels)
-    out.update(propagate_s_per_slice=wall / len(frames), share_outside_forward=(wall - inside) / wall,
-               tracemalloc_peak_mb=traced_peak / 2**20, peak_rss_mb=peak_rss_mb(),
-               dsc_class1=dsc[1], dsc_class2=dsc[2])
+    out.update(
+        propagate_s_per_slice=wall / len(frames),
+        share_outside_forward=(wall - inside) / wall,
+        tracemalloc_peak_mb=traced_peak / 2**20,
+        peak_rss_mb=peak_rss_mb(),
+        dsc_class1=dsc[1],
+        dsc_class2=dsc[2],
+    )
     return out
 
 
@@ -99,10 +106,12 @@ def bench_sam2(frames: np.ndarray, labels: np.ndarray, device: str, threads: int
     if threads:
         torch.set_num_threads(threads)
     row = benchmark_sam2(n_slices=len(frames), image_size=256, device=device)
-    return {"propagate_s_per_slice": row["seconds_per_frame"] * 2, "seconds_per_frame": row["seconds_per_frame"],
-            "share_outside_forward": row["share_outside_forward"], "peak_rss_mb": row["peak_rss_mb"]}
-
-
+    return {
+        "propagate_s_per_slice": row["seconds_per_frame"] * 2,
+        "seconds_per_frame": row["seconds_per_frame"],
+        "share_outside_forward": row["share_outside_forward"],
+        "peak_rss_mb": row["peak_rss_mb"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,11 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     frames, labels = synthetic_scan(args.slices)
-    sections = {"litemedsam": bench_litemedsam(frames, labels, args.device, args.threads, args.batch_sizes, args.repeats),
-                "sam2": bench_sam2(frames, labels, args.device, args.threads)}
+    sections = {
+        "litemedsam": bench_litemedsam(frames, labels, args.device, args.threads, args.batch_sizes, args.repeats),
+        "sam2": bench_sam2(frames, labels, args.device, args.threads),
+    }
     import torch
 
-    print(f"synthetic scan: {args.slices} slices of 256x256; device {args.device}; torch threads {torch.get_num_threads()}")
+    print(
+        f"synthetic scan: {args.slices} slices of 256x256; device {args.device}; torch threads "
+        f"{torch.get_num_threads()}"
+    )
     for backend, values in sections.items():
         if values is None:
             print(f"[{backend}] skipped (no benchmark yet)")

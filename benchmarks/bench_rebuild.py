@@ -12,6 +12,7 @@ Prints the wall time and the jobs Snakemake ran for
    the agreement notebook, the run record that reads its tables, and the book re-run; propagation
    and training do not.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,23 @@ def build(profile: str, cores: int) -> tuple[float, list[str]]:
     """One ``snakemake ... book`` as ``make book`` runs it: seconds and the rules of the jobs it ran."""
     snakemake = Path(sys.executable).parent / "snakemake"
     start = time.perf_counter()
-    result = subprocess.run([str(snakemake), "--snakefile", "Snakefile", "--cores", str(cores), "--rerun-incomplete",
-                             "--config", f"profile={profile}", "--", "book"], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            str(snakemake),
+            "--snakefile",
+            "Snakefile",
+            "--cores",
+            str(cores),
+            "--rerun-incomplete",
+            "--config",
+            f"profile={profile}",
+            "--",
+            "book",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         sys.exit(f"snakemake failed:\n{result.stderr[-3000:]}")

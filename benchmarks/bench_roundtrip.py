@@ -21,6 +21,7 @@ until ``--max-slices`` is reached) and prints:
   A lossless PNG round trip returns the same bytes, hence the same pseudo-labels; it is not
   propagated again.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,7 +68,9 @@ def load_scans(folder: Path, max_slices: int) -> Scans:
     load_s = time.perf_counter() - start
     labels = {}
     for case in stacks:
-        labels[case] = label_to_model(load_stack(folder / case, "label")[0]) if (folder / case / "label.nii.gz").exists() else None
+        labels[case] = (
+            label_to_model(load_stack(folder / case, "label")[0]) if (folder / case / "label.nii.gz").exists() else None
+        )
     return Scans(stacks, labels, cases[0], annotated_slice_mask(folder, cases[0], 0), load_s)
 
 
@@ -97,14 +100,18 @@ def read_slices(folder: Path, cases: list[str], fmt: str) -> tuple[dict[str, np.
     """Read the slices back into (n, h, w) uint8 stacks; returns the stacks and seconds."""
     ext = "jpg" if fmt == "JPEG" else "png"
     start = time.perf_counter()
-    stacks = {case: np.stack([np.asarray(Image.open(p).convert("L")) for p in sorted((folder / case).glob(f"*.{ext}"))])
-              for case in cases}
+    stacks = {
+        case: np.stack([np.asarray(Image.open(p).convert("L")) for p in sorted((folder / case).glob(f"*.{ext}"))])
+        for case in cases
+    }
     return stacks, time.perf_counter() - start
 
 
 def intensity_error(original: dict[str, np.ndarray], roundtrip: dict[str, np.ndarray]) -> tuple[int, float]:
     """Largest and mean absolute difference (grey levels) over every slice."""
-    diffs = np.concatenate([np.abs(original[c].astype(np.int16) - roundtrip[c].astype(np.int16)).ravel() for c in original])
+    diffs = np.concatenate(
+        [np.abs(original[c].astype(np.int16) - roundtrip[c].astype(np.int16)).ravel() for c in original]
+    )
     return int(diffs.max()), float(diffs.mean())
 
 
@@ -113,9 +120,12 @@ def propagate(propagator, scans: Scans, stacks: dict[str, np.ndarray]) -> tuple[
     propagator.clear_cache()
     reference = stacks[scans.reference]
     start = time.perf_counter()
-    masks = {case: propagator.propagate(reference, 0, scans.annotated_mask, stack, case,
-                                        target_is_reference=(case == scans.reference)).masks
-             for case, stack in stacks.items()}
+    masks = {
+        case: propagator.propagate(
+            reference, 0, scans.annotated_mask, stack, case, target_is_reference=(case == scans.reference)
+        ).masks
+        for case, stack in stacks.items()
+    }
     return masks, time.perf_counter() - start
 
 
@@ -127,17 +137,24 @@ def pooled_dsc(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[int, 
 def main(argv: list[str] | None = None) -> int:
     """Command line: run both paths and print the comparison."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prepared", type=Path, default=Path(__file__).resolve().parents[1] / "work/demo/prepared/athletes_mri")
+    parser.add_argument(
+        "--prepared", type=Path, default=Path(__file__).resolve().parents[1] / "work/demo/prepared/athletes_mri"
+    )
     parser.add_argument("--max-slices", type=int, default=36)
     parser.add_argument("--jpeg-quality", type=int, default=95)
-    parser.add_argument("--also-quality", type=int, nargs="*", default=[75], help="JPEG qualities measured for loss only")
+    parser.add_argument(
+        "--also-quality", type=int, nargs="*", default=[75], help="JPEG qualities measured for loss only"
+    )
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
     scans = load_scans(args.prepared, args.max_slices)
     n = sum(map(len, scans.stacks.values()))
     cases = list(scans.stacks)
-    print(f"{args.prepared}: {len(cases)} scans, {n} slices of 256x256 (reference {scans.reference}, its slice 0 annotated)")
+    print(
+        f"{args.prepared}: {len(cases)} scans, {n} slices of 256x256 (reference {scans.reference}, its slice 0 "
+        "annotated)"
+    )
     print(f"in-memory: load model_input.npz stacks {scans.load_seconds:.3f} s")
     jpeg_stacks = {}
     with tempfile.TemporaryDirectory(prefix="nnsam2_roundtrip_") as tmp:
@@ -147,9 +164,12 @@ def main(argv: list[str] | None = None) -> int:
             back, read_s = read_slices(folder, cases, fmt)
             worst, mean = intensity_error(scans.stacks, back)
             name = fmt if fmt == "PNG" else f"JPEG q{quality}"
-            print(f"{name:9s}: write {write_s:.3f} s, read {read_s:.3f} s, I/O {write_s + read_s:.3f} s "
-                  f"({(write_s + read_s) / n * 1000:.2f} ms/slice), {size / 2**20:.2f} MiB ({size / n / 1024:.1f} KiB/slice), "
-                  f"max |error| {worst} grey levels, mean |error| {mean:.3f}")
+            print(
+                f"{name:9s}: write {write_s:.3f} s, read {read_s:.3f} s, I/O {write_s + read_s:.3f} s "
+                f"({(write_s + read_s) / n * 1000:.2f} ms/slice), {size / 2**20:.2f} MiB ({size / n / 1024:.1f} "
+                "KiB/slice), "
+                f"max |error| {worst} grey levels, mean |error| {mean:.3f}"
+            )
             if fmt == "PNG" and worst != 0:
                 print("PNG round trip is NOT exact: unexpected")
             if fmt == "JPEG" and quality == args.jpeg_quality:
@@ -163,10 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     memory_masks, memory_s = propagate(propagator, scans, scans.stacks)
     jpeg_masks, jpeg_s = propagate(propagator, scans, jpeg_stacks)
     agree = pooled_dsc(memory_masks, jpeg_masks)
-    print(f"LiteMedSAM on {args.device}: in-memory {memory_s:.1f} s, JPEG q{args.jpeg_quality} round trip {jpeg_s:.1f} s "
-          f"({n / memory_s:.2f} and {n / jpeg_s:.2f} slices/s)")
-    print(f"pseudo-labels, JPEG q{args.jpeg_quality} vs in-memory: DSC class 1 {agree[1]:.4f}, class 2 {agree[2]:.4f}; "
-          f"slices differing {sum(int((memory_masks[c] != jpeg_masks[c]).any(axis=(1, 2)).sum()) for c in cases)}/{n}")
+    print(
+        f"LiteMedSAM on {args.device}: in-memory {memory_s:.1f} s, JPEG q{args.jpeg_quality} round trip {jpeg_s:.1f} s "
+        f"({n / memory_s:.2f} and {n / jpeg_s:.2f} slices/s)"
+    )
+    print(
+        f"pseudo-labels, JPEG q{args.jpeg_quality} vs in-memory: DSC class 1 {agree[1]:.4f}, class 2 {agree[2]:.4f}; "
+        f"slices differing {sum(int((memory_masks[c] != jpeg_masks[c]).any(axis=(1, 2)).sum()) for c in cases)}/{n}"
+    )
     if all(scans.labels[c] is not None for c in cases):
         truth = {c: scans.labels[c] for c in cases}
         for name, masks in (("in-memory", memory_masks), (f"JPEG q{args.jpeg_quality}", jpeg_masks)):

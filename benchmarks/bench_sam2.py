@@ -9,6 +9,7 @@ or alone: ``python benchmarks/bench_sam2.py --n-slices 4 --image-size 256`` (pri
 Without a checkpoint the model has random weights: the timing is that of the real network,
 the masks mean nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,9 +18,10 @@ import logging
 import resource
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,24 +32,29 @@ from nnsam2_utils.propagate.sam2 import DEFAULT_CONFIG, SAM2Propagator  # noqa: 
 log = logging.getLogger(__name__)
 
 # the network's forward passes, as SAM2Base methods (outermost call timed only)
-FORWARD_METHODS = ("forward_image", "_prepare_memory_conditioned_features", "_forward_sam_heads",
-                   "_use_mask_as_output", "_encode_new_memory")
+FORWARD_METHODS = (
+    "forward_image",
+    "_prepare_memory_conditioned_features",
+    "_forward_sam_heads",
+    "_use_mask_as_output",
+    "_encode_new_memory",
+)
 
 
 def synthetic_scan(n_slices: int, seed: int, size: int = 256) -> np.ndarray:
     """A grey (n, size, size) uint8 stack with two bright blobs on noise."""
     rng = np.random.default_rng(seed)
     stack = rng.integers(0, 60, (n_slices, size, size), dtype=np.uint8)
-    stack[:, size * 27 // 100:size * 59 // 100, size * 20 // 100:size * 43 // 100] += 150
-    stack[:, size * 27 // 100:size * 59 // 100, size * 57 // 100:size * 80 // 100] += 150
+    stack[:, size * 27 // 100 : size * 59 // 100, size * 20 // 100 : size * 43 // 100] += 150
+    stack[:, size * 27 // 100 : size * 59 // 100, size * 57 // 100 : size * 80 // 100] += 150
     return stack
 
 
 def annotation_of(size: int = 256) -> np.ndarray:
     """The two-class mask matching :func:`synthetic_scan`'s blobs."""
     mask = np.zeros((size, size), np.uint8)
-    mask[size * 27 // 100:size * 59 // 100, size * 20 // 100:size * 43 // 100] = 1
-    mask[size * 27 // 100:size * 59 // 100, size * 57 // 100:size * 80 // 100] = 2
+    mask[size * 27 // 100 : size * 59 // 100, size * 20 // 100 : size * 43 // 100] = 1
+    mask[size * 27 // 100 : size * 59 // 100, size * 57 // 100 : size * 80 // 100] = 2
     return mask
 
 
@@ -69,6 +76,7 @@ def timed_forwards(model: torch.nn.Module, device: torch.device) -> Iterator[dic
                 depth[0] -= 1
                 if depth[0] == 0:
                     totals["seconds"] += time.perf_counter() - start
+
         return inner
 
     for name in FORWARD_METHODS:
@@ -85,8 +93,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def benchmark_sam2(n_slices: int = 4, image_size: int | None = 256, config: str = DEFAULT_CONFIG,
-                   checkpoint: str | None = None, sha256: str | None = None, device: str = "cpu") -> dict[str, Any]:
+def benchmark_sam2(
+    n_slices: int = 4,
+    image_size: int | None = 256,
+    config: str = DEFAULT_CONFIG,
+    checkpoint: str | None = None,
+    sha256: str | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Time one propagation (reference and target of ``n_slices`` each → 2·n frames).
 
     Returns seconds per frame, the share of wall time outside the network's forward passes
@@ -95,8 +109,14 @@ def benchmark_sam2(n_slices: int = 4, image_size: int | None = 256, config: str 
     """
     torch_device = torch.device(device)
     start = time.perf_counter()
-    propagator = SAM2Propagator(config=config, checkpoint=checkpoint, sha256=sha256, device=device,
-                                image_size=image_size, allow_random_weights=checkpoint is None)
+    propagator = SAM2Propagator(
+        config=config,
+        checkpoint=checkpoint,
+        sha256=sha256,
+        device=device,
+        image_size=image_size,
+        allow_random_weights=checkpoint is None,
+    )
     build_s = time.perf_counter() - start
     reference, target = synthetic_scan(n_slices, 0), synthetic_scan(n_slices, 1)
     annotation = annotation_of()
@@ -109,12 +129,19 @@ def benchmark_sam2(n_slices: int = 4, image_size: int | None = 256, config: str 
         total_s = time.perf_counter() - start
     n_frames = len(result.frame_order)
     row = {
-        "backend": "sam2", "config": config, "image_size": propagator.image_size, "device": device,
-        "random_weights": checkpoint is None, "n_frames": n_frames, "build_seconds": round(build_s, 3),
-        "seconds": round(total_s, 3), "seconds_per_frame": round(total_s / n_frames, 4),
+        "backend": "sam2",
+        "config": config,
+        "image_size": propagator.image_size,
+        "device": device,
+        "random_weights": checkpoint is None,
+        "n_frames": n_frames,
+        "build_seconds": round(build_s, 3),
+        "seconds": round(total_s, 3),
+        "seconds_per_frame": round(total_s / n_frames, 4),
         "forward_seconds": round(forward["seconds"], 3),
         "share_outside_forward": round(1.0 - forward["seconds"] / total_s, 4),
-        "peak_rss_mb": round(peak_rss_mb(), 1), "torch_threads": torch.get_num_threads(),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "torch_threads": torch.get_num_threads(),
     }
     if torch_device.type == "cuda":
         row["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(torch_device) / 2**20, 1)

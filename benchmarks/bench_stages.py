@@ -13,6 +13,7 @@ defaults to ``$NNSAM2_WORK`` or the repository's ``work/``.
 A record marked ``resumed`` timed only the part of the step that was left when it was
 re-run; its slices/s is then not the step's speed and is flagged.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,17 @@ def step_table(runlog: Path) -> pd.DataFrame:
     for record in collect_records(runlog):
         parameters = record.get("parameters") or {}
         budget = parameters.get("budget") or {}
-        rows.append({"step": record.get("step"), "dataset": record.get("dataset"),
-                     "seconds": float(record.get("seconds", math.nan)), "peak_mb": float(record.get("peak_mb", math.nan)),
-                     "started": record.get("started", ""), "resumed": bool(record.get("resumed", False)),
-                     "device": parameters.get("device", budget.get("device", ""))})
+        rows.append(
+            {
+                "step": record.get("step"),
+                "dataset": record.get("dataset"),
+                "seconds": float(record.get("seconds", math.nan)),
+                "peak_mb": float(record.get("peak_mb", math.nan)),
+                "started": record.get("started", ""),
+                "resumed": bool(record.get("resumed", False)),
+                "device": parameters.get("device", budget.get("device", "")),
+            }
+        )
     return pd.DataFrame(rows, columns=["step", "dataset", "seconds", "peak_mb", "started", "resumed", "device"])
 
 
@@ -49,8 +57,9 @@ def stage_of(step: str) -> str:
 def stage_totals(steps: pd.DataFrame) -> pd.DataFrame:
     """Per stage: number of steps, total and largest seconds, largest peak memory."""
     grouped = steps.assign(stage=steps["step"].map(stage_of)).groupby("stage", sort=False)
-    return grouped.agg(steps=("step", "size"), seconds=("seconds", "sum"), longest_s=("seconds", "max"),
-                       peak_mb=("peak_mb", "max")).reset_index()
+    return grouped.agg(
+        steps=("step", "size"), seconds=("seconds", "sum"), longest_s=("seconds", "max"), peak_mb=("peak_mb", "max")
+    ).reset_index()
 
 
 def stage0_speed(steps: pd.DataFrame, stage0_root: Path) -> pd.DataFrame:
@@ -62,10 +71,17 @@ def stage0_speed(steps: pd.DataFrame, stage0_root: Path) -> pd.DataFrame:
             continue
         table = pd.read_csv(confidence, usecols=["case", "slice"]).drop_duplicates()
         slices = len(table)
-        rows.append({"dataset": row["dataset"], "device": row["device"], "scans": table["case"].nunique(),
-                     "slices": slices, "seconds": row["seconds"],
-                     "slices_per_s": slices / row["seconds"] if row["seconds"] > 0 else math.nan,
-                     "resumed": row["resumed"]})
+        rows.append(
+            {
+                "dataset": row["dataset"],
+                "device": row["device"],
+                "scans": table["case"].nunique(),
+                "slices": slices,
+                "seconds": row["seconds"],
+                "slices_per_s": slices / row["seconds"] if row["seconds"] > 0 else math.nan,
+                "resumed": row["resumed"],
+            }
+        )
     return pd.DataFrame(rows, columns=["dataset", "device", "scans", "slices", "seconds", "slices_per_s", "resumed"])
 
 
@@ -88,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     steps = step_table(runlog)
     pd.set_option("display.width", 160)
-    print(f"run {run}: {len(steps)} step records, {steps['seconds'].sum():.1f} s summed over steps "
-          f"(steps may have run side by side; peak_mb is each step process's peak RSS)\n")
+    print(
+        f"run {run}: {len(steps)} step records, {steps['seconds'].sum():.1f} s summed over steps "
+        f"(steps may have run side by side; peak_mb is each step process's peak RSS)\n"
+    )
     print("per step")
     print(steps.drop(columns=["started"]).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print("\nper stage")
@@ -99,12 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     print(speed.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     resumed = speed[speed["resumed"]]
     if len(resumed):
-        print(f"\nresumed (timed only the scans left at the re-run, so slices/s overstates the speed): "
-              f"{', '.join(resumed['dataset'])}")
+        print(
+            f"\nresumed (timed only the scans left at the re-run, so slices/s overstates the speed): "
+            f"{', '.join(resumed['dataset'])}"
+        )
         fresh = speed[~speed["resumed"]]
         if len(fresh):
-            print(f"not resumed: {fresh['slices'].sum()} slices in {fresh['seconds'].sum():.1f} s = "
-                  f"{fresh['slices'].sum() / fresh['seconds'].sum():.3f} slices/s")
+            print(
+                f"not resumed: {fresh['slices'].sum()} slices in {fresh['seconds'].sum():.1f} s = "
+                f"{fresh['slices'].sum() / fresh['seconds'].sum():.3f} slices/s"
+            )
     return 0
 
 

@@ -27,6 +27,7 @@ Peak GPU memory per check is ``torch.cuda.max_memory_allocated`` (reset before e
 on the CPU the process's peak resident memory is printed instead. ``--quick`` shrinks every
 check (CPU smoke run: tests/test_gpu_check.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,9 +41,10 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,9 +107,11 @@ def describe_device(device: torch.device) -> str:
     """One line: the device's name, torch and CUDA versions."""
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        return (f"device {device}: {props.name}, {props.total_memory / 2**30:.1f} GiB, "
-                f"{props.multi_processor_count} SMs; torch {torch.__version__}, CUDA {torch.version.cuda}, "
-                f"cuDNN {torch.backends.cudnn.version()}")
+        return (
+            f"device {device}: {props.name}, {props.total_memory / 2**30:.1f} GiB, "
+            f"{props.multi_processor_count} SMs; torch {torch.__version__}, CUDA {torch.version.cuda}, "
+            f"cuDNN {torch.backends.cudnn.version()}"
+        )
     return f"device cpu: {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
@@ -168,13 +172,15 @@ def synthetic_input(n_slices: int, n_scans: int = 2) -> StageZeroInput:
     targets = {"synthetic_ref": reference}
     for k in range(1, n_scans):
         targets[f"synthetic_{k}"] = synthetic_scan(n_slices, seed=k)[0]
-    return StageZeroInput(reference, 0, labels[0], targets, "synthetic_ref",
-                          f"synthetic ({n_slices} slices x {n_scans} scans)")
+    return StageZeroInput(
+        reference, 0, labels[0], targets, "synthetic_ref", f"synthetic ({n_slices} slices x {n_scans} scans)"
+    )
 
 
 # --------------------------------------------------------------------------- (a) LiteMedSAM
-def propagate_all(propagator, data: StageZeroInput, device: torch.device,
-                  warmup: bool = True) -> tuple[dict[str, Any], float]:
+def propagate_all(
+    propagator, data: StageZeroInput, device: torch.device, warmup: bool = True
+) -> tuple[dict[str, Any], float]:
     """Propagate into every target (after a warm-up on two slices); returns results and seconds."""
     if warmup:
         propagator.propagate(data.reference[:2], 0, data.annotated_mask, data.reference[:2], "warmup")
@@ -182,9 +188,17 @@ def propagate_all(propagator, data: StageZeroInput, device: torch.device,
         propagator.clear_cache()  # time real encodings, not cache hits
     synchronize(device)
     start = time.perf_counter()
-    results = {case: propagator.propagate(data.reference, data.annotated_slice, data.annotated_mask, target, case,
-                                          target_is_reference=(case == data.reference_case))
-               for case, target in data.targets.items()}
+    results = {
+        case: propagator.propagate(
+            data.reference,
+            data.annotated_slice,
+            data.annotated_mask,
+            target,
+            case,
+            target_is_reference=(case == data.reference_case),
+        )
+        for case, target in data.targets.items()
+    }
     synchronize(device)
     return results, time.perf_counter() - start
 
@@ -226,16 +240,31 @@ def check_litemedsam(device: torch.device, data: StageZeroInput, quick: bool = F
     on_device = make_propagator({"backend": "litemedsam", "device": str(device)})
     device_results, device_s = propagate_all(on_device, data, device, warmup=not quick)
     memory = peak_memory(device)
-    extra = {} if quick else {f"{device.type}_encoder_batch16_slices_per_s":
-                              encoder_throughput(on_device, np.concatenate(list(data.targets.values())))}
+    extra = (
+        {}
+        if quick
+        else {
+            f"{device.type}_encoder_batch16_slices_per_s": encoder_throughput(
+                on_device, np.concatenate(list(data.targets.values()))
+            )
+        }
+    )
     del on_device
     cpu = make_propagator({"backend": "litemedsam", "device": "cpu"})
     cpu_results, cpu_s = propagate_all(cpu, data, torch.device("cpu"), warmup=not quick)
     agree = agreement(cpu_results, device_results)
     n = data.n_slices
     outcome = Outcome("litemedsam", True)
-    outcome.numbers = {"scans": data.source, "slices": n, f"{device.type}_slices_per_s": n / device_s,
-                       "cpu_slices_per_s": n / cpu_s, "speedup": cpu_s / device_s, **extra, **agree, **memory}
+    outcome.numbers = {
+        "scans": data.source,
+        "slices": n,
+        f"{device.type}_slices_per_s": n / device_s,
+        "cpu_slices_per_s": n / cpu_s,
+        "speedup": cpu_s / device_s,
+        **extra,
+        **agree,
+        **memory,
+    }
     for key in ("dsc_class1", "dsc_class2"):
         if not agree[key] >= DSC_AGREEMENT:
             outcome.problems.append(f"{key} {agree[key]:.4f} < {DSC_AGREEMENT}")
@@ -266,11 +295,19 @@ def check_sam2(device: torch.device, config: str, image_size: int | None, n_slic
     seconds = time.perf_counter() - start
     frames = len(result.frame_order)
     conf = result.confidence
-    outcome.numbers = {"config": Path(config).name, "image_size": propagator.image_size, "frames": frames,
-                       "build_s": build_s, "s_per_frame": seconds / max(frames, 1),
-                       "masks": f"{result.masks.shape}/{result.masks.dtype}", **peak_memory(device)}
+    outcome.numbers = {
+        "config": Path(config).name,
+        "image_size": propagator.image_size,
+        "frames": frames,
+        "build_s": build_s,
+        "s_per_frame": seconds / max(frames, 1),
+        "masks": f"{result.masks.shape}/{result.masks.dtype}",
+        **peak_memory(device),
+    }
     if result.masks.shape != (n_slices, 256, 256) or result.masks.dtype != np.uint8:
-        outcome.problems.append(f"masks {result.masks.shape} {result.masks.dtype}, expected ({n_slices}, 256, 256) uint8")
+        outcome.problems.append(
+            f"masks {result.masks.shape} {result.masks.dtype}, expected ({n_slices}, 256, 256) uint8"
+        )
     if not set(np.unique(result.masks).tolist()) <= {0, 1, 2}:
         outcome.problems.append(f"classes {sorted(np.unique(result.masks).tolist())} outside {{0, 1, 2}}")
     if list(conf.columns) != list(CONFIDENCE_COLUMNS) or len(conf) != 2 * n_slices:
@@ -318,10 +355,15 @@ def check_nnunet(device: torch.device, quick: bool, root: Path) -> Outcome:
     rng = np.random.default_rng(0)
     size = 64 if quick else 192
     cases = [blob_case(i, rng, size) for i in range(4 if quick else 10)]
-    budget = nnunet.Budget(configuration="2d", epochs=1 if quick else 2, iterations_per_epoch=2 if quick else 50,
-                           val_iterations=1,
-                           batch_size=2 if quick else 12, max_features=16 if quick else None,
-                           device=str(device))
+    budget = nnunet.Budget(
+        configuration="2d",
+        epochs=1 if quick else 2,
+        iterations_per_epoch=2 if quick else 50,
+        val_iterations=1,
+        batch_size=2 if quick else 12,
+        max_features=16 if quick else None,
+        device=str(device),
+    )
     reset_peak(device)
     start = time.perf_counter()
     folder = nnunet.fit(root, 990, "gpucheck", cases, budget)
@@ -338,14 +380,22 @@ def check_nnunet(device: torch.device, quick: bool, root: Path) -> Outcome:
     predict_peak = peak_memory(device)
     dsc = dice_per_class(seg, test.label) if seg.shape == test.label.shape else {1: float("nan"), 2: float("nan")}
     logs = "".join(p.read_text() for p in (folder / f"fold_{budget.fold}").glob("training_log_*.txt"))
-    outcome.numbers = {"image": f"{size}x{size}", "cases": len(cases), "epochs": budget.epochs,
-                       "iterations_per_epoch": budget.iterations_per_epoch, "batch_size": budget.batch_size,
-                       "fit_s": fit_s, "epoch_s": "/".join(f"{t:.2f}" for t in times),
-                       "it_per_s_last_epoch": budget.iterations_per_epoch / times[-1] if times else float("nan"),
-                       "compiled": "Using torch.compile" in logs,
-                       **{f"train_{k}": v for k, v in train_peak.items()}, "predict_s": predict_s,
-                       **{f"predict_{k}": v for k, v in predict_peak.items()},
-                       "dsc_class1": dsc[1], "dsc_class2": dsc[2]}
+    outcome.numbers = {
+        "image": f"{size}x{size}",
+        "cases": len(cases),
+        "epochs": budget.epochs,
+        "iterations_per_epoch": budget.iterations_per_epoch,
+        "batch_size": budget.batch_size,
+        "fit_s": fit_s,
+        "epoch_s": "/".join(f"{t:.2f}" for t in times),
+        "it_per_s_last_epoch": budget.iterations_per_epoch / times[-1] if times else float("nan"),
+        "compiled": "Using torch.compile" in logs,
+        **{f"train_{k}": v for k, v in train_peak.items()},
+        "predict_s": predict_s,
+        **{f"predict_{k}": v for k, v in predict_peak.items()},
+        "dsc_class1": dsc[1],
+        "dsc_class2": dsc[2],
+    }
     if len(times) != budget.epochs:
         outcome.problems.append(f"{len(times)} epochs logged, expected {budget.epochs}")
     if seg.shape != test.label.shape or seg.dtype != np.uint8:
@@ -381,7 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prepared", type=Path, help="prepared dataset folder for the LiteMedSAM check")
     parser.add_argument("--max-cases", type=int, default=None)
     parser.add_argument("--slices", type=int, default=None, help="synthetic slices per scan (LiteMedSAM, SAM2)")
-    parser.add_argument("--sam2-config", default=None, help="default: hiera-l (1024 px) on GPU, hiera-t (128 px) with --quick")
+    parser.add_argument(
+        "--sam2-config", default=None, help="default: hiera-l (1024 px) on GPU, hiera-t (128 px) with --quick"
+    )
     parser.add_argument("--sam2-image-size", type=int, default=None)
     parser.add_argument("--json", type=Path, help="write the outcomes here")
     args = parser.parse_args(argv)
@@ -393,22 +445,31 @@ def main(argv: list[str] | None = None) -> int:
     print(describe_device(device), flush=True)
     print(f"packages: {versions()}", flush=True)
     slices = args.slices or (2 if args.quick else 12)
-    sam2_config = args.sam2_config or ("configs/sam2.1/sam2.1_hiera_t.yaml" if args.quick else "configs/sam2.1/sam2.1_hiera_l.yaml")
+    sam2_config = args.sam2_config or (
+        "configs/sam2.1/sam2.1_hiera_t.yaml" if args.quick else "configs/sam2.1/sam2.1_hiera_l.yaml"
+    )
     sam2_size = args.sam2_image_size or (128 if args.quick else None)
     outcomes = []
     with tempfile.TemporaryDirectory(prefix="nnsam2_gpu_check_") as tmp:
         jobs: dict[str, Callable[[], Outcome]] = {
             "litemedsam": lambda: check_litemedsam(
-                device, prepared_input(args.prepared, args.max_cases) if args.prepared
-                else synthetic_input(slices, 1 if args.quick else 2), args.quick),
+                device,
+                prepared_input(args.prepared, args.max_cases)
+                if args.prepared
+                else synthetic_input(slices, 1 if args.quick else 2),
+                args.quick,
+            ),
             "sam2": lambda: check_sam2(device, sam2_config, sam2_size, slices),
             "nnunet": lambda: check_nnunet(device, args.quick, Path(tmp) / "nnunet"),
         }
         for name in args.checks:
             outcomes.append(run_check(name, jobs[name]))
     failed = [o.name for o in outcomes if not o.passed]
-    print(f"SUMMARY: {len(outcomes) - len(failed)}/{len(outcomes)} checks passed on {describe_device(device)}"
-          + (f"; FAILED: {', '.join(failed)}" if failed else ""), flush=True)
+    print(
+        f"SUMMARY: {len(outcomes) - len(failed)}/{len(outcomes)} checks passed on {describe_device(device)}"
+        + (f"; FAILED: {', '.join(failed)}" if failed else ""),
+        flush=True,
+    )
     if args.json:
         args.json.write_text(json.dumps([o.__dict__ for o in outcomes], indent=2, default=str))
     return 1 if failed else 0

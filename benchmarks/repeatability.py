@@ -15,6 +15,7 @@
 
 Usage: ``python benchmarks/repeatability.py [--work /tmp/repeat] [--seeds 0 0 1 2] [--workers 1]``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,15 +67,25 @@ def stage0(prepared: Path, out: Path) -> None:
 
 def compare_stage0(a: Path, b: Path, cases: list[str]) -> dict:
     """Differing voxels and the largest confidence difference between two stage-0 runs."""
-    voxels = sum(int((sitk.GetArrayFromImage(sitk.ReadImage(str(a / "labels" / f"{c}.nii.gz")))
-                      != sitk.GetArrayFromImage(sitk.ReadImage(str(b / "labels" / f"{c}.nii.gz")))).sum())
-                 for c in cases)
+    voxels = sum(
+        int(
+            (
+                sitk.GetArrayFromImage(sitk.ReadImage(str(a / "labels" / f"{c}.nii.gz")))
+                != sitk.GetArrayFromImage(sitk.ReadImage(str(b / "labels" / f"{c}.nii.gz")))
+            ).sum()
+        )
+        for c in cases
+    )
     ta, tb = pd.read_csv(a / "confidence.csv"), pd.read_csv(b / "confidence.csv")
     numeric = ta.select_dtypes("number").columns
     diff = float(np.nanmax(np.abs(ta[numeric].to_numpy(float) - tb[numeric].to_numpy(float)))) if len(ta) else 0.0
     same_nan = bool((ta[numeric].isna().to_numpy() == tb[numeric].isna().to_numpy()).all())
-    return {"differing_voxels": voxels, "max_confidence_diff": diff, "same_missing_values": same_nan,
-            "tables_identical": bool(ta.equals(tb))}
+    return {
+        "differing_voxels": voxels,
+        "max_confidence_diff": diff,
+        "same_missing_values": same_nan,
+        "tables_identical": bool(ta.equals(tb)),
+    }
 
 
 def train_and_predict(prepared: Path, pseudo: Path, root: Path, seed: int, workers: int, settings: dict) -> dict:
@@ -83,8 +94,12 @@ def train_and_predict(prepared: Path, pseudo: Path, root: Path, seed: int, worke
 
     cases = sorted(p.name for p in prepared.iterdir() if (p / "meta.json").exists())
     images = {c: sitk.ReadImage(str(prepared / c / "image.nii.gz")) for c in cases}
-    training = [nnunet.TrainingCase(c, images[c], sitk.GetArrayFromImage(sitk.ReadImage(str(pseudo / "labels" / f"{c}.nii.gz"))))
-                for c in cases]
+    training = [
+        nnunet.TrainingCase(
+            c, images[c], sitk.GetArrayFromImage(sitk.ReadImage(str(pseudo / "labels" / f"{c}.nii.gz")))
+        )
+        for c in cases
+    ]
     budget = nnunet.Budget.from_settings({**settings, "augmentation_workers": workers}, seed=seed)
     folder = nnunet.fit(root, 503, "repeat", training, budget)
     predictor = nnunet.load_predictor(folder, budget)
@@ -128,8 +143,14 @@ def main() -> None:
             log.info("stage 0 %s: %.0f s", out.name, time.perf_counter() - start)
     stage0_result = compare_stage0(*runs, cases)
 
-    settings = {"configuration": "2d", "epochs": args.epochs, "iterations_per_epoch": args.iterations,
-                "batch_size": 4, "target_spacing_mm": 2.5, "device": "cpu"}
+    settings = {
+        "configuration": "2d",
+        "epochs": args.epochs,
+        "iterations_per_epoch": args.iterations,
+        "batch_size": 4,
+        "target_spacing_mm": 2.5,
+        "device": "cpu",
+    }
     rows, predictions = [], {}
     for workers in args.workers:
         for run, seed in enumerate(args.seeds):
@@ -137,30 +158,54 @@ def main() -> None:
             start = time.perf_counter()
             predictions[(workers, run)] = train_and_predict(prepared, runs[0], root, seed, workers, settings)
             log.info("nnU-Net workers=%d seed=%d: %.0f s", workers, seed, time.perf_counter() - start)
-            rows += [{"workers": workers, "run": run, "seed": seed, **r} for r in score(predictions[(workers, run)], prepared)]
+            rows += [
+                {"workers": workers, "run": run, "seed": seed, **r}
+                for r in score(predictions[(workers, run)], prepared)
+            ]
     table = pd.DataFrame(rows)
     same_seed = {}
     for workers in args.workers:
-        pairs = [(i, j) for i in range(len(args.seeds)) for j in range(i + 1, len(args.seeds))
-                 if args.seeds[i] == args.seeds[j]]
-        same_seed[workers] = [int(sum((predictions[(workers, i)][c] != predictions[(workers, j)][c]).sum() for c in cases))
-                              for i, j in pairs]
+        pairs = [
+            (i, j)
+            for i in range(len(args.seeds))
+            for j in range(i + 1, len(args.seeds))
+            if args.seeds[i] == args.seeds[j]
+        ]
+        same_seed[workers] = [
+            int(sum((predictions[(workers, i)][c] != predictions[(workers, j)][c]).sum() for c in cases))
+            for i, j in pairs
+        ]
     # spread over runs: per (workers, case, class), then summarised
-    spread = table.groupby(["workers", "case", "class"]).agg(dsc_mean=("dsc", "mean"), dsc_sd=("dsc", "std"),
-                                                             dsc_range=("dsc", lambda x: x.max() - x.min()),
-                                                             vol_mean=("volume_ml", "mean"), vol_sd=("volume_ml", "std"))
+    spread = table.groupby(["workers", "case", "class"]).agg(
+        dsc_mean=("dsc", "mean"),
+        dsc_sd=("dsc", "std"),
+        dsc_range=("dsc", lambda x: x.max() - x.min()),
+        vol_mean=("volume_ml", "mean"),
+        vol_sd=("volume_ml", "std"),
+    )
     spread["vol_cv_pct"] = 100 * spread.vol_sd / spread.vol_mean
-    summary = spread.groupby("workers").agg(dsc_mean=("dsc_mean", "mean"), dsc_sd_mean=("dsc_sd", "mean"),
-                                            dsc_range_max=("dsc_range", "max"), vol_cv_pct_mean=("vol_cv_pct", "mean"),
-                                            vol_cv_pct_max=("vol_cv_pct", "max"))
+    summary = spread.groupby("workers").agg(
+        dsc_mean=("dsc_mean", "mean"),
+        dsc_sd_mean=("dsc_sd", "mean"),
+        dsc_range_max=("dsc_range", "max"),
+        vol_cv_pct_mean=("vol_cv_pct", "mean"),
+        vol_cv_pct_max=("vol_cv_pct", "max"),
+    )
     table.to_csv(work / "repeatability_runs.csv", index=False)
-    result = {"stage0_two_runs": stage0_result, "nnunet_same_seed_differing_voxels": same_seed,
-              "seeds": args.seeds, "budget": settings, "slices_per_scan": args.slices}
+    result = {
+        "stage0_two_runs": stage0_result,
+        "nnunet_same_seed_differing_voxels": same_seed,
+        "seeds": args.seeds,
+        "budget": settings,
+        "slices_per_scan": args.slices,
+    }
     (work / "repeatability.json").write_text(json.dumps(result, indent=2, default=str))
     sys.stdout.write(f"stage 0, two runs: {json.dumps(stage0_result)}\n")
     sys.stdout.write(f"nnU-Net, same seed, differing voxels per pair (by workers): {same_seed}\n\n")
     sys.stdout.write("per run (mean over scans and classes):\n")
-    sys.stdout.write(table.groupby(["workers", "run", "seed"])[["dsc", "volume_ml"]].mean().round(4).to_markdown() + "\n\n")
+    sys.stdout.write(
+        table.groupby(["workers", "run", "seed"])[["dsc", "volume_ml"]].mean().round(4).to_markdown() + "\n\n"
+    )
     sys.stdout.write("spread over runs (per scan and class, then summarised; TOST margin ±10 % of the mean):\n")
     sys.stdout.write(summary.round(4).to_markdown() + "\n")
 

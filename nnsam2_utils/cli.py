@@ -1,4 +1,5 @@
 """The ``nnsam2`` command line: generate the demo cohort, check and fetch datasets, run the workflow."""
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,19 @@ def _run(args: argparse.Namespace) -> int:
             for line in missing:
                 print(f"  {line}", file=sys.stderr)
             return 2
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(root / "Snakefile"), "--directory", str(root),
-               "--cores", str(args.cores), "--config", f"profile={args.profile}"]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(root / "Snakefile"),
+        "--directory",
+        str(root),
+        "--cores",
+        str(args.cores),
+        "--config",
+        f"profile={args.profile}",
+    ]
     if args.dry_run:
         command.append("--dry-run")
     command += ["--", args.target]
@@ -95,14 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true")
     run.add_argument("target", nargs="?", default="book")
     run.set_defaults(func=_run)
-    data = sub.add_parser("data", help="check or fetch a dataset described by a manifest").add_subparsers(dest="action", required=True)
-    check = data.add_parser("check", help="check a dataset: files, checksums, readability, geometry, labels, discs, annotation")
+    data = sub.add_parser("data", help="check or fetch a dataset described by a manifest").add_subparsers(
+        dest="action", required=True
+    )
+    check = data.add_parser(
+        "check", help="check a dataset: files, checksums, readability, geometry, labels, discs, annotation"
+    )
     check.add_argument("manifest", nargs="*", help="data_manifest/<name>.yaml files")
     check.add_argument("--profile", help="also check every manifest of this run profile")
     check.add_argument("--quick", action="store_true", help="presence and checksums only; read no image")
     check.add_argument("--no-checksums", action="store_true", help="skip the SHA-256 checks")
     check.set_defaults(func=_data_check)
-    fetch = data.add_parser("fetch", help="download a manifest's direct links (source.downloads); verifies checksums, never overwrites")
+    fetch = data.add_parser(
+        "fetch", help="download a manifest's direct links (source.downloads); verifies checksums, never overwrites"
+    )
     fetch.add_argument("manifest")
     fetch.set_defaults(func=_data_fetch)
     exe = sub.add_parser("execute", help="run one notebook with papermill; the output appears only on success")

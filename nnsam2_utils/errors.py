@@ -1,4 +1,5 @@
 """One exception type per failure family; every message names the file and the fix."""
+
 from __future__ import annotations
 
 

@@ -19,6 +19,7 @@ whether the machine is online; blocked requests are reported as warnings.
 Command line: ``python -m bookcheck HTML_ROOT --out DIR`` (exit status 1 when
 a check fails).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,9 @@ class Problem:
     severity: str = "error"
 
     def __str__(self) -> str:
-        where = f" [{self.attribute}={self.target!r}]" if self.attribute else (f" [{self.target}]" if self.target else "")
+        where = (
+            f" [{self.attribute}={self.target!r}]" if self.attribute else (f" [{self.target}]" if self.target else "")
+        )
         return f"{self.severity.upper()} {self.kind}: {self.page}{where}: {self.message}"
 
 
@@ -119,6 +123,7 @@ class BrowseReport:
 # ----------------------------------------------------------------------------------------
 # Static link check
 # ----------------------------------------------------------------------------------------
+
 
 @dataclass
 class ParsedPage:
@@ -201,8 +206,7 @@ def _is_inside(path: Path, root: Path) -> bool:
     return True
 
 
-def check_link(html_root: Path, page: str, attribute: str, url: str,
-               anchors: dict[str, set[str]]) -> Problem | None:
+def check_link(html_root: Path, page: str, attribute: str, url: str, anchors: dict[str, set[str]]) -> Problem | None:
     """Check one URL found in ``page``; ``anchors`` caches the ids of parsed pages."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -259,6 +263,7 @@ def check_links(html_root: Path, pages: list[str] | None = None, allow: Iterable
 # Browser check (Chrome DevTools Protocol over --remote-debugging-pipe)
 # ----------------------------------------------------------------------------------------
 
+
 class CdpError(RuntimeError):
     """The browser failed, timed out or answered a command with an error."""
 
@@ -273,11 +278,25 @@ def find_chromium(explicit: str | None = None) -> str | None:
 
 def chromium_args(binary: str, profile_dir: Path) -> list[str]:
     """Command line of a headless Chromium speaking CDP on fds 3/4, with no network chatter."""
-    return [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--disable-extensions", "--disable-default-apps", "--mute-audio", "--hide-scrollbars",
-            "--disable-dev-shm-usage", f"--user-data-dir={profile_dir}", "--remote-debugging-pipe",
-            "about:blank"]
+    return [
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-extensions",
+        "--disable-default-apps",
+        "--mute-audio",
+        "--hide-scrollbars",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile_dir}",
+        "--remote-debugging-pipe",
+        "about:blank",
+    ]
 
 
 class CdpPipe:
@@ -297,14 +316,24 @@ class CdpPipe:
             os.dup2(high_r, 3)
             os.dup2(high_w, 4)
 
-        self.process = subprocess.Popen(chromium_args(binary, profile_dir), stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                        close_fds=False, preexec_fn=wire_fds)
+        self.process = subprocess.Popen(
+            chromium_args(binary, profile_dir),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            close_fds=False,
+            preexec_fn=wire_fds,
+        )
         os.close(to_child_r)
         os.close(from_child_w)
 
-    def send(self, method: str, params: dict[str, Any] | None = None, session: str | None = None,
-             timeout: float | None = None) -> dict[str, Any]:
+    def send(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        session: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
         """Send a command and return its ``result``; events seen meanwhile go to :attr:`events`."""
         self._next_id += 1
         message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
@@ -312,7 +341,7 @@ class CdpPipe:
             message["sessionId"] = session
         data = json.dumps(message).encode() + b"\0"
         while data:
-            data = data[os.write(self._to_child, data):]
+            data = data[os.write(self._to_child, data) :]
         deadline = time.monotonic() + (timeout or self.timeout)
         while True:
             reply = self._read(deadline - time.monotonic())
@@ -389,7 +418,7 @@ BROKEN_IMAGES_JS = """
 
 def _shorten(url: str, root_url: str) -> str:
     """A file:// URL inside the book as a book-relative path, other URLs unchanged."""
-    return url[len(root_url):] if url.startswith(root_url) else url
+    return url[len(root_url) :] if url.startswith(root_url) else url
 
 
 def events_to_problems(page: str, events: list[dict[str, Any]], root_url: str) -> list[Problem]:
@@ -413,19 +442,33 @@ def events_to_problems(page: str, events: list[dict[str, Any]], root_url: str) -
                 continue
             failed.add(url)
             if url.startswith("file:"):
-                problems.append(Problem("resource", page, f"failed to load from disk ({reason})",
-                                        target=_shorten(url, root_url)))
+                problems.append(
+                    Problem("resource", page, f"failed to load from disk ({reason})", target=_shorten(url, root_url))
+                )
             else:
-                problems.append(Problem("external-resource", page, f"external resource not loaded ({reason})",
-                                        target=url, severity="warning"))
+                problems.append(
+                    Problem(
+                        "external-resource",
+                        page,
+                        f"external resource not loaded ({reason})",
+                        target=url,
+                        severity="warning",
+                    )
+                )
         elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
             text = " ".join(str(arg.get("value", arg.get("description", ""))) for arg in params.get("args", []))
             problems.append(Problem("console-error", page, text[:300], severity="warning"))
         elif method == "Log.entryAdded":
             entry = params["entry"]
             if entry.get("level") == "error" and entry.get("source") not in ("network", "javascript", "console-api"):
-                problems.append(Problem("browser-error", page, entry.get("text", "")[:300],
-                                        target=_shorten(entry.get("url", ""), root_url)))
+                problems.append(
+                    Problem(
+                        "browser-error",
+                        page,
+                        entry.get("text", "")[:300],
+                        target=_shorten(entry.get("url", ""), root_url),
+                    )
+                )
     return problems
 
 
@@ -451,8 +494,7 @@ def _wait_until_settled(cdp: CdpPipe, timeout: float, quiet: float = 0.3) -> lis
     return events
 
 
-def _screenshot(cdp: CdpPipe, session: str, path: Path, width: int, height: int,
-                max_height: int = 16000) -> Path:
+def _screenshot(cdp: CdpPipe, session: str, path: Path, width: int, height: int, max_height: int = 16000) -> Path:
     """Save a full-page PNG screenshot (capped at ``max_height`` CSS pixels).
 
     The viewport is grown to the page height for the capture and restored afterwards:
@@ -480,8 +522,11 @@ def _open_tab(cdp: CdpPipe, width: int, height: int) -> str:
     for domain in ("Page", "Runtime", "Network", "Log"):
         cdp.send(f"{domain}.enable", session=session)
     cdp.send("Network.setBlockedURLs", {"urls": ["http://*", "https://*", "ws://*", "wss://*"]}, session=session)
-    cdp.send("Emulation.setDeviceMetricsOverride",
-             {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=session)
+    cdp.send(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        session=session,
+    )
     cdp.pump(0.05)
     return session
 
@@ -494,19 +539,37 @@ def check_page(cdp: CdpPipe, session: str, html_root: Path, page: str, timeout: 
     if result.get("errorText"):
         return [Problem("resource", page, f"page did not open ({result['errorText']})", target=page)]
     problems = events_to_problems(page, _wait_until_settled(cdp, timeout), root_url)
-    answer = cdp.send("Runtime.evaluate", {"expression": BROKEN_IMAGES_JS, "awaitPromise": True,
-                                           "returnByValue": True}, session=session, timeout=timeout)
+    answer = cdp.send(
+        "Runtime.evaluate",
+        {"expression": BROKEN_IMAGES_JS, "awaitPromise": True, "returnByValue": True},
+        session=session,
+        timeout=timeout,
+    )
     for image in answer.get("result", {}).get("value") or []:
-        problems.append(Problem("image", page, "image did not load (naturalWidth == 0)", "src",
-                                image["src"] or _shorten(image["url"], root_url)))
+        problems.append(
+            Problem(
+                "image",
+                page,
+                "image did not load (naturalWidth == 0)",
+                "src",
+                image["src"] or _shorten(image["url"], root_url),
+            )
+        )
     problems += events_to_problems(page, cdp.pump(0), root_url)
     return problems
 
 
-def browse(html_root: Path, out_dir: Path, pages: list[str] | None = None,
-           screenshots: dict[str, str] | None = None, chromium: str | None = None,
-           page_timeout: float = 20.0, width: int = 1280, height: int = 900,
-           allow: Iterable[str] = ()) -> BrowseReport:
+def browse(
+    html_root: Path,
+    out_dir: Path,
+    pages: list[str] | None = None,
+    screenshots: dict[str, str] | None = None,
+    chromium: str | None = None,
+    page_timeout: float = 20.0,
+    width: int = 1280,
+    height: int = 900,
+    allow: Iterable[str] = (),
+) -> BrowseReport:
     """Open the book's pages in headless Chromium from disk and report what failed.
 
     Fails (error problems) on images that did not load, JavaScript exceptions and resources
@@ -543,14 +606,20 @@ def browse(html_root: Path, out_dir: Path, pages: list[str] | None = None,
     report.problems += [Problem("screenshot", page, "page was not visited, no screenshot taken") for page in missing]
     report.problems = downgrade(report.problems, allow)
     report.seconds = time.monotonic() - started
-    log.info("browsed %d pages in %.1f s: %d errors, %d warnings", len(pages), report.seconds,
-             len(report.errors), len(report.warnings))
+    log.info(
+        "browsed %d pages in %.1f s: %d errors, %d warnings",
+        len(pages),
+        report.seconds,
+        len(report.errors),
+        len(report.warnings),
+    )
     return report
 
 
 # ----------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------
+
 
 def _print_problems(title: str, problems: list[Problem]) -> None:
     print(f"{title}: {len(errors(problems))} error(s), {len(warnings(problems))} warning(s)")
@@ -565,10 +634,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bookcheck"), help="folder for the screenshots")
     parser.add_argument("--no-browser", action="store_true", help="only the static link check")
     parser.add_argument("--chromium", help="Chromium binary (default: $NNSAM2_CHROMIUM or /usr/bin/chromium)")
-    parser.add_argument("--allow", action="append", default=[], metavar="REGEX",
-                        help="downgrade errors whose text matches REGEX to warnings (repeatable)")
-    parser.add_argument("--strict", action="store_true",
-                        help="do not allow the known harmless toolchain errors (KNOWN_SPHINX_ISSUES)")
+    parser.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="downgrade errors whose text matches REGEX to warnings (repeatable)",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="do not allow the known harmless toolchain errors (KNOWN_SPHINX_ISSUES)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")

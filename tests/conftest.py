@@ -1,4 +1,5 @@
 """Shared fixtures: small real images built with SimpleITK, and the tiny demo cohort."""
+
 from __future__ import annotations
 
 import numpy as np

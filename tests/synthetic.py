@@ -1,5 +1,6 @@
 """A minimal synthetic scan for tests and benchmarks of the propagation backends (not anatomy:
 the demo cohort is :mod:`nnsam2_utils.data.synthetic.cohort`)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,7 +17,9 @@ def ellipse_stack(n: int = 6, shift: int = 0, seed: int = 0, size: int = 256) ->
     r, c = np.ogrid[:size, :size]
 
     def ellipse(centre: tuple[float, float], axes: tuple[float, float]) -> np.ndarray:
-        return ((r - centre[0] * scale) / (axes[0] * scale)) ** 2 + ((c - centre[1] * scale) / (axes[1] * scale)) ** 2 <= 1
+        return ((r - centre[0] * scale) / (axes[0] * scale)) ** 2 + (
+            (c - centre[1] * scale) / (axes[1] * scale)
+        ) ** 2 <= 1
 
     images, labels = [], []
     for k in range(n):

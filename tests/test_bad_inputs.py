@@ -7,13 +7,14 @@ input files are hashed before and after: a failing step never modifies them.
 
 ``benchmarks/bad_inputs_table.py`` runs the same catalogue and prints the table of messages.
 """
+
 from __future__ import annotations
 
 import gzip
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -46,8 +47,13 @@ def label_array(nz: int = 10) -> np.ndarray:
     return label
 
 
-def write_dataset(root: Path, image: sitk.Image | None = None, label: sitk.Image | None = None,
-                  case: dict | None = None, top: dict | None = None) -> Path:
+def write_dataset(
+    root: Path,
+    image: sitk.Image | None = None,
+    label: sitk.Image | None = None,
+    case: dict | None = None,
+    top: dict | None = None,
+) -> Path:
     """A one-case dataset under ``root/d`` and its manifest ``root/m.yaml``; returns the manifest path."""
     from nnsam2_utils.data.io import write_image
 
@@ -57,8 +63,14 @@ def write_dataset(root: Path, image: sitk.Image | None = None, label: sitk.Image
     write_image(label if label is not None else _image(label_array()), data / "seg.nii.gz")
     entry = {"id": "c1", "image": "img.nii.gz", "label": "seg.nii.gz", "discs": {"L3L4": 8, "L5S1": 1}}
     entry.update(case or {})
-    manifest = {"name": "t", "modality": "MRI", "sequence": "T2w", "root": "d", "label_map": {1: 1, 2: 2},
-                "cases": [entry]}
+    manifest = {
+        "name": "t",
+        "modality": "MRI",
+        "sequence": "T2w",
+        "root": "d",
+        "label_map": {1: 1, 2: 2},
+        "cases": [entry],
+    }
     manifest.update(top or {})
     path = root / "m.yaml"
     path.write_text(yaml.safe_dump(manifest, sort_keys=False))
@@ -67,11 +79,13 @@ def write_dataset(root: Path, image: sitk.Image | None = None, label: sitk.Image
 
 def run_prepare(manifest_path: Path) -> Callable[[], object]:
     """The prepare step (01_prepare) of a manifest."""
+
     def call():
         from nnsam2_utils.data.manifest import load_manifest
         from nnsam2_utils.prepare.dataset import prepare_dataset
 
         return prepare_dataset(load_manifest(manifest_path), manifest_path.parent / "prepared")
+
     return call
 
 
@@ -145,6 +159,7 @@ def _with_value(value: float):
         array[4, 3, 3] = value
         path = write_dataset(root, image=_image(array))
         return run_prepare(path), root / "d" / "img.nii.gz"
+
     return build
 
 
@@ -162,6 +177,7 @@ def _discs(discs: dict):
     def build(root: Path):
         path = write_dataset(root, case={"discs": discs})
         return run_prepare(path), root / "d" / "img.nii.gz"
+
     return build
 
 
@@ -172,6 +188,7 @@ def _manifest(mutate: Callable[[dict], None]):
         mutate(data)
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return run_prepare(path), path
+
     return build
 
 
@@ -212,6 +229,7 @@ def _annotated(slice_index: int, empty_top: bool):
             label[0] = 0
         folder = _prepared_case(root, label)
         return (lambda: annotated_slice_mask(folder, "c1", slice_index)), folder / "c1" / "label.nii.gz"
+
     return build
 
 
@@ -231,67 +249,241 @@ def _checkpoint_missing(root: Path):
 
 
 CATALOGUE: list[Bad] = [
-    Bad("missing-manifest", "manifest file missing", "load_manifest", _missing_manifest, ManifestError,
-        "manifest not found", "Create it"),
-    Bad("missing-image", "image file named in the manifest missing", "prepare", _missing_image, DataError,
-        "file not found", "Check the path in the manifest"),
-    Bad("truncated-nifti", "NIfTI (.nii.gz) cut in half", "prepare", _truncated, DataError,
-        "truncated or corrupted", "re-export or re-download"),
-    Bad("corrupted-nifti", "four bytes flipped inside a .nii.gz", "prepare", _corrupted, DataError,
-        "CRC check failed", "re-export or re-download"),
-    Bad("truncated-nii", "uncompressed .nii missing its last 200 bytes", "prepare", _uncompressed_truncated, DataError,
-        "truncated or corrupted", "re-export or re-download"),
-    Bad("geometry", "label origin 5 mm off the image's", "prepare", _geometry, GeometryError,
-        "does not match the grid", "Resample the label onto the image grid"),
-    Bad("label-values", "label value 7 not in label_map", "prepare", _label_values, DataError,
-        "label values [7] are not in the manifest's label_map", "Add them to label_map"),
-    Bad("nan-voxels", "one NaN voxel in the image", "prepare", _with_value(np.nan), DataError,
-        "1 NaN or Inf voxels", "Replace them"),
-    Bad("inf-voxels", "one +Inf voxel in the image", "prepare", _with_value(np.inf), DataError,
-        "1 NaN or Inf voxels", "Replace them"),
-    Bad("2d-image", "a 2-D image", "prepare", _two_d, DataError,
-        "expected a 3-D image, found 2-D", "Export a single 3-D volume"),
-    Bad("4d-image", "a 4-D image (two time points)", "prepare", _four_d, DataError,
-        "expected a 3-D image, found 4-D", "Export a single 3-D volume"),
-    Bad("discs-reversed", "L3L4 and L5S1 swapped", "prepare", _discs({"L3L4": 1, "L5S1": 8}), GeometryError,
-        "disc L3L4 (slice 1) lies inferior to L5S1 (slice 8)", "Swap the two disc levels"),
-    Bad("disc-out-of-range", "L3L4 beyond the last slice", "prepare", _discs({"L3L4": 12, "L5S1": 1}), GeometryError,
-        "disc slice index 12 is outside the volume", "Fix the disc levels in the manifest"),
-    Bad("disc-negative", "negative disc slice", "prepare", _manifest(lambda d: d["cases"][0]["discs"].update(L5S1=-1)),
-        ManifestError, "cases.0.discs.L5S1: Input should be greater than or equal to 0", "Correct the fields named"),
-    Bad("manifest-unknown-key", "unknown top-level key 'colour'", "prepare", _manifest(lambda d: d.update(colour="blue")),
-        ManifestError, "colour: Extra inputs are not permitted", "Correct the fields named"),
-    Bad("manifest-unknown-case-key", "unknown case key 'labels'", "prepare",
+    Bad(
+        "missing-manifest",
+        "manifest file missing",
+        "load_manifest",
+        _missing_manifest,
+        ManifestError,
+        "manifest not found",
+        "Create it",
+    ),
+    Bad(
+        "missing-image",
+        "image file named in the manifest missing",
+        "prepare",
+        _missing_image,
+        DataError,
+        "file not found",
+        "Check the path in the manifest",
+    ),
+    Bad(
+        "truncated-nifti",
+        "NIfTI (.nii.gz) cut in half",
+        "prepare",
+        _truncated,
+        DataError,
+        "truncated or corrupted",
+        "re-export or re-download",
+    ),
+    Bad(
+        "corrupted-nifti",
+        "four bytes flipped inside a .nii.gz",
+        "prepare",
+        _corrupted,
+        DataError,
+        "CRC check failed",
+        "re-export or re-download",
+    ),
+    Bad(
+        "truncated-nii",
+        "uncompressed .nii missing its last 200 bytes",
+        "prepare",
+        _uncompressed_truncated,
+        DataError,
+        "truncated or corrupted",
+        "re-export or re-download",
+    ),
+    Bad(
+        "geometry",
+        "label origin 5 mm off the image's",
+        "prepare",
+        _geometry,
+        GeometryError,
+        "does not match the grid",
+        "Resample the label onto the image grid",
+    ),
+    Bad(
+        "label-values",
+        "label value 7 not in label_map",
+        "prepare",
+        _label_values,
+        DataError,
+        "label values [7] are not in the manifest's label_map",
+        "Add them to label_map",
+    ),
+    Bad(
+        "nan-voxels",
+        "one NaN voxel in the image",
+        "prepare",
+        _with_value(np.nan),
+        DataError,
+        "1 NaN or Inf voxels",
+        "Replace them",
+    ),
+    Bad(
+        "inf-voxels",
+        "one +Inf voxel in the image",
+        "prepare",
+        _with_value(np.inf),
+        DataError,
+        "1 NaN or Inf voxels",
+        "Replace them",
+    ),
+    Bad(
+        "2d-image",
+        "a 2-D image",
+        "prepare",
+        _two_d,
+        DataError,
+        "expected a 3-D image, found 2-D",
+        "Export a single 3-D volume",
+    ),
+    Bad(
+        "4d-image",
+        "a 4-D image (two time points)",
+        "prepare",
+        _four_d,
+        DataError,
+        "expected a 3-D image, found 4-D",
+        "Export a single 3-D volume",
+    ),
+    Bad(
+        "discs-reversed",
+        "L3L4 and L5S1 swapped",
+        "prepare",
+        _discs({"L3L4": 1, "L5S1": 8}),
+        GeometryError,
+        "disc L3L4 (slice 1) lies inferior to L5S1 (slice 8)",
+        "Swap the two disc levels",
+    ),
+    Bad(
+        "disc-out-of-range",
+        "L3L4 beyond the last slice",
+        "prepare",
+        _discs({"L3L4": 12, "L5S1": 1}),
+        GeometryError,
+        "disc slice index 12 is outside the volume",
+        "Fix the disc levels in the manifest",
+    ),
+    Bad(
+        "disc-negative",
+        "negative disc slice",
+        "prepare",
+        _manifest(lambda d: d["cases"][0]["discs"].update(L5S1=-1)),
+        ManifestError,
+        "cases.0.discs.L5S1: Input should be greater than or equal to 0",
+        "Correct the fields named",
+    ),
+    Bad(
+        "manifest-unknown-key",
+        "unknown top-level key 'colour'",
+        "prepare",
+        _manifest(lambda d: d.update(colour="blue")),
+        ManifestError,
+        "colour: Extra inputs are not permitted",
+        "Correct the fields named",
+    ),
+    Bad(
+        "manifest-unknown-case-key",
+        "unknown case key 'labels'",
+        "prepare",
         _manifest(lambda d: d["cases"][0].update(labels="seg.nii.gz")),
-        ManifestError, "cases.0.labels: Extra inputs are not permitted", "Correct the fields named"),
-    Bad("manifest-wrong-type", "disc level given as text", "prepare",
+        ManifestError,
+        "cases.0.labels: Extra inputs are not permitted",
+        "Correct the fields named",
+    ),
+    Bad(
+        "manifest-wrong-type",
+        "disc level given as text",
+        "prepare",
         _manifest(lambda d: d["cases"][0]["discs"].update(L3L4="top")),
-        ManifestError, "cases.0.discs.L3L4: Input should be a valid integer", "Correct the fields named"),
-    Bad("manifest-duplicate-id", "two cases with id c1", "prepare",
+        ManifestError,
+        "cases.0.discs.L3L4: Input should be a valid integer",
+        "Correct the fields named",
+    ),
+    Bad(
+        "manifest-duplicate-id",
+        "two cases with id c1",
+        "prepare",
         _manifest(lambda d: d["cases"].append(dict(d["cases"][0]))),
-        ManifestError, "duplicate case ids: ['c1']", "Correct the fields named"),
-    Bad("manifest-not-yaml", "broken YAML syntax", "prepare", _not_yaml, ManifestError,
-        "not valid YAML", "Fix the syntax"),
-    Bad("checksum", "image differs from its pinned sha256", "prepare", _checksum, DataError,
-        "SHA-256 mismatch", "download or export it again"),
-    Bad("path-escape", "image path '../outside.nii.gz' leaves the data root", "prepare", _escape, ManifestError,
-        "path '../outside.nii.gz' escapes the data root", "Use a path inside the root"),
-    Bad("annotated-slice-empty", "annotated (top) slice has no label", "stage 0 annotated slice",
-        _annotated(0, empty_top=True), DataError, "slice 0 of the region has no label", "Label both muscles"),
-    Bad("annotated-slice-outside", "annotated slice 9 of a 7-slice region", "stage 0 annotated slice",
-        _annotated(9, empty_top=False), GeometryError, "annotated slice 9 is outside the region (slices 0..6",
-        "Annotate a slice inside the region"),
-    Bad("checkpoint-hash", "LiteMedSAM weights file with another SHA-256", "LiteMedSAM load_model", _checkpoint_hash,
-        CheckpointError, "SHA-256 mismatch", "download it again"),
-    Bad("checkpoint-missing", "SAM2 checkpoint file missing", "verify_checkpoint", _checkpoint_missing,
-        CheckpointError, "checkpoint not found", "Put the checkpoint file at"),
+        ManifestError,
+        "duplicate case ids: ['c1']",
+        "Correct the fields named",
+    ),
+    Bad(
+        "manifest-not-yaml",
+        "broken YAML syntax",
+        "prepare",
+        _not_yaml,
+        ManifestError,
+        "not valid YAML",
+        "Fix the syntax",
+    ),
+    Bad(
+        "checksum",
+        "image differs from its pinned sha256",
+        "prepare",
+        _checksum,
+        DataError,
+        "SHA-256 mismatch",
+        "download or export it again",
+    ),
+    Bad(
+        "path-escape",
+        "image path '../outside.nii.gz' leaves the data root",
+        "prepare",
+        _escape,
+        ManifestError,
+        "path '../outside.nii.gz' escapes the data root",
+        "Use a path inside the root",
+    ),
+    Bad(
+        "annotated-slice-empty",
+        "annotated (top) slice has no label",
+        "stage 0 annotated slice",
+        _annotated(0, empty_top=True),
+        DataError,
+        "slice 0 of the region has no label",
+        "Label both muscles",
+    ),
+    Bad(
+        "annotated-slice-outside",
+        "annotated slice 9 of a 7-slice region",
+        "stage 0 annotated slice",
+        _annotated(9, empty_top=False),
+        GeometryError,
+        "annotated slice 9 is outside the region (slices 0..6",
+        "Annotate a slice inside the region",
+    ),
+    Bad(
+        "checkpoint-hash",
+        "LiteMedSAM weights file with another SHA-256",
+        "LiteMedSAM load_model",
+        _checkpoint_hash,
+        CheckpointError,
+        "SHA-256 mismatch",
+        "download it again",
+    ),
+    Bad(
+        "checkpoint-missing",
+        "SAM2 checkpoint file missing",
+        "verify_checkpoint",
+        _checkpoint_missing,
+        CheckpointError,
+        "checkpoint not found",
+        "Put the checkpoint file at",
+    ),
 ]
 
 
 def folder_digest(folder: Path) -> dict[str, str]:
     """SHA-256 of every file under a folder (the inputs of a bad case)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def run_bad(bad: Bad, folder: Path) -> tuple[Nnsam2Error, Path]:
@@ -320,10 +512,27 @@ def test_bad_input_gets_a_clear_error(bad, tmp_path):
 
 def test_the_catalogue_covers_every_item_of_the_issue():
     ids = {b.id for b in CATALOGUE}
-    required = {"missing-image", "truncated-nifti", "corrupted-nifti", "geometry", "label-values",
-                "annotated-slice-empty", "annotated-slice-outside", "nan-voxels", "inf-voxels", "2d-image", "4d-image",
-                "discs-reversed", "disc-out-of-range", "manifest-unknown-key", "manifest-wrong-type",
-                "manifest-duplicate-id", "checksum", "checkpoint-hash", "path-escape"}
+    required = {
+        "missing-image",
+        "truncated-nifti",
+        "corrupted-nifti",
+        "geometry",
+        "label-values",
+        "annotated-slice-empty",
+        "annotated-slice-outside",
+        "nan-voxels",
+        "inf-voxels",
+        "2d-image",
+        "4d-image",
+        "discs-reversed",
+        "disc-out-of-range",
+        "manifest-unknown-key",
+        "manifest-wrong-type",
+        "manifest-duplicate-id",
+        "checksum",
+        "checkpoint-hash",
+        "path-escape",
+    }
     assert required <= ids
 
 

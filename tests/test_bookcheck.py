@@ -1,4 +1,5 @@
 """Offline book checks: static link check and a real headless Chromium on hand-made HTML trees."""
+
 from __future__ import annotations
 
 import base64
@@ -14,14 +15,17 @@ import pytest
 from bookcheck import Problem, browse, check_links, errors, warnings
 
 CHROMIUM = "/usr/bin/chromium"
-needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                    reason=f"{CHROMIUM} missing: install Debian's chromium to run the browser checks")
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing: install Debian's chromium to run the browser checks"
+)
 
 
 def png_bytes(width: int = 4, height: int = 3) -> bytes:
     """A valid grey PNG built with the standard library."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     raw = b"".join(b"\0" + b"\x80" * width for _ in range(height))
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
@@ -42,38 +46,52 @@ def write_tree(root: Path, files: dict[str, str | bytes]) -> Path:
 @pytest.fixture
 def good_tree(tmp_path: Path) -> Path:
     """A small book with working links, fragments, images, CSS and JS."""
-    return write_tree(tmp_path / "good", {
-        "index.html": page("<a href='intro.html'>intro</a>", "<meta http-equiv='refresh' content='0; url=intro.html'>"),
-        "intro.html": page(
-            "<h1 id='top'>Intro</h1><a href='#top'>top</a> <a href='sub/'>sub</a> "
-            "<a href='sub/page%20two.html#sec-2'>two</a> <a href='mailto:a@b.c'>mail</a> "
-            "<a href='javascript:void(0)'>js</a> <img src='data:image/png;base64," + base64.b64encode(png_bytes()).decode() + "' alt=''> "
-            "<a href='https://example.org/paper'>paper</a> <img src='_images/fig.png' alt='fig'>"
-            "<p id='ok'></p><script src='_static/app.js'></script>",
-            "<link rel='stylesheet' href='_static/style.css?v=1'>"),
-        "sub/index.html": page("<a href='../intro.html#top'>back</a><a name='legacy'></a>"),
-        "sub/page two.html": page("<h2 id='sec-2'>Two</h2><a href='index.html#legacy'>legacy</a>"
-                                  "<img srcset='../_images/fig.png 1x, ../_images/fig.png 2x' src='../_images/fig.png'>"),
-        "_images/fig.png": png_bytes(),
-        "_static/style.css": "body { color: #222; }",
-        "_static/app.js": "document.getElementById('ok').textContent = 'ran';",
-        "_static/template.html": "<a href=\"{{ pathto('x') }}\">template, not a page</a>",
-    })
+    return write_tree(
+        tmp_path / "good",
+        {
+            "index.html": page(
+                "<a href='intro.html'>intro</a>", "<meta http-equiv='refresh' content='0; url=intro.html'>"
+            ),
+            "intro.html": page(
+                "<h1 id='top'>Intro</h1><a href='#top'>top</a> <a href='sub/'>sub</a> "
+                "<a href='sub/page%20two.html#sec-2'>two</a> <a href='mailto:a@b.c'>mail</a> "
+                "<a href='javascript:void(0)'>js</a> <img src='data:image/png;base64,"
+                + base64.b64encode(png_bytes()).decode()
+                + "' alt=''> "
+                "<a href='https://example.org/paper'>paper</a> <img src='_images/fig.png' alt='fig'>"
+                "<p id='ok'></p><script src='_static/app.js'></script>",
+                "<link rel='stylesheet' href='_static/style.css?v=1'>",
+            ),
+            "sub/index.html": page("<a href='../intro.html#top'>back</a><a name='legacy'></a>"),
+            "sub/page two.html": page(
+                "<h2 id='sec-2'>Two</h2><a href='index.html#legacy'>legacy</a>"
+                "<img srcset='../_images/fig.png 1x, ../_images/fig.png 2x' src='../_images/fig.png'>"
+            ),
+            "_images/fig.png": png_bytes(),
+            "_static/style.css": "body { color: #222; }",
+            "_static/app.js": "document.getElementById('ok').textContent = 'ran';",
+            "_static/template.html": "<a href=\"{{ pathto('x') }}\">template, not a page</a>",
+        },
+    )
 
 
 @pytest.fixture
 def bad_tree(tmp_path: Path) -> Path:
     """A small book with one of each problem the checks must catch."""
-    return write_tree(tmp_path / "bad", {
-        "intro.html": page(
-            "<h1 id='top'>Intro</h1><a href='missing.html'>broken</a> <a href='other.html#nowhere'>frag</a> "
-            "<a href='#gone'>same-page</a> <img src='_images/missing.png' alt='missing'> "
-            "<a href='/etc/passwd'>absolute</a> <a href='../outside.html'>outside</a>"
-            "<script>undefinedFunctionCall();</script><script src='_static/missing.js'></script>",
-            "<link rel='stylesheet' href='_static/missing.css'>"),
-        "other.html": page("<h1 id='here'>Other</h1><img src='broken.png' alt='corrupt'>"),
-        "broken.png": b"this is not a png",
-    })
+    return write_tree(
+        tmp_path / "bad",
+        {
+            "intro.html": page(
+                "<h1 id='top'>Intro</h1><a href='missing.html'>broken</a> <a href='other.html#nowhere'>frag</a> "
+                "<a href='#gone'>same-page</a> <img src='_images/missing.png' alt='missing'> "
+                "<a href='/etc/passwd'>absolute</a> <a href='../outside.html'>outside</a>"
+                "<script>undefinedFunctionCall();</script><script src='_static/missing.js'></script>",
+                "<link rel='stylesheet' href='_static/missing.css'>",
+            ),
+            "other.html": page("<h1 id='here'>Other</h1><img src='broken.png' alt='corrupt'>"),
+            "broken.png": b"this is not a png",
+        },
+    )
 
 
 def kinds(problems: list[Problem]) -> set[tuple[str, str]]:
@@ -81,6 +99,7 @@ def kinds(problems: list[Problem]) -> set[tuple[str, str]]:
 
 
 # -- static link check ----------------------------------------------------------------------
+
 
 def test_links_good_tree_has_no_errors(good_tree: Path) -> None:
     problems = check_links(good_tree)
@@ -115,6 +134,7 @@ def test_allow_downgrades_matching_errors(bad_tree: Path) -> None:
 
 # -- real headless Chromium -----------------------------------------------------------------
 
+
 @needs_chromium
 def test_browse_good_tree_is_clean_and_takes_screenshots(good_tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "shots"
@@ -144,8 +164,9 @@ def test_browse_bad_tree_reports_image_js_and_resource_failures(bad_tree: Path, 
 
 @needs_chromium
 def test_browse_blocks_external_requests_as_warnings(tmp_path: Path) -> None:
-    root = write_tree(tmp_path / "ext", {
-        "intro.html": page("<p>x</p>", "<script src='https://cdn.example.org/lib.js'></script>")})
+    root = write_tree(
+        tmp_path / "ext", {"intro.html": page("<p>x</p>", "<script src='https://cdn.example.org/lib.js'></script>")}
+    )
     report = browse(root, tmp_path / "shots", screenshots={})
     assert report.errors == []
     assert kinds(report.warnings) == {("external-resource", "https://cdn.example.org/lib.js")}
@@ -164,9 +185,11 @@ def test_cli_exit_status(good_tree: Path, bad_tree: Path, tmp_path: Path) -> Non
 
 # -- the real book --------------------------------------------------------------------------
 
+
 @needs_chromium
-@pytest.mark.skipif(not os.environ.get("NNSAM2_BOOK_HTML"),
-                    reason="set NNSAM2_BOOK_HTML to a built book (book/_build/html) to check it")
+@pytest.mark.skipif(
+    not os.environ.get("NNSAM2_BOOK_HTML"), reason="set NNSAM2_BOOK_HTML to a built book (book/_build/html) to check it"
+)
 def test_real_book(tmp_path: Path) -> None:
     html = Path(os.environ["NNSAM2_BOOK_HTML"])
     links = check_links(html)

@@ -1,4 +1,5 @@
 """The SLURM profile: a dry run of the paper profile lists every job, GPU rules on the GPU partition."""
+
 import os
 import re
 import subprocess
@@ -11,11 +12,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def dry_run_jobs(profile: str) -> list[tuple[str, dict[str, str]]]:
-    """(rule, resources) of every job of a Snakemake dry run through profiles/cluster."""
+    """(rule, resources) of every job of a Snakemake dry run through cluster."""
     env = {**os.environ, "SLURM_ACCOUNT": "acct", "SLURM_PARTITION": "cpu", "SLURM_GPU_PARTITION": "gpu"}
     snakemake = Path(sys.executable).parent / "snakemake"
-    result = subprocess.run([str(snakemake), "-n", "--profile", "profiles/cluster", "--config", f"profile={profile}",
-                             "--forceall", "--", "book"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [str(snakemake), "-n", "--profile", "cluster", "--config", f"profile={profile}", "--forceall", "--", "book"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     jobs = []
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", result.stdout):

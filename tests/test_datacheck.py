@@ -1,5 +1,6 @@
 """``nnsam2 data check`` on real files: a clean dataset passes; each kind of damage is caught with
 its own message naming the file and the fix, all problems reported at once, inputs untouched."""
+
 from __future__ import annotations
 
 import shutil
@@ -103,12 +104,17 @@ def test_every_problem_reported_at_once(copy, capsys):
 
     def change(data):
         data["cases"][2]["discs"]["L3L4"] = 40  # beyond the 9 slices
+
     edit(copy, change)
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     problems = check_manifest(copy, checksums=False)
     assert kinds(problems) == ["discs", "geometry", "missing", "unreadable"]
     assert {p.kind: Path(p.file).name for p in problems} == {
-        "missing": "t2w_001.nii.gz", "unreadable": "t2w_002.nii.gz", "geometry": "t2w_003.nii.gz", "discs": "t2w_003.nii.gz"}
+        "missing": "t2w_001.nii.gz",
+        "unreadable": "t2w_002.nii.gz",
+        "geometry": "t2w_003.nii.gz",
+        "discs": "t2w_003.nii.gz",
+    }
     assert all(p.fix or "." in p.what for p in problems)
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before  # nothing modified
     assert main(["data", "check", "--no-checksums", str(copy)]) == 1
@@ -179,13 +185,17 @@ def test_word_manifest_reads_the_authors_disc_table_format(tmp_path, monkeypatch
     root = tmp_path / "word_ct"
     root.mkdir()
     (root / "word_img_size_100_to_L2L5.csv").write_text(
-        ",pid,L5_S1,L4_L5,L3_L4,L3_L2,shape0\n0,word_0007.nii.gz,80,92,104,115,170\n0,word_0019.nii.gz,60,70,81,93,150\n")
+        ",pid,L5_S1,L4_L5,L3_L4,L3_L2,shape0\n0,word_0007.nii.gz,80,92,104,115,170\n0,word_0019.nii.gz,60,70,81,93,150\n"
+    )
     monkeypatch.setenv("NNSAM2_DATA", str(tmp_path))
     path = repo_root() / "data_manifest" / "word_ct.yaml"
     manifest = load_manifest(path)
     assert [c.id for c in manifest.cases] == ["word_0007", "word_0019"]
     assert (manifest.cases[0].discs.L3L4, manifest.cases[0].discs.L4L5, manifest.cases[0].discs.L5S1) == (104, 92, 80)
-    assert manifest.cases[1].image == "images/word_0019.nii.gz" and manifest.cases[1].label == "lpm_labels/word_0019.nii.gz"
+    assert (
+        manifest.cases[1].image == "images/word_0019.nii.gz"
+        and manifest.cases[1].label == "lpm_labels/word_0019.nii.gz"
+    )
     problems = check_manifest(path)
     assert kinds(problems) == ["missing"] * 4  # two images, two labels, each named
     assert str(root / "images" / "word_0007.nii.gz") in {p.file for p in problems}
@@ -203,6 +213,7 @@ def test_reversed_disc_levels(copy):
     def swap(data):
         discs = data["cases"][1]["discs"]
         discs["L3L4"], discs["L5S1"] = discs["L5S1"], discs["L3L4"]
+
     edit(copy, swap)
     problems = check_manifest(copy, checksums=False)
     assert kinds(problems) == ["discs"]
@@ -223,9 +234,19 @@ def test_fetch_verifies_and_never_overwrites(tmp_path):
     manifest = tmp_path / "m.yaml"
 
     def write(sha):
-        manifest.write_text(yaml.safe_dump({
-            "name": "fetched", "modality": "CT", "sequence": "CT", "root": "data", "cases_csv": {"file": "cases.csv"},
-            "source": {"downloads": [{"url": payload.as_uri(), "path": "archive.zip", "sha256": sha}]}}))
+        manifest.write_text(
+            yaml.safe_dump(
+                {
+                    "name": "fetched",
+                    "modality": "CT",
+                    "sequence": "CT",
+                    "root": "data",
+                    "cases_csv": {"file": "cases.csv"},
+                    "source": {"downloads": [{"url": payload.as_uri(), "path": "archive.zip", "sha256": sha}]},
+                }
+            )
+        )
+
     write("f" * 64)
     with pytest.raises(DataError, match="sha256 mismatch"):
         fetch_manifest(manifest)

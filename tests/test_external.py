@@ -1,4 +1,5 @@
 """External predictions listed in a manifest are prepared like expert labels and scored beside nnsam2."""
+
 import shutil
 
 import numpy as np
@@ -13,7 +14,7 @@ from nnsam2_utils.prepare.dataset import prepare_dataset
 from nnsam2_utils.report.results import collect_dsc
 from nnsam2_utils.workflow.workspace import Workspace
 
-SOURCE = {11: 1, 12: 2}   # e.g. a tool's own label values for right and left back muscles
+SOURCE = {11: 1, 12: 2}  # e.g. a tool's own label values for right and left back muscles
 
 
 def write_predictions(manifest, folder, shift: dict[str, int]) -> None:
@@ -23,7 +24,7 @@ def write_predictions(manifest, folder, shift: dict[str, int]) -> None:
         label = sitk.ReadImage(str(manifest.resolve(case.label)))
         values = sitk.GetArrayFromImage(label)
         classes = np.zeros_like(values)
-        for source, cls in manifest.label_map.items():   # the expert label's own values (e.g. four muscles)
+        for source, cls in manifest.label_map.items():  # the expert label's own values (e.g. four muscles)
             classes[values == source] = cls
         coded = np.where(classes == 1, 11, np.where(classes == 2, 12, 0)).astype(np.uint16)
         coded[0, :3, :3] = 99
@@ -43,8 +44,14 @@ def dataset(tmp_path_factory, tiny_cohort):
     shifted = manifest.cases[0].id
     write_predictions(manifest, manifest.root_path / "tool", {shifted: 6})
     raw = yaml.safe_load(path.read_text())
-    raw["external"] = [{"name": "Tool v1", "pattern": "tool/{id}_tool.nii.gz",
-                        "label_map": SOURCE, "citation": "a segmentation tool run elsewhere"}]
+    raw["external"] = [
+        {
+            "name": "Tool v1",
+            "pattern": "tool/{id}_tool.nii.gz",
+            "label_map": SOURCE,
+            "citation": "a segmentation tool run elsewhere",
+        }
+    ]
     path.write_text(yaml.safe_dump(raw))
     manifest = load_manifest(path)
     workspace = Workspace(root / "work")
@@ -59,8 +66,8 @@ def test_external_predictions_are_scored_on_the_prepared_grid(dataset):
     assert set(rows["stage"]) == {"external_tool_v1"}
     assert len(per_scan) == len(manifest.cases)
     exact = per_scan.drop(shifted)
-    assert np.allclose(exact, 1.0)                  # recoded copies of the truth: stray value 99 ignored
-    assert per_scan[shifted] < 0.95                 # a shifted prediction scores lower
+    assert np.allclose(exact, 1.0)  # recoded copies of the truth: stray value 99 ignored
+    assert per_scan[shifted] < 0.95  # a shifted prediction scores lower
     prepared = sitk.ReadImage(str(workspace.labels("external_tool_v1", manifest.name, shifted)))
     truth = sitk.ReadImage(str(workspace.prepared(manifest.name, shifted) / "label.nii.gz"))
     assert prepared.GetSize() == truth.GetSize() and prepared.GetOrigin() == truth.GetOrigin()

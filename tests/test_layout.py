@@ -1,4 +1,5 @@
 """The package's layout keeps its rules: imports run one way, no cycles, no test-only module, ids named once."""
+
 import ast
 import json
 import re
@@ -82,16 +83,23 @@ def test_every_module_serves_the_product():
     for path in PACKAGE.rglob("*.py"):
         used |= {m for m in imports_of(path) if m != module_name(path)}
     for path in (ROOT / "notebooks").glob("*.ipynb"):
-        code = "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+        code = "\n".join(
+            "".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"
+        )
         used |= {m for m in imports_of_text(code)}
     used |= set(re.findall(r"nnsam2_utils(?:\.\w+)+", (ROOT / "Snakefile").read_text()))
     text_refs = set()
     for path in PACKAGE.rglob("*.py"):
         text_refs |= set(re.findall(r"nnsam2_utils(?:\.\w+)+", path.read_text()))
-    unused = [n for n in known if n.count(".") > 1 and not n.endswith("__init__")
-              and not any(u == n or u.startswith(n + ".") for u in used | text_refs)
-              and n not in ("nnsam2_utils.cli",)  # the console script
-              and not n.startswith("nnsam2_utils.refine.trainers")]  # found by nnU-Net through nnUNet_extTrainer
+    unused = [
+        n
+        for n in known
+        if n.count(".") > 1
+        and not n.endswith("__init__")
+        and not any(u == n or u.startswith(n + ".") for u in used | text_refs)
+        and n not in ("nnsam2_utils.cli",)  # the console script
+        and not n.startswith("nnsam2_utils.refine.trainers")
+    ]  # found by nnU-Net through nnUNet_extTrainer
     assert not unused, f"modules no product file imports: {unused}"
 
 
@@ -108,8 +116,14 @@ def test_nnunet_dataset_ids_are_named_in_one_module():
 
 
 def test_method_citations_point_into_the_repository():
-    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "notebooks").glob("*.ipynb"), *(ROOT / "book").glob("*.md"),
-                 *(ROOT / "docs").glob("*.md"), *(ROOT / "config").glob("*.yaml"), ROOT / "README.md"]:
+    for path in [
+        *PACKAGE.rglob("*.py"),
+        *(ROOT / "notebooks").glob("*.ipynb"),
+        *(ROOT / "book").glob("*.md"),
+        *(ROOT / "docs").glob("*.md"),
+        *(ROOT / "config").glob("*.yaml"),
+        ROOT / "README.md",
+    ]:
         assert "METHOD.md" not in path.read_text(encoding="utf-8"), path
     sections = set(re.findall(r"^#{2,3} (\d+(?:\.\d+)?)", (ROOT / "docs" / "method.md").read_text(), re.M))
     for path in [*PACKAGE.rglob("*.py"), *(ROOT / "notebooks").glob("*.ipynb")]:

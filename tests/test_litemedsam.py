@@ -5,6 +5,7 @@ ellipses either side of the midline (class 1 on the image's left = patient right
 down and growing over the slices. Measured on this machine (box margin 3, max shrink 1): DSC
 ≥ 0.99 per class on such scans (benchmarks/bench_propagation.py: 0.995 / 0.995); the bar is 0.95.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -165,8 +166,9 @@ def test_encoding_is_reused(propagator, reference_scan, target_scan, reference_r
     # precomputed target embeddings are used as given
     embeddings = propagator.encode(target_scan[0])
     calls = propagator.encoder_calls
-    given = propagator.propagate(reference_scan[0], 0, reference_scan[1][0], target_scan[0], "given",
-                                 target_embeddings=embeddings)
+    given = propagator.propagate(
+        reference_scan[0], 0, reference_scan[1][0], target_scan[0], "given", target_embeddings=embeddings
+    )
     assert propagator.encoder_calls == calls
     assert np.array_equal(given.masks, target_result.masks)
 
@@ -224,8 +226,14 @@ def test_tiny_cohort_stage0(tiny_cohort, propagator):
         choice = choose_reference(propagator, stacks, progress=False)
         mask = label_to_model(labels[choice.case][choice.annotated_slice : choice.annotated_slice + 1])[0]
         for case_id, frames in stacks.items():
-            result = propagator.propagate(stacks[choice.case], choice.annotated_slice, mask, frames, case_id,
-                                          target_is_reference=case_id == choice.case)
+            result = propagator.propagate(
+                stacks[choice.case],
+                choice.annotated_slice,
+                mask,
+                frames,
+                case_id,
+                target_is_reference=case_id == choice.case,
+            )
             assert len(result.confidence) == 2 * len(frames)
             native = label_from_model(result.masks, labels[case_id].shape[1:])
             scores.append(np.nanmean(list(dice_per_class(native, labels[case_id]).values())))

@@ -5,7 +5,10 @@ from nnsam2_utils.data.manifest import load_manifest
 from nnsam2_utils.errors import ManifestError
 
 GOOD = {
-    "name": "my_ct", "modality": "CT", "sequence": "CT", "root": "data",
+    "name": "my_ct",
+    "modality": "CT",
+    "sequence": "CT",
+    "root": "data",
     "label_map": {1: 1, 2: 2},
     "cases": [{"id": "a01", "image": "a01.nii.gz", "label": "a01_seg.nii.gz", "discs": {"L3L4": 30, "L5S1": 5}}],
 }
@@ -24,15 +27,18 @@ def test_valid_manifest_resolves_paths_relative_to_the_yaml(tmp_path):
     assert manifest.case("a01").discs.L4L5 is None
 
 
-@pytest.mark.parametrize("mutate, expected", [
-    (lambda d: d.update(colour="blue"), "colour"),
-    (lambda d: d["cases"][0].update(discs={"L3L4": "top", "L5S1": 5}), "L3L4"),
-    (lambda d: d["cases"].append(dict(d["cases"][0])), "duplicate case ids"),
-    (lambda d: d.update(modality="PET"), "modality"),
-    (lambda d: d.update(label_map={1: 7}), "label_map"),
-    (lambda d: d["cases"][0]["discs"].update(L5S1=30), "same"),
-    (lambda d: d.update(cases=[]), "cases"),
-])
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda d: d.update(colour="blue"), "colour"),
+        (lambda d: d["cases"][0].update(discs={"L3L4": "top", "L5S1": 5}), "L3L4"),
+        (lambda d: d["cases"].append(dict(d["cases"][0])), "duplicate case ids"),
+        (lambda d: d.update(modality="PET"), "modality"),
+        (lambda d: d.update(label_map={1: 7}), "label_map"),
+        (lambda d: d["cases"][0]["discs"].update(L5S1=30), "same"),
+        (lambda d: d.update(cases=[]), "cases"),
+    ],
+)
 def test_bad_manifests_name_the_file_and_the_field(tmp_path, mutate, expected):
     data = yaml.safe_load(yaml.safe_dump(GOOD))
     mutate(data)

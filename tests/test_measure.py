@@ -1,4 +1,5 @@
 """Measurements against values computed by hand on small synthetic volumes."""
+
 from __future__ import annotations
 
 import math
@@ -15,7 +16,7 @@ from nnsam2_utils.evaluate.measurements import fat_ratio, hu_mean, measurement_r
 def _cube(shape=(20, 20, 20), corner=(5, 5, 5), side=10) -> np.ndarray:
     mask = np.zeros(shape, dtype=np.uint8)
     z, y, x = corner
-    mask[z:z + side, y:y + side, x:x + side] = 1
+    mask[z : z + side, y : y + side, x : x + side] = 1
     return mask
 
 
@@ -116,8 +117,9 @@ def test_measurement_rows_dixon_from_images():
     label[:, :, :2], label[:, :, 2:] = 1, 2
     water = np.where(label == 1, 9.0, 1.0)
     fat = np.where(label == 1, 1.0, 1.0)
-    rows = measurement_rows("dixon", "c", "expert", _image(label, (1, 1, 3)), water=_image(water, (1, 1, 3)),
-                            fat=_image(fat, (1, 1, 3)))
+    rows = measurement_rows(
+        "dixon", "c", "expert", _image(label, (1, 1, 3)), water=_image(water, (1, 1, 3)), fat=_image(fat, (1, 1, 3))
+    )
     value = pd.DataFrame(rows).set_index(["class", "measure"])["value"]
     assert value[(1, "fat_ratio")] == pytest.approx(0.1)
     assert value[(2, "fat_ratio")] == pytest.approx(0.5)
@@ -140,13 +142,29 @@ def test_datasets_without_expert_labels_get_a_summary_of_their_automated_measure
     from nnsam2_utils.evaluate.scans import measurement_summary, unlabelled_datasets
 
     def row(dataset, case, cls, source, value, measure="volume_ml"):
-        return {"dataset": dataset, "case": case, "subject": case, "class": cls, "measure": measure, "source": source, "value": value}
+        return {
+            "dataset": dataset,
+            "case": case,
+            "subject": case,
+            "class": cls,
+            "measure": measure,
+            "source": source,
+            "value": value,
+        }
 
-    table = pd.DataFrame([row("own", "a", 1, "auto", 10.0), row("own", "b", 1, "auto", 14.0), row("own", "a", 0, "auto", 99.0),
-                          row("own", "a", 2, "auto", 8.0), row("demo", "a", 1, "auto", 5.0), row("demo", "a", 1, "expert", 6.0)])
+    table = pd.DataFrame(
+        [
+            row("own", "a", 1, "auto", 10.0),
+            row("own", "b", 1, "auto", 14.0),
+            row("own", "a", 0, "auto", 99.0),
+            row("own", "a", 2, "auto", 8.0),
+            row("demo", "a", 1, "auto", 5.0),
+            row("demo", "a", 1, "expert", 6.0),
+        ]
+    )
     assert unlabelled_datasets(table, ["demo", "own", "absent"]) == ["own"]
     summary = measurement_summary(table, ["own"]).set_index("class")
-    assert list(summary.index) == ["1", "2"]                      # the background class (0) is not a muscle
+    assert list(summary.index) == ["1", "2"]  # the background class (0) is not a muscle
     assert summary.loc["1", "scans"] == 2 and summary.loc["1", "mean"] == 12.0
     assert summary.loc["1", "sd"] == pytest.approx(np.std([10.0, 14.0], ddof=1))
     assert summary.loc["2", "scans"] == 1 and np.isnan(summary.loc["2", "sd"])

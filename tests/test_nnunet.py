@@ -1,4 +1,5 @@
 """A real nnU-Net v2 cycle on CPU: raw dataset → plan/preprocess → train a few iterations → predict."""
+
 import json
 
 import numpy as np
@@ -44,7 +45,7 @@ def test_training_writes_a_final_checkpoint_without_mirroring(trained):
     assert checkpoint["trainer_name"] == "nnUNetTrainer_nnsam2"
     assert checkpoint["inference_allowed_mirroring_axes"] is None
     assert checkpoint["current_epoch"] == 3
-    assert not list((folder / "fold_all").glob(".*.tmp*"))   # checkpoints are renamed into place
+    assert not list((folder / "fold_all").glob(".*.tmp*"))  # checkpoints are renamed into place
     assert json.loads((folder / "dataset.json").read_text())["labels"]["left_lpm"] == 2
 
 
@@ -83,7 +84,9 @@ def test_nnunet_paths_are_set_only_inside_the_block(tmp_path, monkeypatch):
 
 
 def test_budget_from_profile_settings_ignores_filter_keys():
-    budget = nnunet.Budget.from_settings({"epochs": 3, "batch_size": 4, "confidence_percentile": 90, "stages": 3}, seed=7)
+    budget = nnunet.Budget.from_settings(
+        {"epochs": 3, "batch_size": 4, "confidence_percentile": 90, "stages": 3}, seed=7
+    )
     assert (budget.epochs, budget.batch_size, budget.seed) == (3, 4, 7)
 
 
@@ -94,12 +97,19 @@ def test_a_warm_start_reuses_the_earlier_plan_and_weights(trained):
 
     root, budget, plans, folder = trained
     rng = np.random.default_rng(1)
-    warm = nnunet.Budget(epochs=1, iterations_per_epoch=2, val_iterations=1, batch_size=4, target_spacing_mm=3.0,
-                         rotation_deg=10, warm_start=True)
+    warm = nnunet.Budget(
+        epochs=1,
+        iterations_per_epoch=2,
+        val_iterations=1,
+        batch_size=4,
+        target_spacing_mm=3.0,
+        rotation_deg=10,
+        warm_start=True,
+    )
     cases = [blob_case(i, rng, nz=2) for i in range(4)]
     second = nnunet.fit(root, 502, "blobs2", cases, warm, start_from=folder)
     plans2 = json.loads((root / "preprocessed" / "Dataset502_blobs2" / "nnUNetPlans.json").read_text())
-    assert plans2["configurations"]["2d"] == plans["configurations"]["2d"]      # not re-planned (3.0 mm ignored)
+    assert plans2["configurations"]["2d"] == plans["configurations"]["2d"]  # not re-planned (3.0 mm ignored)
     assert plans2["dataset_name"] == "Dataset502_blobs2"
     log = next((second / "fold_all").glob("training_log_*.txt")).read_text()
     assert "rotation limited to +/-10.0 degrees" in log
@@ -107,13 +117,23 @@ def test_a_warm_start_reuses_the_earlier_plan_and_weights(trained):
     after = torch.load(second / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert after["network_weights"].keys() == first["network_weights"].keys()
     encoder = [k for k in first["network_weights"] if k.startswith("encoder") and k.endswith("conv.weight")]
-    change = [float((after["network_weights"][k] - first["network_weights"][k]).norm() / first["network_weights"][k].norm())
-              for k in encoder]
-    assert encoder and max(change) < 0.2      # a random initialisation would differ by about 1.4
+    change = [
+        float((after["network_weights"][k] - first["network_weights"][k]).norm() / first["network_weights"][k].norm())
+        for k in encoder
+    ]
+    assert encoder and max(change) < 0.2  # a random initialisation would differ by about 1.4
     # the output layers too (nnU-Net's own fine-tuning loader re-initialises them: stage 2 began half-random)
     heads = [k for k in first["network_weights"] if ".seg_layers." in k and k.endswith("weight")]
-    assert heads and max(float((after["network_weights"][k] - first["network_weights"][k]).norm()
-                               / first["network_weights"][k].norm()) for k in heads) < 0.2
+    assert (
+        heads
+        and max(
+            float(
+                (after["network_weights"][k] - first["network_weights"][k]).norm() / first["network_weights"][k].norm()
+            )
+            for k in heads
+        )
+        < 0.2
+    )
     with pytest.raises(FileNotFoundError, match="earlier stage's model"):
         nnunet.fit(root, 503, "blobs3", cases, warm, start_from=root / "missing")
 
@@ -151,7 +171,8 @@ def test_a_checkpoint_changed_after_training_is_refused(trained, tmp_path):
 def test_training_with_augmentation_in_the_main_process(tmp_path):
     """augmentation_workers=0 (no worker processes) plans with one thread and trains."""
     rng = np.random.default_rng(3)
-    budget = nnunet.Budget(epochs=1, iterations_per_epoch=2, val_iterations=1, batch_size=2, target_spacing_mm=2.0,
-                           augmentation_workers=0)
+    budget = nnunet.Budget(
+        epochs=1, iterations_per_epoch=2, val_iterations=1, batch_size=2, target_spacing_mm=2.0, augmentation_workers=0
+    )
     folder = nnunet.fit(tmp_path, 504, "inprocess", [blob_case(i, rng) for i in range(3)], budget)
     assert (folder / "fold_all" / "checkpoint_final.pth").exists()

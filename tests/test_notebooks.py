@@ -1,4 +1,5 @@
 """papermill executes notebooks for real: parameters as data, output only on success."""
+
 import nbformat
 import pytest
 
@@ -16,8 +17,11 @@ def make_notebook(path, body: str):
 
 
 def test_parameters_are_yaml_scalars_never_code():
-    assert notebooks.parse_parameters([("stage", "2"), ("dataset", "word_ct"), ("x", "null")]) == \
-        {"stage": 2, "dataset": "word_ct", "x": None}
+    assert notebooks.parse_parameters([("stage", "2"), ("dataset", "word_ct"), ("x", "null")]) == {
+        "stage": 2,
+        "dataset": "word_ct",
+        "x": None,
+    }
     assert notebooks.parse_parameters([("cmd", "__import__('os').system('echo hi')")])["cmd"].startswith("__import__")
     with pytest.raises(ValueError, match="scalar"):
         notebooks.parse_parameters([("x", "[1, 2]")])
@@ -50,6 +54,8 @@ def test_stage_notebooks_are_committed_without_outputs_and_with_parameters():
     assert len(books) >= 8
     for path in books:
         nb = nbformat.read(str(path), as_version=4)
-        assert all(not c.get("outputs") and not c.get("execution_count") for c in nb.cells if c.cell_type == "code"), path
+        assert all(not c.get("outputs") and not c.get("execution_count") for c in nb.cells if c.cell_type == "code"), (
+            path
+        )
         tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1 and "profile" in tagged[0].source, path

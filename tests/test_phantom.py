@@ -1,4 +1,5 @@
 """The synthetic demo cohort: files, geometry, determinism and anatomy within published ranges."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -70,8 +71,10 @@ def test_tiny_cohort_files_manifest_and_geometry(tiny_cohort):
             z = [image.TransformIndexToPhysicalPoint((0, 0, k))[2] for k in (discs.L3L4, discs.L4L5, discs.L5S1)]
             assert z[0] > z[1] > z[2]
             lps = canonical(image)
-            zc = [lps.TransformPhysicalPointToIndex(image.TransformIndexToPhysicalPoint((0, 0, k)))[2]
-                  for k in (discs.L3L4, discs.L5S1)]
+            zc = [
+                lps.TransformPhysicalPointToIndex(image.TransformIndexToPhysicalPoint((0, 0, k)))[2]
+                for k in (discs.L3L4, discs.L5S1)
+            ]
             assert zc[0] > zc[1]  # canonical LPS: L3/L4 has the higher (more superior) index
             prepared = prepare_case(manifest, case)
             n = prepared.image.GetSize()[2]
@@ -124,14 +127,14 @@ def test_default_ct_attenuation_and_anatomy(default_pair):
         image = sitk.GetArrayFromImage(canonical(sitk.ReadImage(str(manifest.resolve(case.image)))))
         label = sitk.GetArrayFromImage(canonical(sitk.ReadImage(str(manifest.resolve(case.label)))))
         lo, hi = region_slices(sitk.ReadImage(str(manifest.resolve(case.image))), case.discs.L3L4, case.discs.L5S1)
-        region_img, region_lab = image[lo:hi + 1], label[lo:hi + 1]
+        region_img, region_lab = image[lo : hi + 1], label[lo : hi + 1]
         muscle_hu = region_img[region_lab > 0].mean()
         assert 35 <= muscle_hu <= 55, muscle_hu
         # subcutaneous fat: the voxels behind the back muscles, between fascia and skin
         k = (lo + hi) // 2
         ys, xs = np.nonzero(label[k] == 4)
         column = image[k, :, int(np.median(xs))]
-        behind = column[ys.max() + 4:]
+        behind = column[ys.max() + 4 :]
         behind = behind[: np.argmax(behind < -500) - 3]
         assert -120 <= np.median(behind) <= -85
         # vertebral body (midline, in front of the canal): cancellous 150-250 HU, a brighter cortex;
@@ -147,7 +150,7 @@ def test_default_ct_attenuation_and_anatomy(default_pair):
         assert bone.size >= 15
         assert 150 <= np.median(bone) <= 260, np.median(bone)
         assert bone.max() >= 400
-        disc_column = image[z_l4l5, rows.min() + 3:rows.max() - 3, mid_x]
+        disc_column = image[z_l4l5, rows.min() + 3 : rows.max() - 3, mid_x]
         assert np.median(disc_column) < 120, np.median(disc_column)
 
 
@@ -168,7 +171,7 @@ def test_bedrest_changes_between_time_points(bedrest):
         label = sitk.GetArrayFromImage(sitk.ReadImage(str(manifest.resolve(case.label))))
         lo, hi = sorted((case.discs.L3L4, case.discs.L5S1))
         mask = np.zeros(label.shape, bool)
-        mask[lo:hi + 1] = label[lo:hi + 1] > 0
+        mask[lo : hi + 1] = label[lo : hi + 1] > 0
         ratio = fat[mask].sum() / (fat[mask].sum() + water[mask].sum())
         true = truth[(truth["case"] == case.id) & (truth["muscle"] == "LPM")]
         expected = (true["fat_fraction"] * true["volume_ml"]).sum() / true["volume_ml"].sum()

@@ -27,8 +27,8 @@ def test_diagonal_touching_blobs_are_separate_components():
 def test_pseudo_label_cleaning_fills_holes_and_drops_islands():
     stack = np.zeros((3, 12, 12), np.uint8)
     stack[:, 2:8, 1:5] = 1
-    stack[1, 4, 2] = 0            # hole
-    stack[1, 10, 10] = 1          # island
+    stack[1, 4, 2] = 0  # hole
+    stack[1, 10, 10] = 1  # island
     stack[:, 2:8, 7:11] = 2
     clean = postprocess.clean_pseudo_label(stack)
     assert clean[1, 4, 2] == 1 and clean[1, 10, 10] == 0
@@ -40,9 +40,9 @@ def test_a_class_enclosing_another_does_not_swallow_it():
     while a background hole and a dropped left-LPM island inside the ring are filled as right."""
     volume = np.zeros((3, 16, 16), np.uint8)
     volume[:, 2:14, 2:14] = 1
-    volume[:, 4:12, 4:9] = 2           # the bigger left component, enclosed by the ring
-    volume[:, 5:7, 10:12] = 0          # a background hole inside the ring
-    volume[1, 9, 10] = 2               # a left island, smaller: dropped, then filled
+    volume[:, 4:12, 4:9] = 2  # the bigger left component, enclosed by the ring
+    volume[:, 5:7, 10:12] = 0  # a background hole inside the ring
+    volume[1, 9, 10] = 2  # a left island, smaller: dropped, then filled
     clean = postprocess.clean_volume(volume)
     assert (clean[:, 4:12, 4:9] == 2).all()
     assert (clean[:, 5:7, 10:12] == 1).all() and clean[1, 9, 10] == 1
@@ -64,8 +64,15 @@ def test_dice_edge_cases():
 
 
 def test_summary_is_mean_and_sd_over_scans_of_the_class_mean():
-    table = pd.DataFrame({"dataset": "d", "stage": "s", "case": ["a", "a", "b", "b"], "class": [1, 2, 1, 2],
-                          "dsc": [0.8, 1.0, 0.6, np.nan]})
+    table = pd.DataFrame(
+        {
+            "dataset": "d",
+            "stage": "s",
+            "case": ["a", "a", "b", "b"],
+            "class": [1, 2, 1, 2],
+            "dsc": [0.8, 1.0, 0.6, np.nan],
+        }
+    )
     out = metrics.summarise_dsc(table).iloc[0]
     assert out["mean"] == pytest.approx((0.9 + 0.6) / 2)
     assert out["sd"] == pytest.approx(np.std([0.9, 0.6], ddof=1))

@@ -96,8 +96,14 @@ def test_label_resize_is_nearest_and_roundtrips():
 def _dataset(tmp_path, image, label, extra=None):
     write_image(image, tmp_path / "d" / "img.nii.gz")
     write_image(label, tmp_path / "d" / "seg.nii.gz")
-    data = {"name": "t", "modality": "MRI", "sequence": "T2w", "root": "d", "label_map": {1: 1, 2: 2},
-            "cases": [{"id": "c1", "image": "img.nii.gz", "label": "seg.nii.gz", "discs": {"L3L4": 8, "L5S1": 1}}]}
+    data = {
+        "name": "t",
+        "modality": "MRI",
+        "sequence": "T2w",
+        "root": "d",
+        "label_map": {1: 1, 2: 2},
+        "cases": [{"id": "c1", "image": "img.nii.gz", "label": "seg.nii.gz", "discs": {"L3L4": 8, "L5S1": 1}}],
+    }
     data.update(extra or {})
     (tmp_path / "m.yaml").write_text(yaml.safe_dump(data))
     return load_manifest(tmp_path / "m.yaml")

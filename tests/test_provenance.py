@@ -1,4 +1,5 @@
 """Page provenance, downloadable tables, the method figure and the profile folder (NNSAM2_CONFIG_DIR)."""
+
 import hashlib
 import shutil
 from pathlib import Path
@@ -65,7 +66,7 @@ def test_page_provenance_reads_profile_manifests_checkpoints_and_step_records(ti
     name, path = provenance.promptable_checkpoint(tiny_run.section("propagation"))
     assert name == "LiteMedSAM" and hashlib.sha256(path.read_bytes()).hexdigest()[:12] in text
     assert "| stage0 | backpain_t2w |" in text and "| nnunet1_train | pooled |" in text
-    assert "measure" not in text                      # not a step of this page
+    assert "measure" not in text  # not a step of this page
     assert "torch " in text and "nnunetv2 " in text
 
 
@@ -82,8 +83,11 @@ def test_show_table_writes_the_csv_and_serves_it_and_its_sources_in_the_book(tin
     assert (book / "dsc_summary.csv").read_bytes() == csv.read_bytes()
     assert (book / "stage0_a_dsc.csv").read_bytes() == source.read_bytes()
     shown = capsys.readouterr().out
-    assert "[dsc_summary.csv](tables/dsc_summary.csv) (this table)" in provenance.download_links(
-        ["dsc_summary.csv", "stage0_a_dsc.csv"], what=["this table", "the data"]) and "0.6" in shown
+    assert (
+        "[dsc_summary.csv](tables/dsc_summary.csv) (this table)"
+        in provenance.download_links(["dsc_summary.csv", "stage0_a_dsc.csv"], what=["this table", "the data"])
+        and "0.6" in shown
+    )
     with pytest.raises(ValueError, match="must end with .csv"):
         provenance.show_table(ws, summary, "dsc_summary")
     with pytest.raises(FileNotFoundError, match="nothing to publish"):

@@ -1,4 +1,5 @@
 """Reference (seed) scan selection: medoid by cosine distance (hand-made embeddings) and the scan embedding."""
+
 from __future__ import annotations
 
 import numpy as np

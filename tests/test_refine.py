@@ -22,8 +22,18 @@ def confidence_table(values, dataset="d", prompted=()):
     rows = []
     for (case, index), ious in values.items():
         for cls, iou in zip((1, 2), ious):
-            rows.append({"dataset": dataset, "case": case, "slice": index, "class": cls, "iou": iou,
-                         "object_score": np.nan, "area": 10, "prompted": (case, index) in prompted})
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "case": case,
+                    "slice": index,
+                    "class": cls,
+                    "iou": iou,
+                    "object_score": np.nan,
+                    "area": 10,
+                    "prompted": (case, index) in prompted,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -44,7 +54,7 @@ def test_stage1_keeps_top_percentile_then_quota_per_position():
     assert (kept.confidence >= threshold).all()
     # quota: max(1, floor(0.02 * 20)) = 1 per slice position
     assert kept.groupby("slice").size().max() == 1
-    for index, group in table[table.above_threshold].groupby("slice"):
+    for _index, group in table[table.above_threshold].groupby("slice"):
         assert group.loc[group.kept, "confidence"].iloc[0] == group.confidence.max()
     assert set(table.reason) <= {"kept", "below dataset percentile", "over the per-position quota"}
 
@@ -91,8 +101,8 @@ def test_sparse_training_cases_slices_and_ignore_label(tmp_path):
 def test_smoothness_rule_skips_empty_pairs_and_bounds_growth():
     assert is_smooth(np.array([100, 140, 150, 90, 0, 0]), 1.5)
     assert not is_smooth(np.array([100, 160]), 1.5)
-    assert is_smooth(np.array([100, 150]), 1.5)          # exactly 1.5× is allowed
-    assert not is_smooth(np.array([100, 0, 80]), 1.5)    # a gap then regrowth
+    assert is_smooth(np.array([100, 150]), 1.5)  # exactly 1.5× is allowed
+    assert not is_smooth(np.array([100, 0, 80]), 1.5)  # a gap then regrowth
     assert is_smooth(np.array([0, 0, 0]), 1.25)
     stack = np.zeros((3, 4, 4), np.uint8)
     stack[0, :2, :2] = 1
@@ -110,10 +120,14 @@ def test_scan_agreement_ignores_classes_absent_from_both():
 
 
 def test_scan_filter_quota_eligibility_and_minimum():
-    scans = pd.DataFrame({"dataset": ["d"] * 30 + ["small"] * 3,
-                          "case": [f"c{i:02d}" for i in range(30)] + ["s0", "s1", "s2"],
-                          "agreement": list(np.linspace(0.80, 0.99, 30)) + [0.95, 0.5, 0.6],
-                          "smooth": [True] * 29 + [False] + [True, True, True]})
+    scans = pd.DataFrame(
+        {
+            "dataset": ["d"] * 30 + ["small"] * 3,
+            "case": [f"c{i:02d}" for i in range(30)] + ["s0", "s1", "s2"],
+            "agreement": list(np.linspace(0.80, 0.99, 30)) + [0.95, 0.5, 0.6],
+            "smooth": [True] * 29 + [False] + [True, True, True],
+        }
+    )
     out = scan_filter(scans, min_agreement=0.90, fraction=0.10, min_scans=2)
     big = out[out.dataset == "d"]
     # quota max(2, floor(3)) = 3; the most agreeing scan (c29) is not smooth

@@ -1,4 +1,5 @@
 """Run-to-run variation between two trainings (nnsam2_utils.evaluate.repeatability), against hand-computed numbers."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,18 +8,34 @@ from nnsam2_utils.evaluate.repeatability import VARIATION_COLUMNS, mask_agreemen
 
 
 def rows(values: dict[tuple[str, str, int, str], float], source: str = "auto") -> pd.DataFrame:
-    return pd.DataFrame([{"dataset": d, "case": c, "subject": c, "class": k, "measure": m, "source": source, "value": v}
-                         for (d, c, k, m), v in values.items()])
+    return pd.DataFrame(
+        [
+            {"dataset": d, "case": c, "subject": c, "class": k, "measure": m, "source": source, "value": v}
+            for (d, c, k, m), v in values.items()
+        ]
+    )
 
 
 GROUPS = {"t2": "MRI", "ct": "CT"}
 
 
 def test_percentages_are_of_the_group_mean_like_the_margin():
-    first = rows({("t2", "a", 1, "volume_ml"): 100.0, ("t2", "a", 2, "volume_ml"): 200.0,
-                  ("t2", "b", 1, "volume_ml"): 300.0, ("ct", "x", 1, "hu_mean"): 40.0})
-    second = rows({("t2", "a", 1, "volume_ml"): 110.0, ("t2", "a", 2, "volume_ml"): 190.0,
-                   ("t2", "b", 1, "volume_ml"): 330.0, ("ct", "x", 1, "hu_mean"): 38.0})
+    first = rows(
+        {
+            ("t2", "a", 1, "volume_ml"): 100.0,
+            ("t2", "a", 2, "volume_ml"): 200.0,
+            ("t2", "b", 1, "volume_ml"): 300.0,
+            ("ct", "x", 1, "hu_mean"): 40.0,
+        }
+    )
+    second = rows(
+        {
+            ("t2", "a", 1, "volume_ml"): 110.0,
+            ("t2", "a", 2, "volume_ml"): 190.0,
+            ("t2", "b", 1, "volume_ml"): 330.0,
+            ("ct", "x", 1, "hu_mean"): 38.0,
+        }
+    )
     table = variation_table(first, second, GROUPS).set_index(["measure", "group"])
     mri = table.loc[("volume_ml", "MRI")]
     # differences +10, -10, +30; group mean of the first training 200
@@ -32,10 +49,15 @@ def test_percentages_are_of_the_group_mean_like_the_margin():
 
 
 def test_expert_rows_other_classes_and_unpaired_values_are_left_out():
-    first = rows({("t2", "a", 1, "volume_ml"): 100.0, ("t2", "b", 1, "volume_ml"): 100.0,
-                  ("t2", "a", 0, "volume_ml"): 999.0})
-    second = pd.concat([rows({("t2", "a", 1, "volume_ml"): 105.0, ("t2", "a", 0, "volume_ml"): 1.0}),
-                        rows({("t2", "b", 1, "volume_ml"): 500.0}, source="expert")])
+    first = rows(
+        {("t2", "a", 1, "volume_ml"): 100.0, ("t2", "b", 1, "volume_ml"): 100.0, ("t2", "a", 0, "volume_ml"): 999.0}
+    )
+    second = pd.concat(
+        [
+            rows({("t2", "a", 1, "volume_ml"): 105.0, ("t2", "a", 0, "volume_ml"): 1.0}),
+            rows({("t2", "b", 1, "volume_ml"): 500.0}, source="expert"),
+        ]
+    )
     table = variation_table(first, second, GROUPS)
     assert len(table) == 1 and table.n.iloc[0] == 1
     assert table.max_abs_pct.iloc[0] == pytest.approx(5.0)

@@ -11,6 +11,7 @@ file visible under its final name is read back completely: an output is either a
   final checkpoint. It is not bit-identical to an uninterrupted run (the augmentation workers are
   not seeded and the resumed run restarts its data loader): the test records the difference.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,9 @@ def blob_case(i: int, rng: np.random.Generator):
 def budget():
     from nnsam2_utils.refine import nnunet
 
-    return nnunet.Budget(epochs=4, iterations_per_epoch=4, val_iterations=1, batch_size=2, max_features=16,
-                         target_spacing_mm=2.0, seed=0)
+    return nnunet.Budget(
+        epochs=4, iterations_per_epoch=4, val_iterations=1, batch_size=2, max_features=16, target_spacing_mm=2.0, seed=0
+    )
 
 
 def train_blobs(root: str | Path) -> None:
@@ -76,8 +78,7 @@ def train_blobs(root: str | Path) -> None:
     nnunet.fit(Path(root), 502, "blobs", [blob_case(i, rng) for i in range(4)], budget())
 
 
-SCRIPT = ("import sys; sys.path.insert(0, {tests!r}); import test_resume; "
-          "test_resume.{function}(*sys.argv[1:])")
+SCRIPT = "import sys; sys.path.insert(0, {tests!r}); import test_resume; test_resume.{function}(*sys.argv[1:])"
 
 
 def start(function: str, *args: str | Path, log: Path) -> subprocess.Popen:
@@ -85,8 +86,13 @@ def start(function: str, *args: str | Path, log: Path) -> subprocess.Popen:
     env = dict(os.environ, TQDM_DISABLE="1")
     script = SCRIPT.format(tests=str(Path(__file__).parent), function=function)
     with open(log, "ab") as handle:
-        return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], stdout=handle,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-c", script, *map(str, args)],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
 
 
 def finish(process: subprocess.Popen, log: Path, timeout: float = 900) -> None:
@@ -178,11 +184,17 @@ def test_stage0_killed_and_resumed_equals_an_uninterrupted_run(prepared, tmp_pat
         assert np.array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b)), case
         assert sitk.GetArrayFromImage(a).any(), case
         assert a.GetOrigin() == b.GetOrigin() and a.GetSpacing() == b.GetSpacing()
-        pd.testing.assert_frame_equal(pd.read_csv(reference / "confidence" / f"{case}.csv"),
-                                      pd.read_csv(resumed / "confidence" / f"{case}.csv"), check_exact=True)
-    pd.testing.assert_frame_equal(pd.read_csv(reference / "confidence.csv"), pd.read_csv(resumed / "confidence.csv"),
-                                  check_exact=True)
-    assert json.loads((reference / "annotation.json").read_text()) == json.loads((resumed / "annotation.json").read_text())
+        pd.testing.assert_frame_equal(
+            pd.read_csv(reference / "confidence" / f"{case}.csv"),
+            pd.read_csv(resumed / "confidence" / f"{case}.csv"),
+            check_exact=True,
+        )
+    pd.testing.assert_frame_equal(
+        pd.read_csv(reference / "confidence.csv"), pd.read_csv(resumed / "confidence.csv"), check_exact=True
+    )
+    assert json.loads((reference / "annotation.json").read_text()) == json.loads(
+        (resumed / "annotation.json").read_text()
+    )
 
 
 # --------------------------------------------------------------------------- nnU-Net
@@ -228,19 +240,29 @@ def test_nnunet_training_killed_after_a_checkpoint_resumes_and_finishes(tmp_path
     # the epochs finished before the kill were kept, not trained again
     started = b["logging"]["epoch_start_timestamps"]
     assert started[:killed_at] == killed["logging"]["epoch_start_timestamps"][:killed_at]
-    diff = max(float((a["network_weights"][k].float() - b["network_weights"][k].float()).abs().max())
-               for k in a["network_weights"])
+    diff = max(
+        float((a["network_weights"][k].float() - b["network_weights"][k].float()).abs().max())
+        for k in a["network_weights"]
+    )
     losses = np.abs(np.subtract(a["logging"]["train_losses"], b["logging"]["train_losses"]))
     from nnsam2_utils.evaluate.metrics import dice_per_class
 
     case = blob_case(9, np.random.default_rng(5))
-    seg = {name: nnunet.predict_image(nnunet.load_predictor(nnunet.model_folder(root, 502, "blobs", plan), plan),
-                                      case.image)
-           for name, root in (("uninterrupted", straight), ("resumed", resumed))}
+    seg = {
+        name: nnunet.predict_image(
+            nnunet.load_predictor(nnunet.model_folder(root, 502, "blobs", plan), plan), case.image
+        )
+        for name, root in (("uninterrupted", straight), ("resumed", resumed))
+    }
     truth = {name: dice_per_class(s, case.label, (1, 2)) for name, s in seg.items()}
     between = dice_per_class(seg["resumed"], seg["uninterrupted"], (1, 2))
-    record = {"killed_after_epoch": killed_at, "max_weight_diff": diff, "train_loss_diff": losses.tolist(),
-              "dsc_vs_truth": truth, "dsc_between": between}
+    record = {
+        "killed_after_epoch": killed_at,
+        "max_weight_diff": diff,
+        "train_loss_diff": losses.tolist(),
+        "dsc_vs_truth": truth,
+        "dsc_between": between,
+    }
     (tmp_path / "difference.json").write_text(json.dumps(record, default=float))
     print(f"nnU-Net resumed vs uninterrupted: {record}")
     for name in seg:

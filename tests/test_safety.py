@@ -4,6 +4,7 @@ The source checks read the helper package's syntax tree (not its text), so a com
 docstring cannot satisfy or fail them. The run-time checks run real pipeline code with the
 network switched off and with every Python-level file open under the data root recorded.
 """
+
 from __future__ import annotations
 
 import ast
@@ -25,8 +26,13 @@ def source_of(path: Path) -> str:
     if path.suffix != ".ipynb":
         return path.read_text(encoding="utf-8")
     cells = nbformat.read(str(path), as_version=4).cells
-    lines = [line for c in cells if c.cell_type == "code" for line in c.source.splitlines()
-             if not line.lstrip().startswith(("%", "!"))]
+    lines = [
+        line
+        for c in cells
+        if c.cell_type == "code"
+        for line in c.source.splitlines()
+        if not line.lstrip().startswith(("%", "!"))
+    ]
     return "\n".join(lines)
 
 
@@ -47,8 +53,11 @@ def calls(path: Path) -> list[tuple[str, ast.Call]]:
 
 def package_calls() -> list[tuple[Path, str, ast.Call]]:
     """Every call in the helper package, the stage notebooks and the benchmarks."""
-    files = [*sorted(PACKAGE.rglob("*.py")), *sorted((ROOT / "notebooks").glob("*.ipynb")),
-             *sorted((ROOT / "benchmarks").glob("*.py"))]
+    files = [
+        *sorted(PACKAGE.rglob("*.py")),
+        *sorted((ROOT / "notebooks").glob("*.ipynb")),
+        *sorted((ROOT / "benchmarks").glob("*.py")),
+    ]
     return [(path, name, node) for path in files for name, node in calls(path)]
 
 
@@ -67,16 +76,35 @@ def test_every_torch_load_in_the_package_is_weights_only():
 
 
 def test_yaml_is_only_loaded_with_safe_load_and_nothing_is_unpickled_or_evaluated():
-    banned = {"yaml.load", "yaml.unsafe_load", "yaml.full_load", "eval", "exec", "pickle.load", "pickle.loads",
-              "compile", "__import__", "marshal.loads"}
-    found = [f"{p.relative_to(ROOT)}:{n.lineno} {name}" for p, name, n in package_calls()
-             if name in banned and not (name == "__import__" and n.args and isinstance(n.args[0], ast.Constant))]
+    banned = {
+        "yaml.load",
+        "yaml.unsafe_load",
+        "yaml.full_load",
+        "eval",
+        "exec",
+        "pickle.load",
+        "pickle.loads",
+        "compile",
+        "__import__",
+        "marshal.loads",
+    }
+    found = [
+        f"{p.relative_to(ROOT)}:{n.lineno} {name}"
+        for p, name, n in package_calls()
+        if name in banned and not (name == "__import__" and n.args and isinstance(n.args[0], ast.Constant))
+    ]
     assert not found, found
-    pickled = [f"{p.relative_to(ROOT)}:{n.lineno}" for p, name, n in package_calls()
-               if name.endswith("np.load") and keyword(n, "allow_pickle") not in (None, False)]
+    pickled = [
+        f"{p.relative_to(ROOT)}:{n.lineno}"
+        for p, name, n in package_calls()
+        if name.endswith("np.load") and keyword(n, "allow_pickle") not in (None, False)
+    ]
     assert not pickled, pickled
-    shell = [f"{p.relative_to(ROOT)}:{n.lineno}" for p, name, n in package_calls()
-             if name.startswith("subprocess.") and keyword(n, "shell") not in (None, False)]
+    shell = [
+        f"{p.relative_to(ROOT)}:{n.lineno}"
+        for p, name, n in package_calls()
+        if name.startswith("subprocess.") and keyword(n, "shell") not in (None, False)
+    ]
     assert not shell, shell
 
 
@@ -97,8 +125,10 @@ def test_notebook_parameters_cells_hold_only_literal_values():
         nb = nbformat.read(str(path), as_version=4)
         cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
         for statement in ast.parse(cell.source).body:
-            assert isinstance(statement, ast.Assign) and all(isinstance(t, ast.Name) for t in statement.targets), \
-                (path.name, ast.unparse(statement))
+            assert isinstance(statement, ast.Assign) and all(isinstance(t, ast.Name) for t in statement.targets), (
+                path.name,
+                ast.unparse(statement),
+            )
             ast.literal_eval(statement.value)  # raises for anything but a literal
 
 
@@ -123,6 +153,7 @@ class NetworkUsed(RuntimeError):
 @pytest.fixture
 def no_network(monkeypatch):
     """Every socket creation and name lookup raises (a guard: the code under test must not need them)."""
+
     def refuse(*args, **kwargs):
         raise NetworkUsed(f"network access attempted: {args[:2]}")
 
@@ -149,8 +180,9 @@ class OpenRecorder:
         mode, flags = args[1], args[2]
         import os
 
-        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or \
-                  (isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND))
+        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+            isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
+        )
         if writing:
             self.writes.append(f"{path} mode={mode} flags={flags}")
         else:

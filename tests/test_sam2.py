@@ -3,6 +3,7 @@
 Random weights only test the plumbing: frame feeding, prompting, the captured confidence,
 the overlap rule and the error messages. Model quality is not tested here.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -67,6 +68,7 @@ def unequal_run(propagator):
 
 # ------------------------------------------------------------------ pure helpers
 
+
 def test_interleave_orders():
     assert interleave(2, 2) == [("reference", 0), ("target", 0), ("reference", 1), ("target", 1)]
     assert interleave(3, 1) == [("reference", 0), ("target", 0), ("reference", 1), ("reference", 2)]
@@ -94,6 +96,7 @@ def test_official_checkpoint_names():
 
 
 # ------------------------------------------------------------------ checkpoints
+
 
 def test_missing_checkpoint_names_file_and_download(tmp_path):
     missing = tmp_path / "weights" / "sam2.1_hiera_large.pt"
@@ -129,6 +132,7 @@ def test_no_checkpoint_refused_without_random_weights():
 
 
 # ------------------------------------------------------------------ the real model
+
 
 def test_is_a_propagator(propagator):
     assert isinstance(propagator, Propagator) and propagator.name == "sam2"

@@ -1,5 +1,6 @@
 """Agreement statistics against independent computations (Shrout & Fleiss formulas, scipy
 one-sided t-tests, Bland–Altman by hand) and their degenerate-input semantics."""
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,14 @@ def anova_icc(x: np.ndarray, alpha: float = 0.05) -> dict:
     low2 = n * (bms - fs * ems) / (fs * (k * jms + (k * n - k - n) * ems) + n * bms)
     high2 = n * (fss * bms - ems) / (k * jms + (k * n - k - n) * ems + n * fss * bms)
     del fj
-    return {"icc3": icc3, "icc3_low": (fl - 1) / (fl + k - 1), "icc3_high": (fu - 1) / (fu + k - 1),
-            "icc2": icc2, "icc2_low": low2, "icc2_high": high2}
+    return {
+        "icc3": icc3,
+        "icc3_low": (fl - 1) / (fl + k - 1),
+        "icc3_high": (fu - 1) / (fu + k - 1),
+        "icc2": icc2,
+        "icc2_low": low2,
+        "icc2_high": high2,
+    }
 
 
 @pytest.fixture
@@ -58,6 +65,7 @@ def pairs() -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- ICC
+
 
 def test_icc_shrout_fleiss_table():
     own = anova_icc(SHROUT_FLEISS)
@@ -92,6 +100,7 @@ def test_icc_degenerate_inputs(pairs):
 
 
 # ----------------------------------------------------------------------------- TOST
+
 
 def test_tost_matches_scipy_one_sided_tests(pairs):
     auto, expert = pairs
@@ -149,6 +158,7 @@ def test_smallest_margin_closed_form_matches_search(pairs):
 
 # ----------------------------------------------------------------------------- Bland–Altman
 
+
 def test_bland_altman_by_hand():
     result = bland_altman([10.0, 12.0, 14.0, 16.0], [11.0, 11.0, 15.0, 14.0])
     # d = [-1, 1, -1, 2]: mean 0.25, SS = 6.75, SD = sqrt(6.75 / 3) = 1.5
@@ -160,9 +170,15 @@ def test_bland_altman_by_hand():
 
 # ----------------------------------------------------------------------------- mixed model
 
+
 def _long(auto: np.ndarray, expert: np.ndarray, subjects) -> pd.DataFrame:
-    return pd.DataFrame({"subject": list(subjects) * 2, "source": ["auto"] * len(auto) + ["expert"] * len(expert),
-                         "value": np.concatenate([auto, expert])})
+    return pd.DataFrame(
+        {
+            "subject": list(subjects) * 2,
+            "source": ["auto"] * len(auto) + ["expert"] * len(expert),
+            "value": np.concatenate([auto, expert]),
+        }
+    )
 
 
 def test_mixed_model_one_scan_per_subject_reduces_to_paired_analysis(pairs):
@@ -195,7 +211,7 @@ def test_mixed_model_repeated_scans():
     n, m = 12, 6  # subjects, values per subject
     within = y - pd.Series(y).groupby(g).transform("mean").to_numpy()
     beta = (auto - expert).mean()
-    residual_var = ((within ** 2).sum() - beta ** 2 * ((x - 0.5) ** 2).sum()) / (y.size - n - 1)
+    residual_var = ((within**2).sum() - beta**2 * ((x - 0.5) ** 2).sum()) / (y.size - n - 1)
     between = m * ((pd.Series(y).groupby(g).mean() - y.mean()) ** 2).sum() / (n - 1)
     subject_var = (between - residual_var) / m
     assert result.estimate == pytest.approx(beta, rel=1e-6)
@@ -218,11 +234,14 @@ def test_mixed_model_degenerate_inputs(pairs):
         mixed_model_tost(_long(np.ones(5), np.ones(5), range(5)))
     rng = np.random.default_rng(7)  # no between-subject variance: boundary fit, reported in note
     flat_expert = rng.normal(100.0, 1.0, 30)
-    boundary = mixed_model_tost(_long(flat_expert + rng.normal(0.0, 10.0, 30), flat_expert, np.repeat(np.arange(10), 3)))
+    boundary = mixed_model_tost(
+        _long(flat_expert + rng.normal(0.0, 10.0, 30), flat_expert, np.repeat(np.arange(10), 3))
+    )
     assert boundary.icc == pytest.approx(0.0, abs=1e-6) and "boundary" in boundary.note
 
 
 # ----------------------------------------------------------------------------- table
+
 
 def _measurements(rng, datasets=("t2", "ct"), cases=8, repeats=1) -> pd.DataFrame:
     rows = []
@@ -234,17 +253,47 @@ def _measurements(rng, datasets=("t2", "ct"), cases=8, repeats=1) -> pd.DataFram
                     expert = base + rng.normal(0.0, 10.0) + (0 if cls != "R-ES" else -150)
                     auto = expert * 1.01 + rng.normal(0.0, 4.0)
                     for source, value in (("auto", auto), ("expert", expert)):
-                        rows.append({"dataset": dataset, "case": f"c{case}_{repeat}", "subject": f"s{case}",
-                                     "class": cls, "measure": "volume_ml", "source": source, "value": value})
+                        rows.append(
+                            {
+                                "dataset": dataset,
+                                "case": f"c{case}_{repeat}",
+                                "subject": f"s{case}",
+                                "class": cls,
+                                "measure": "volume_ml",
+                                "source": source,
+                                "value": value,
+                            }
+                        )
     return pd.DataFrame(rows)
 
 
 def test_agreement_table_matches_direct_calls():
     table = _measurements(np.random.default_rng(1)).drop(columns="subject")
     out = agreement_table(table, {"t2": "MRI", "ct": "CT"})
-    assert list(out[["measure", "group"]].itertuples(index=False, name=None)) == [("volume_ml", "CT"), ("volume_ml", "MRI")]
-    required = ["measure", "group", "n", "icc", "icc_low", "icc_high", "icc2", "icc2_low", "icc2_high", "tost_p",
-                "margin", "bias", "loa_low", "loa_high", "smallest_margin", "lmm_p", "lmm_icc", "note"]
+    assert list(out[["measure", "group"]].itertuples(index=False, name=None)) == [
+        ("volume_ml", "CT"),
+        ("volume_ml", "MRI"),
+    ]
+    required = [
+        "measure",
+        "group",
+        "n",
+        "icc",
+        "icc_low",
+        "icc_high",
+        "icc2",
+        "icc2_low",
+        "icc2_high",
+        "tost_p",
+        "margin",
+        "bias",
+        "loa_low",
+        "loa_high",
+        "smallest_margin",
+        "lmm_p",
+        "lmm_icc",
+        "note",
+    ]
     assert set(required) <= set(out.columns)
     wide = table[table["dataset"] == "t2"].pivot_table(index=["case", "class"], columns="source", values="value")
     wide = wide[wide.index.get_level_values("class").isin([1, 2])]
@@ -255,7 +304,9 @@ def test_agreement_table_matches_direct_calls():
     assert mri["smallest_margin"] == pytest.approx(smallest_equivalence_margin(wide["auto"], wide["expert"]))
     assert math.isnan(mri["lmm_p"]) and mri["note"] == ""  # no repeated subjects: no mixed model
     by_class = agreement_table(table, None, classes=(1, 2, "R-ES"), by_class=True)
-    assert len(by_class) == 6 and set(by_class["class"]) == {"1", "2", "R-ES"} and set(by_class["group"]) == {"t2", "ct"}
+    assert (
+        len(by_class) == 6 and set(by_class["class"]) == {"1", "2", "R-ES"} and set(by_class["group"]) == {"t2", "ct"}
+    )
 
 
 def test_agreement_table_csv_round_trip_and_mixed_model(tmp_path):
@@ -267,8 +318,11 @@ def test_agreement_table_csv_round_trip_and_mixed_model(tmp_path):
     pd.testing.assert_frame_equal(direct, reread)
     row = direct.iloc[0]
     assert row["n"] == 36 and row["n_subjects"] == 6 and np.isfinite(row["lmm_p"]) and 0 <= row["lmm_icc"] <= 1
-    mapped = agreement_table(table.drop(columns="subject"), {"dixon": "Dixon"},
-                             subjects={f"c{c}_{r}": f"s{c}" for c in range(6) for r in range(3)})
+    mapped = agreement_table(
+        table.drop(columns="subject"),
+        {"dixon": "Dixon"},
+        subjects={f"c{c}_{r}": f"s{c}" for c in range(6) for r in range(3)},
+    )
     assert mapped.iloc[0]["lmm_p"] == pytest.approx(row["lmm_p"])
 
 

@@ -8,6 +8,7 @@ the one annotated slice as a label volume with a single labelled slice. It must 
 ``data check``, prepare to exactly the same LPS volumes as the original files, and go through
 stage 0 (LiteMedSAM on the CPU) from the user's slice.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -109,15 +110,25 @@ def test_stage0_runs_from_the_user_slice(user_dataset, tmp_path):
     from nnsam2_utils.propagate.run import propagate_dataset
 
     manifest = load_manifest(user_dataset)
-    manifest = manifest.model_copy(update={"cases": [narrow(manifest.case("Patient2")), narrow(manifest.case("Patient3"))]})
+    manifest = manifest.model_copy(
+        update={"cases": [narrow(manifest.case("Patient2")), narrow(manifest.case("Patient3"))]}
+    )
     prepared = tmp_path / "prepared"
     prepare_dataset(manifest, prepared)
     write_prepared_annotation(manifest, prepared)
     reference, annotated = user_annotation(prepared, manifest)
     assert (reference, annotated) == ("Patient2", 1)
     out = tmp_path / "stage0"
-    confidence = propagate_dataset(make_propagator({"backend": "litemedsam"}), prepared, out, manifest.name,
-                                   ["Patient2", "Patient3"], reference, annotated, "annotation")
+    confidence = propagate_dataset(
+        make_propagator({"backend": "litemedsam"}),
+        prepared,
+        out,
+        manifest.name,
+        ["Patient2", "Patient3"],
+        reference,
+        annotated,
+        "annotation",
+    )
     note = read_json(out / "annotation.json")
     assert note["annotation_volume"] == "annotation" and note["annotated_slice"] == 1
     assert note["classes_in_annotation"] == [1, 2]
@@ -142,4 +153,6 @@ def test_damaged_copy_is_caught_kind_by_kind(user_dataset, tmp_path):
     assert problems["checksum"].file.endswith("Patient3_t2.mha")
     assert problems["geometry"].file.endswith("Patient3-muscles.nrrd") and "origin" in problems["geometry"].what
     assert problems["label-values"].file.endswith("Patient1-muscles.nrrd") and "[99]" in problems["label-values"].what
-    assert {p: p.read_bytes() for p in user_dataset.parent.rglob("*") if p.is_file()} == before  # the original untouched
+    assert {
+        p: p.read_bytes() for p in user_dataset.parent.rglob("*") if p.is_file()
+    } == before  # the original untouched

@@ -1,4 +1,5 @@
 """End to end: Snakemake runs every notebook with papermill on the tiny cohort and builds the book."""
+
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # end to end: the whole tiny book (minutes)
 
 
 def tiny_as_demo(folder: Path) -> Path:
@@ -52,7 +54,9 @@ def unlabelled_user_dataset(folder: Path) -> Path:
     for case in manifest["cases"]:
         case.pop("label")
         case["sha256"].pop("label")
-    manifest.update(name="clinic_no_labels", annotation={"case": first["id"], "file": f"annotation/{first['id']}_one_slice.nii.gz"})
+    manifest.update(
+        name="clinic_no_labels", annotation={"case": first["id"], "file": f"annotation/{first['id']}_one_slice.nii.gz"}
+    )
     path = source.with_name("clinic_no_labels.yaml")
     path.write_text(yaml.safe_dump(manifest, sort_keys=False))
     source.unlink()
@@ -89,14 +93,25 @@ def built_book(tmp_path_factory):
     config = tiny_as_demo(tmp / "config")
     profile = yaml.safe_load((config / "demo.yaml").read_text())
     profile["manifests"] = [str(unlabelled_user_dataset(tmp / "user_data"))]
-    sam2 = {"sam2_config": "configs/sam2.1/sam2.1_hiera_t.yaml", "sam2_image_size": 128,
-            "sam2_checkpoint": str(tmp / "sam2_random.pt")}
+    sam2 = {
+        "sam2_config": "configs/sam2.1/sam2.1_hiera_t.yaml",
+        "sam2_image_size": 128,
+        "sam2_checkpoint": str(tmp / "sam2_random.pt"),
+    }
     sam2["sam2_sha256"] = random_sam2_checkpoint(tmp / "sam2_random.pt", sam2["sam2_config"], sam2["sam2_image_size"])
-    profile["propagation"].update(compare_backends=["sam2"], **sam2)     # stage 0 alone with SAM2: a results-table row
+    profile["propagation"].update(compare_backends=["sam2"], **sam2)  # stage 0 alone with SAM2: a results-table row
     (config / "demo.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
     env = dict(os.environ, NNSAM2_WORK=str(tmp / "work"), NNSAM2_CONFIG_DIR=str(config))
-    command = [str(Path(sys.executable).parent / "snakemake"), "--cores", "2", "--config", "profile=demo", f"book={book}",
-               "--", "book"]
+    command = [
+        str(Path(sys.executable).parent / "snakemake"),
+        "--cores",
+        "2",
+        "--config",
+        "profile=demo",
+        f"book={book}",
+        "--",
+        "book",
+    ]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     assert result.returncode == 0, result.stderr[-4000:]
     return tmp, book, command, env
@@ -108,16 +123,25 @@ def test_book_holds_the_dsc_table_of_this_run(built_book):
     assert index.exists()
     dsc = pd.read_csv(tmp / "work" / "demo" / "tables" / "dsc.csv")
     assert list(dsc.columns) == ["dataset", "case", "class", "stage", "dsc"]
-    assert set(dsc.stage) == {"stage0", "nnunet1", "nnunet2", "nnunet3", "repeat", "stage0_sam2", "supervised",
-                              "registration", "threshold"}
-    assert set(dsc.dataset) == {"backpain_t2w", "totalseg_ct"}     # clinic_no_labels has no expert labels: no DSC
+    assert set(dsc.stage) == {
+        "stage0",
+        "nnunet1",
+        "nnunet2",
+        "nnunet3",
+        "repeat",
+        "stage0_sam2",
+        "supervised",
+        "registration",
+        "threshold",
+    }
+    assert set(dsc.dataset) == {"backpain_t2w", "totalseg_ct"}  # clinic_no_labels has no expert labels: no DSC
     results = (book / "_build" / "html" / "generated" / "04_results.html").read_text()
     mean_stage0 = dsc[dsc.stage == "stage0"].groupby(["dataset", "case"]).dsc.mean().groupby("dataset").mean()
     for value in mean_stage0:
         assert f"{value:.3f}" in results
     html = index.read_text()
     assert "Stage 0" in html and "mean DSC" in html
-    assert "Stage 0 (SAM2)" in results                                  # the compared backend's column
+    assert "Stage 0 (SAM2)" in results  # the compared backend's column
     assert (book / "_build" / "html" / "generated" / "02_stage0_backpain_t2w__sam2.html").exists()
     sam2 = json.loads((tmp / "work" / "demo" / "runlog" / "stage0_sam2__backpain_t2w.json").read_text())
     assert sam2["parameters"]["backend"] == "sam2" and sam2["parameters"]["sam2_checkpoint"].endswith("sam2_random.pt")
@@ -127,13 +151,23 @@ def test_timings_table_and_pseudo_labels_on_disk(built_book):
     tmp, _, _, _ = built_book
     timings = pd.read_csv(tmp / "work" / "demo" / "tables" / "timings.csv")
     assert list(timings.columns) == ["step", "dataset", "seconds", "peak_mb"]
-    assert {"cohort", "prepare", "stage0", "nnunet1_train", "nnunet1_predict", "nnunet3_train",
-            "supervised_train", "oneshot_baselines", "measure", "repeat_train"} <= set(timings.step)
+    assert {
+        "cohort",
+        "prepare",
+        "stage0",
+        "nnunet1_train",
+        "nnunet1_predict",
+        "nnunet3_train",
+        "supervised_train",
+        "oneshot_baselines",
+        "measure",
+        "repeat_train",
+    } <= set(timings.step)
     assert (timings.seconds > 0).all()
     labels = list((tmp / "work" / "demo" / "stage0").rglob("labels/*.nii.gz"))
     assert len(labels) == 9 and len(list((tmp / "work" / "demo" / "stage0_sam2").rglob("labels/*.nii.gz"))) == 9
     selection = pd.read_csv(tmp / "work" / "demo" / "nnunet2" / "selection.csv")
-    assert selection.groupby("dataset").kept.sum().tolist() == [2, 2, 2]   # at least 2 scans per dataset
+    assert selection.groupby("dataset").kept.sum().tolist() == [2, 2, 2]  # at least 2 scans per dataset
     agreement = pd.read_csv(tmp / "work" / "demo" / "tables" / "agreement.csv")
     assert {"volume_ml", "hu_mean"} <= set(agreement.measure)
 
@@ -144,12 +178,13 @@ def test_a_dataset_without_expert_labels_goes_through_every_stage_and_is_measure
     cases = pd.read_csv(work / "prepared" / "clinic_no_labels" / "cases.csv")
     assert len(cases) == 3 and not cases.has_label.astype(bool).any()
     annotation = json.loads((work / "stage0" / "clinic_no_labels" / "annotation.json").read_text())
-    assert annotation["annotation_volume"] == "annotation"            # the user's slice, not an expert label
+    assert annotation["annotation_volume"] == "annotation"  # the user's slice, not an expert label
     for stage in ("nnunet1", "nnunet2", "nnunet3", "repeat"):
-        assert sorted(p.name for p in (work / stage / "clinic_no_labels" / "labels").glob("*.nii.gz")) == \
-            sorted(f"{c}.nii.gz" for c in cases.case), stage
+        assert sorted(p.name for p in (work / stage / "clinic_no_labels" / "labels").glob("*.nii.gz")) == sorted(
+            f"{c}.nii.gz" for c in cases.case
+        ), stage
     supervised = json.loads((work / "runlog" / "supervised_train__pooled.json").read_text())
-    assert supervised["parameters"]["cases"] == 6                   # expert labels only: 2 datasets x 3 scans
+    assert supervised["parameters"]["cases"] == 6  # expert labels only: 2 datasets x 3 scans
     measurements = pd.read_csv(work / "tables" / "measurements.csv")
     own = measurements[measurements.dataset == "clinic_no_labels"]
     assert set(own.source) == {"auto"} and len(own.case.unique()) == 3
@@ -176,7 +211,9 @@ def test_run_to_run_variation_of_training_is_measured_and_shown_beside_the_margi
     diffs, firsts = [], []
     for dataset in ("backpain_t2w", "clinic_no_labels"):
         for case in pd.read_csv(work / "prepared" / dataset / "cases.csv").case:
-            first, second = (sitk.ReadImage(str(work / s / dataset / "labels" / f"{case}.nii.gz")) for s in ("nnunet3", "repeat"))
+            first, second = (
+                sitk.ReadImage(str(work / s / dataset / "labels" / f"{case}.nii.gz")) for s in ("nnunet3", "repeat")
+            )
             ml = lambda im, c: (sitk.GetArrayFromImage(im) == c).sum() * float(np.prod(im.GetSpacing())) / 1000  # noqa: E731
             for c in (1, 2):
                 firsts.append(ml(first, c))
@@ -187,13 +224,14 @@ def test_run_to_run_variation_of_training_is_measured_and_shown_beside_the_margi
     beside = pd.read_csv(work / "tables" / "variation_vs_margin.csv")
     assert (beside.margin_pct.round(6) == 10).all() and beside.seed_change_mean_pct.notna().any()
     repeat = glued(nbformat.read(str(book / "generated" / "05_repeat.ipynb"), as_version=4))
-    assert repeat["stage0_identical"] == "identical"                # stage 0 again on one scan: the same bytes
+    assert repeat["stage0_identical"] == "identical"  # stage 0 again on one scan: the same bytes
 
 
 def test_a_second_run_with_nothing_changed_does_nothing(built_book):
     _, _, command, env = built_book
-    result = subprocess.run(command[:1] + ["--dry-run"] + command[1:], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        command[:1] + ["--dry-run"] + command[1:], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0
     assert "Nothing to be done" in result.stdout + result.stderr
 
@@ -208,9 +246,12 @@ def test_the_built_book_has_no_broken_link_image_or_page_error(built_book):
     if bookcheck.find_chromium() is None:
         pytest.skip("Chromium is not installed (apt-get install chromium); the link check above still ran")
     shots = tmp / "work" / "demo" / "screenshots"
-    report = bookcheck.browse(html, shots, screenshots={"intro.html": "landing.png",
-                                                        "generated/04_results.html": "results.png"},
-                              allow=bookcheck.KNOWN_SPHINX_ISSUES)
+    report = bookcheck.browse(
+        html,
+        shots,
+        screenshots={"intro.html": "landing.png", "generated/04_results.html": "results.png"},
+        allow=bookcheck.KNOWN_SPHINX_ISSUES,
+    )
     assert report.ok, [str(p) for p in report.errors]
     assert (shots / "landing.png").stat().st_size > 10_000 and (shots / "results.png").stat().st_size > 10_000
 
@@ -220,7 +261,10 @@ RESULTS_PAGES = ["00_cohort", "04_results", "05_oneshot", "05_repeat", "05_super
 
 def downloads(html: str) -> dict[str, str]:
     """Download links of a built page: file name → href."""
-    return {href.rsplit("/", 1)[-1]: href for href in re.findall(r'class="reference download internal"[^>]*href="([^"]+)"', html)}
+    return {
+        href.rsplit("/", 1)[-1]: href
+        for href in re.findall(r'class="reference download internal"[^>]*href="([^"]+)"', html)
+    }
 
 
 def test_every_table_links_to_its_csv_and_every_results_page_states_its_provenance(built_book):
@@ -231,8 +275,8 @@ def test_every_table_links_to_its_csv_and_every_results_page_states_its_provenan
     for page in RESULTS_PAGES + ["08_run_record"]:
         html = (html_root / "generated" / f"{page}.html").read_text()
         links = downloads(html)
-        assert html.count('class="dataframe') <= html.count("Download as CSV"), page   # every table has its link
-        for name, href in links.items():                     # each link is the CSV the run wrote
+        assert html.count('class="dataframe') <= html.count("Download as CSV"), page  # every table has its link
+        for name, href in links.items():  # each link is the CSV the run wrote
             served = (html_root / "generated" / href).resolve()
             assert served.is_file(), (page, href)
             assert served.read_bytes() == (book / "generated" / "tables" / name).read_bytes()
@@ -250,19 +294,22 @@ def test_every_table_links_to_its_csv_and_every_results_page_states_its_provenan
 def test_the_landing_page_shows_the_method_figure_and_an_abstract_glued_from_the_run(built_book):
     tmp, book, _, _ = built_book
     html = (book / "_build" / "html" / "intro.html").read_text()
-    assert 'src="_images/method.png"' in html and (book / "_build" / "html" / "_images" / "method.png").stat().st_size > 20_000
+    assert (
+        'src="_images/method.png"' in html
+        and (book / "_build" / "html" / "_images" / "method.png").stat().st_size > 20_000
+    )
     pasted = re.findall(r'<span class="pasted-text">(.*?)</span>', html)
     dsc = pd.read_csv(tmp / "work" / "demo" / "tables" / "dsc.csv")
     per_stage = dsc.groupby(["stage", "dataset", "case"]).dsc.mean().groupby("stage").mean()
     agreement = pd.read_csv(tmp / "work" / "demo" / "tables" / "agreement.csv").dropna(subset=["tost_p"])
-    assert pasted[:2] == ["3", "9"] and int(pasted[2]) > 9          # datasets, scans, region slices
+    assert pasted[:2] == ["3", "9"] and int(pasted[2]) > 9  # datasets, scans, region slices
     assert pasted[3] == "LiteMedSAM"
     assert pasted[4] == f"{per_stage['stage0']:.3f}" and pasted[5] == "3"
     assert pasted[6] == "nnU-Net 3 (nnsam2)" and pasted[7] == f"{per_stage['nnunet3']:.3f}"
     assert pasted[8] == f"{per_stage['supervised']:.3f}"
     assert pasted[9] == "10" and pasted[10:12] == [str(int((agreement.tost_p < 0.05).sum())), str(len(agreement))]
     variation = pd.read_csv(tmp / "work" / "demo" / "tables" / "variation_vs_margin.csv")
-    assert pasted[12] == f"{variation.seed_change_mean_pct.max():.1f}"   # run-to-run variation, worst group
+    assert pasted[12] == f"{variation.seed_change_mean_pct.max():.1f}"  # run-to-run variation, worst group
     assert float(pasted[13]) > 0 and len(pasted) == 14
 
 
@@ -277,17 +324,19 @@ def test_every_notebook_runs_top_to_bottom_with_its_defaults(built_book, monkeyp
     for name in ("NNSAM2_WORK", "NNSAM2_CONFIG_DIR"):
         monkeypatch.setenv(name, env[name])
     monkeypatch.setenv("NNSAM2_BOOK", str(book))
-    before = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    before = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     papermill_glue = glued(nbformat.read(str(book / "generated" / "04_results.ipynb"), as_version=4))
     paths = sorted((ROOT / "notebooks").glob("*.ipynb"))
     for path in paths:
         nb = nbformat.read(str(path), as_version=4)
         parameters = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-        defaults = {t.id: ast.literal_eval(node.value) for node in ast.parse(parameters.source).body
-                    for t in node.targets}                   # literal data only, or this raises
+        defaults = {
+            t.id: ast.literal_eval(node.value) for node in ast.parse(parameters.source).body for t in node.targets
+        }  # literal data only, or this raises
         assert defaults["profile"] == "demo", path
-        NotebookClient(nb, kernel_name="python3", timeout=1800,
-                       resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+        NotebookClient(
+            nb, kernel_name="python3", timeout=1800, resources={"metadata": {"path": str(ROOT / "notebooks")}}
+        ).execute()
         errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
         assert not errors, (path.name, errors)
         if path.stem == "04_results":

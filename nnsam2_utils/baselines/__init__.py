@@ -1,2 +1,1 @@
-"""Baselines beside nnsam2: one-shot registration and a plain threshold, and predictions made elsewhere.
-"""
+"""Baselines beside nnsam2: one-shot registration and a plain threshold, and predictions made elsewhere."""

@@ -5,6 +5,7 @@ Each prediction file lies on its scan's original grid; it is mapped to the proje
 the entry's ``label_map`` and prepared exactly like the expert label (LPS, region crop, CT
 decimation), so the DSC is computed over the same voxels as every other stage's.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,8 +44,10 @@ def prepared_prediction(manifest: DatasetManifest, case: Case, external: Externa
     image_path = manifest.resolve(case.image)
     path = manifest.resolve(external.pattern.format(id=case.id))
     if not path.exists():
-        raise DataError(f"{path}: the '{external.name}' prediction of case {case.id} is missing "
-                        f"(pattern '{external.pattern}' in {manifest.manifest_path}). Add the file or fix the pattern.")
+        raise DataError(
+            f"{path}: the '{external.name}' prediction of case {case.id} is missing "
+            f"(pattern '{external.pattern}' in {manifest.manifest_path}). Add the file or fix the pattern."
+        )
     image = read_image(image_path)
     prediction = read_image(path)
     check_same_grid(image, prediction, str(image_path), str(path))
@@ -75,4 +78,8 @@ def score_dataset(workspace, manifest: DatasetManifest) -> pd.DataFrame:
         write_csv(table, workspace.stage(stage, manifest.name) / "dsc.csv")
         log.info("%s on %s: %d scans scored", external.name, manifest.name, table["case"].nunique())
         frames.append(table)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["dataset", "case", "class", "stage", "dsc"])
+    return (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["dataset", "case", "class", "stage", "dsc"])
+    )

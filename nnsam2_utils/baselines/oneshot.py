@@ -26,6 +26,7 @@ Determinism: registration uses regular (grid) metric sampling jittered by a fixe
 exhaustive (not random) search and one thread by default, so two runs on the same input give
 identical masks.
 """
+
 from __future__ import annotations
 
 import logging
@@ -110,12 +111,19 @@ def _extra_shrink(image: sitk.Image, settings: RegistrationSettings) -> int:
     return max(1, int(round(settings.working_mm / min(image.GetSpacing()))))
 
 
-def _method(settings: RegistrationSettings, shrink: tuple[int, ...], smoothing_mm: tuple[float, ...],
-            extra_shrink: int = 1, sampling_fraction: float | None = None) -> sitk.ImageRegistrationMethod:
+def _method(
+    settings: RegistrationSettings,
+    shrink: tuple[int, ...],
+    smoothing_mm: tuple[float, ...],
+    extra_shrink: int = 1,
+    sampling_fraction: float | None = None,
+) -> sitk.ImageRegistrationMethod:
     """A registration method with Mattes MI, deterministic sampling and a pyramid."""
     fraction = settings.sampling_fraction if sampling_fraction is None else sampling_fraction
     if settings.seed <= 0:
-        raise ValueError(f"registration seed must be a positive integer (0 means wall clock in SimpleITK); got {settings.seed}")
+        raise ValueError(
+            f"registration seed must be a positive integer (0 means wall clock in SimpleITK); got {settings.seed}"
+        )
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.histogram_bins)
     if fraction < 1.0:
@@ -133,11 +141,19 @@ def _method(settings: RegistrationSettings, shrink: tuple[int, ...], smoothing_m
 
 def _search(fixed: sitk.Image, moving: sitk.Image, settings: RegistrationSettings) -> sitk.Euler2DTransform:
     """Moments-centred start refined by an exhaustive search over in-plane shifts (all pixels)."""
-    start = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler2DTransform(),
-                                              sitk.CenteredTransformInitializerFilter.MOMENTS)
-    method = _method(settings, (settings.search_shrink,), (float(settings.search_shrink),),
-                     _extra_shrink(fixed, settings), sampling_fraction=1.0)
-    method.SetOptimizerAsExhaustive([0, settings.search_steps, settings.search_steps], stepLength=settings.search_step_mm)
+    start = sitk.CenteredTransformInitializer(
+        fixed, moving, sitk.Euler2DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
+    )
+    method = _method(
+        settings,
+        (settings.search_shrink,),
+        (float(settings.search_shrink),),
+        _extra_shrink(fixed, settings),
+        sampling_fraction=1.0,
+    )
+    method.SetOptimizerAsExhaustive(
+        [0, settings.search_steps, settings.search_steps], stepLength=settings.search_step_mm
+    )
     method.SetOptimizerScales([1.0, 1.0, 1.0])
     method.SetInitialTransform(start, inPlace=True)
     method.Execute(fixed, moving)
@@ -151,37 +167,54 @@ def _affine(fixed: sitk.Image, moving: sitk.Image, settings: RegistrationSetting
     affine.SetCenter(start.GetCenter())
     affine.SetTranslation(start.GetTranslation())
     method = _method(settings, settings.affine_shrink, settings.affine_smoothing_mm, _extra_shrink(fixed, settings))
-    method.SetOptimizerAsGradientDescent(learningRate=1.0, numberOfIterations=settings.affine_iterations,
-                                         convergenceMinimumValue=1e-6, convergenceWindowSize=10,
-                                         estimateLearningRate=method.EachIteration, maximumStepSizeInPhysicalUnits=2.0)
+    method.SetOptimizerAsGradientDescent(
+        learningRate=1.0,
+        numberOfIterations=settings.affine_iterations,
+        convergenceMinimumValue=1e-6,
+        convergenceWindowSize=10,
+        estimateLearningRate=method.EachIteration,
+        maximumStepSizeInPhysicalUnits=2.0,
+    )
     method.SetOptimizerScalesFromPhysicalShift()
     method.SetInitialTransform(affine, inPlace=True)
     method.Execute(fixed, moving)
     return affine
 
 
-def _bspline(fixed: sitk.Image, moving: sitk.Image, affine: sitk.Transform, settings: RegistrationSettings) -> sitk.Transform:
+def _bspline(
+    fixed: sitk.Image, moving: sitk.Image, affine: sitk.Transform, settings: RegistrationSettings
+) -> sitk.Transform:
     """A cubic B-spline stage on top of ``affine``; returns the composite (fixed → moving)."""
     extent = [size * spacing for size, spacing in zip(fixed.GetSize(), fixed.GetSpacing())]
     mesh = [max(1, int(round(e / settings.bspline_grid_mm))) for e in extent]
     bspline = sitk.BSplineTransformInitializer(fixed, mesh, order=3)
     method = _method(settings, settings.bspline_shrink, settings.bspline_smoothing_mm, _extra_shrink(fixed, settings))
-    method.SetOptimizerAsGradientDescent(learningRate=1.0, numberOfIterations=settings.bspline_iterations,
-                                         convergenceMinimumValue=1e-6, convergenceWindowSize=10,
-                                         estimateLearningRate=method.EachIteration, maximumStepSizeInPhysicalUnits=1.0)
+    method.SetOptimizerAsGradientDescent(
+        learningRate=1.0,
+        numberOfIterations=settings.bspline_iterations,
+        convergenceMinimumValue=1e-6,
+        convergenceWindowSize=10,
+        estimateLearningRate=method.EachIteration,
+        maximumStepSizeInPhysicalUnits=1.0,
+    )
     method.SetOptimizerScalesFromPhysicalShift()
     method.SetMovingInitialTransform(affine)
     method.SetInitialTransform(bspline, inPlace=True)
     method.Execute(fixed, moving)
     composite = sitk.CompositeTransform(2)
-    composite.AddTransform(affine)   # applied second
+    composite.AddTransform(affine)  # applied second
     composite.AddTransform(bspline)  # applied first (ITK composites apply the last-added first)
     return composite
 
 
-def register_slice(fixed: np.ndarray, moving: np.ndarray, moving_mask: np.ndarray,
-                   spacing: tuple[float, float], moving_spacing: tuple[float, float] | None = None,
-                   settings: RegistrationSettings = DEFAULT_SETTINGS) -> np.ndarray:
+def register_slice(
+    fixed: np.ndarray,
+    moving: np.ndarray,
+    moving_mask: np.ndarray,
+    spacing: tuple[float, float],
+    moving_spacing: tuple[float, float] | None = None,
+    settings: RegistrationSettings = DEFAULT_SETTINGS,
+) -> np.ndarray:
     """Register ``moving`` (the annotated slice) to ``fixed`` (a target slice) and warp its mask.
 
     Arrays are 2-D ``(row, column)``; ``spacing`` is the fixed slice's (row, column) pixel
@@ -198,8 +231,10 @@ def register_slice(fixed: np.ndarray, moving: np.ndarray, moving_mask: np.ndarra
     moving = np.asarray(moving)
     moving_mask = np.asarray(moving_mask)
     if fixed.ndim != 2 or moving.ndim != 2 or moving.shape != moving_mask.shape:
-        raise ValueError(f"need 2-D slices and a mask the shape of the moving slice; got fixed {fixed.shape}, "
-                         f"moving {moving.shape}, mask {moving_mask.shape}")
+        raise ValueError(
+            f"need 2-D slices and a mask the shape of the moving slice; got fixed {fixed.shape}, "
+            f"moving {moving.shape}, mask {moving_mask.shape}"
+        )
     empty = np.zeros(fixed.shape, dtype=np.uint8)
     if not moving_mask.any() or np.ptp(fixed) == 0 or np.ptp(moving) == 0:
         return empty
@@ -214,15 +249,23 @@ def register_slice(fixed: np.ndarray, moving: np.ndarray, moving_mask: np.ndarra
         try:
             transform = _bspline(fixed_image, moving_image, transform, settings)
         except RuntimeError as error:
-            log.warning("B-spline registration failed (%s); keeping the affine result", str(error).strip().splitlines()[-1])
+            log.warning(
+                "B-spline registration failed (%s); keeping the affine result", str(error).strip().splitlines()[-1]
+            )
     mask_image = array_to_image(moving_mask.astype(np.uint8), moving_image)
     warped = sitk.Resample(mask_image, fixed_image, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     return sitk.GetArrayFromImage(warped).astype(np.uint8)
 
 
-def registration_baseline(reference_slice: np.ndarray, reference_mask: np.ndarray, target_stack: np.ndarray,
-                          spacing: tuple[float, float], reference_spacing: tuple[float, float] | None = None,
-                          settings: RegistrationSettings = DEFAULT_SETTINGS, postprocess: bool = True) -> np.ndarray:
+def registration_baseline(
+    reference_slice: np.ndarray,
+    reference_mask: np.ndarray,
+    target_stack: np.ndarray,
+    spacing: tuple[float, float],
+    reference_spacing: tuple[float, float] | None = None,
+    settings: RegistrationSettings = DEFAULT_SETTINGS,
+    postprocess: bool = True,
+) -> np.ndarray:
     """One-shot registration baseline for one target scan.
 
     ``reference_slice``/``reference_mask``: the annotated native slice and its class mask;
@@ -238,7 +281,9 @@ def registration_baseline(reference_slice: np.ndarray, reference_mask: np.ndarra
         raise ValueError(f"target_stack must be (slice, row, column); got shape {target_stack.shape}")
     masks = np.zeros(target_stack.shape, dtype=np.uint8)
     for k in tqdm(range(len(target_stack)), desc="register", leave=False, disable=len(target_stack) < 2):
-        masks[k] = register_slice(target_stack[k], reference_slice, reference_mask, spacing, reference_spacing, settings)
+        masks[k] = register_slice(
+            target_stack[k], reference_slice, reference_mask, spacing, reference_spacing, settings
+        )
     return clean_pseudo_label(masks) if postprocess and len(masks) else masks
 
 
@@ -290,8 +335,9 @@ def threshold_slice(image: np.ndarray, body: np.ndarray, low: float, high: float
     return out
 
 
-def threshold_baseline(stack: np.ndarray, modality: str, sequence: str | None = None,
-                       bright: bool | None = None) -> np.ndarray:
+def threshold_baseline(
+    stack: np.ndarray, modality: str, sequence: str | None = None, bright: bool | None = None
+) -> np.ndarray:
     """Plain intensity-threshold segmentation of one scan's native stack (superior → inferior).
 
     Per scan, three-class Otsu thresholds ``t_low < t_high`` (:func:`scan_thresholds`); per
@@ -322,7 +368,7 @@ def threshold_baseline(stack: np.ndarray, modality: str, sequence: str | None = 
     return clean_pseudo_label(out)
 
 
-def run_dataset_baselines(workspace, dataset: str, modality: str, sequence: str) -> "pd.DataFrame":
+def run_dataset_baselines(workspace, dataset: str, modality: str, sequence: str) -> pd.DataFrame:
     """Registration and threshold baselines for every scan of a dataset; writes labels, returns DSC rows.
 
     The registration baseline uses the same one annotated slice as stage 0 (from its
@@ -340,7 +386,9 @@ def run_dataset_baselines(workspace, dataset: str, modality: str, sequence: str)
 
     note = json.loads((workspace.stage("stage0", dataset) / "annotation.json").read_text())
     ref_image, ref_itk = load_stack(workspace.prepared(dataset, note["reference_case"]))
-    ref_label, _ = load_stack(workspace.prepared(dataset, note["reference_case"]), note.get("annotation_volume", "label"))
+    ref_label, _ = load_stack(
+        workspace.prepared(dataset, note["reference_case"]), note.get("annotation_volume", "label")
+    )
     k = note["annotated_slice"]
     ref_spacing = (ref_itk.GetSpacing()[1], ref_itk.GetSpacing()[0])
     cases = workspace.case_table(dataset)
@@ -348,8 +396,12 @@ def run_dataset_baselines(workspace, dataset: str, modality: str, sequence: str)
     for case in tqdm(list(cases["case"]), desc=f"baselines {dataset}", leave=False):
         stack, image = load_stack(workspace.prepared(dataset, case))
         spacing = (image.GetSpacing()[1], image.GetSpacing()[0])
-        makers = {"registration": lambda: registration_baseline(ref_image[k], ref_label[k], stack, spacing, ref_spacing),
-                  "threshold": lambda: threshold_baseline(stack, modality, sequence)}
+        makers = {
+            "registration": lambda s=stack, sp=spacing: registration_baseline(
+                ref_image[k], ref_label[k], s, sp, ref_spacing
+            ),
+            "threshold": lambda s=stack: threshold_baseline(s, modality, sequence),
+        }
         has_truth = (workspace.prepared(dataset, case) / "label.nii.gz").exists()
         truth = load_stack(workspace.prepared(dataset, case), "label")[0] if has_truth else None
         for stage, make in makers.items():

@@ -1,4 +1,5 @@
 """Reading a user-drawn annotated slice: the volume, its one labelled slice, and that slice inside the region."""
+
 from __future__ import annotations
 
 import logging
@@ -42,9 +43,15 @@ def read_annotation(manifest: DatasetManifest) -> tuple[sitk.Image, sitk.Image, 
     check_same_grid(image, label, str(image_path), str(path))
     slices = labelled_slices(label)
     if len(slices) != 1:
-        found = "no labelled slice" if not slices else f"{len(slices)} labelled slices ({slices[:8]}{' …' if len(slices) > 8 else ''})"
-        raise DataError(f"{path}: the annotation must label exactly one slice; found {found}. "
-                        "Draw both muscles on one axial slice near the L3/L4 disc and save only that slice's labels.")
+        found = (
+            "no labelled slice"
+            if not slices
+            else f"{len(slices)} labelled slices ({slices[:8]}{' …' if len(slices) > 8 else ''})"
+        )
+        raise DataError(
+            f"{path}: the annotation must label exactly one slice; found {found}. "
+            "Draw both muscles on one axial slice near the L3/L4 disc and save only that slice's labels."
+        )
     return label, image, slices[0]
 
 
@@ -67,7 +74,9 @@ def prepare_annotation(manifest: DatasetManifest) -> tuple[sitk.Image, int]:
     path = manifest.resolve(note.file)
     z_low, z_high = case_region(image, case, manifest.resolve(case.image))
     z = lps_slice_index(image, k)
-    step = decimation_factor(canonical(image).GetSpacing()[2], manifest.decimate_to_mm) if manifest.modality == "CT" else 1
+    step = (
+        decimation_factor(canonical(image).GetSpacing()[2], manifest.decimate_to_mm) if manifest.modality == "CT" else 1
+    )
     kept = list(range(z_high, z_low - 1, -step))
     if z not in kept:
         where = "outside the region L3/L4–L5/S1" if not z_low <= z <= z_high else "on a slice dropped by CT decimation"
@@ -79,5 +88,7 @@ def prepare_annotation(manifest: DatasetManifest) -> tuple[sitk.Image, int]:
     index = int(np.flatnonzero(to_stack(prepared).reshape(len(kept), -1).any(axis=1))[0])
     present = set(np.unique(classes).tolist()) - {0}
     if present != {1, 2}:
-        log.warning("%s: the annotated slice holds classes %s; both 1 (right) and 2 (left) are expected.", path, sorted(present))
+        log.warning(
+            "%s: the annotated slice holds classes %s; both 1 (right) and 2 (left) are expected.", path, sorted(present)
+        )
     return prepared, index

@@ -4,6 +4,7 @@ Nothing here downloads anything: a missing or altered file stops the run with a
 :class:`~nnsam2_utils.errors.CheckpointError` that names the file, where it is expected and
 which file to fetch.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,7 +32,9 @@ def verify_checkpoint(path: str | os.PathLike, sha256: str | None, download_hint
             f"(or point the profile's checkpoint setting at where it is).{hint}"
         )
     if sha256 is None:
-        log.warning("%s: no SHA-256 configured, the checkpoint is used unverified. Pin its sha256 in the profile.", path)
+        log.warning(
+            "%s: no SHA-256 configured, the checkpoint is used unverified. Pin its sha256 in the profile.", path
+        )
         return path
     expected = sha256.strip().lower()
     found = file_sha256(path)

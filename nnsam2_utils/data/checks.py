@@ -9,6 +9,7 @@ order; the annotation labels exactly one slice, inside the region. Nothing is mo
 ``path_sha256`` is the checksum the manifests pin: a file's SHA-256, or for a DICOM folder the
 SHA-256 of its sorted ``relative-name digest`` lines (so a folder has one stable checksum).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,7 +59,7 @@ def path_sha256(path: str | os.PathLike) -> str:
 def _strip_path(message: str, path: Path) -> str:
     """An error message without its leading ``<path>: `` (the Problem names the file)."""
     prefix = f"{path}: "
-    return message[len(prefix):] if message.startswith(prefix) else message
+    return message[len(prefix) :] if message.startswith(prefix) else message
 
 
 class _Checker:
@@ -79,15 +80,24 @@ class _Checker:
             self.add("manifest", self.manifest.manifest_path, str(exc))
             return None
         if not path.exists():
-            self.add("missing", path, f"{role} not found.",
-                     f"put the file there, or correct '{relative}' in the manifest (paths are relative to root {self.manifest.root_path}).")
+            self.add(
+                "missing",
+                path,
+                f"{role} not found.",
+                f"put the file there, or correct '{relative}' in the manifest (paths are relative to root "
+                f"{self.manifest.root_path}).",
+            )
             return None
         if self.checksums and expected:
             found = path_sha256(path)
             if found != expected.lower():
-                self.add("checksum", path, f"SHA-256 mismatch for the {role} (expected {expected}, found {found}).",
-                         "the file is incomplete, altered or a different version: download or export it again; if this "
-                         f"file is the right one, set its sha256 in the manifest to {found}.")
+                self.add(
+                    "checksum",
+                    path,
+                    f"SHA-256 mismatch for the {role} (expected {expected}, found {found}).",
+                    "the file is incomplete, altered or a different version: download or export it again; if this "
+                    f"file is the right one, set its sha256 in the manifest to {found}.",
+                )
         if not self.read:
             return None
         from nnsam2_utils.data.io import read_image
@@ -112,27 +122,41 @@ class _Checker:
         values = set(np.unique(sitk.GetArrayViewFromImage(label)).tolist()) - {0}
         unknown = sorted(int(v) if float(v).is_integer() else v for v in values - set(self.manifest.label_map))
         if unknown:
-            self.add("label-values", path,
-                     f"label values {unknown} are not in the manifest's label_map {dict(self.manifest.label_map)}.",
-                     "add them to label_map (0 = background, 1 = right LPM, 2 = left LPM), or correct the label file.")
+            self.add(
+                "label-values",
+                path,
+                f"label values {unknown} are not in the manifest's label_map {dict(self.manifest.label_map)}.",
+                "add them to label_map (0 = background, 1 = right LPM, 2 = left LPM), or correct the label file.",
+            )
         if self.manifest.muscle_map:
             unmapped = sorted(set(self.manifest.label_map) - set(self.manifest.muscle_map) - {0})
             if unmapped and values & set(unmapped):
-                self.add("label-values", path, f"label values {sorted(values & set(unmapped))} have no entry in muscle_map.",
-                         "add them to muscle_map (R-ES, R-MF, L-MF, L-ES) or remove muscle_map.")
+                self.add(
+                    "label-values",
+                    path,
+                    f"label values {sorted(values & set(unmapped))} have no entry in muscle_map.",
+                    "add them to muscle_map (R-ES, R-MF, L-MF, L-ES) or remove muscle_map.",
+                )
 
     def discs(self, case, image: sitk.Image, path: Path) -> None:
         from nnsam2_utils.data.geometry import slice_axis
 
         n = image.GetSize()[slice_axis(image)]
         d = case.discs
-        outside = {name: k for name, k in (("L3L4", d.L3L4), ("L4L5", d.L4L5), ("L5S1", d.L5S1))
-                   if k is not None and not 0 <= k < n}
+        outside = {
+            name: k
+            for name, k in (("L3L4", d.L3L4), ("L4L5", d.L4L5), ("L5S1", d.L5S1))
+            if k is not None and not 0 <= k < n
+        }
         if outside:
-            self.add("discs", path, f"case {case.id}: disc slices {outside} are outside the volume (0..{n - 1} along "
-                     "the superior–inferior axis).",
-                     "read the slice numbers off a viewer along the axial direction (first slice = 0) and correct them "
-                     "in the manifest or cases CSV.")
+            self.add(
+                "discs",
+                path,
+                f"case {case.id}: disc slices {outside} are outside the volume (0..{n - 1} along "
+                "the superior–inferior axis).",
+                "read the slice numbers off a viewer along the axial direction (first slice = 0) and correct them "
+                "in the manifest or cases CSV.",
+            )
             return
         from nnsam2_utils.data.geometry import case_region
 
@@ -142,8 +166,12 @@ class _Checker:
             self.add("discs", path, _strip_path(str(exc), path))
             return
         if d.L4L5 is not None and not min(d.L3L4, d.L5S1) < d.L4L5 < max(d.L3L4, d.L5S1):
-            self.add("discs", path, f"case {case.id}: L4L5 ({d.L4L5}) does not lie between L3L4 ({d.L3L4}) and L5S1 ({d.L5S1}).",
-                     "check the three disc slice numbers of this scan.")
+            self.add(
+                "discs",
+                path,
+                f"case {case.id}: L4L5 ({d.L4L5}) does not lie between L3L4 ({d.L3L4}) and L5S1 ({d.L5S1}).",
+                "check the three disc slice numbers of this scan.",
+            )
 
     def case(self, case) -> None:
         m = self.manifest
@@ -198,9 +226,15 @@ def check_manifest(path: str | os.PathLike, checksums: bool = True, read: bool =
         root = manifest.root_path
         if not root.is_dir():
             how = " ".join((manifest.source.how_to_get or "Copy the dataset there.").split())
-            return [Problem("missing", str(root), f"data root of '{manifest.name}' not found (manifest {path}).",
-                            f"{how} Lay the files out as source.layout in the manifest says, then set 'root' in {path} "
-                            "(or the environment variable it names) to that folder.")]
+            return [
+                Problem(
+                    "missing",
+                    str(root),
+                    f"data root of '{manifest.name}' not found (manifest {path}).",
+                    f"{how} Lay the files out as source.layout in the manifest says, then set 'root' in {path} "
+                    "(or the environment variable it names) to that folder.",
+                )
+            ]
         manifest = load_manifest(path)
     except ManifestError as exc:
         return [Problem("manifest", str(path), _strip_path(str(exc), path))]

@@ -1,4 +1,5 @@
 """Describing a cohort from its files: muscle areas, fat and attenuation per scan."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,7 +27,9 @@ def scan_description(manifest: DatasetManifest, case_index: int) -> dict:
         return row
     label_image = read_image(manifest.resolve(case.label))
     label = sitk.GetArrayFromImage(canonical(label_image))
-    z = lps_slice_index(label_image, case.discs.L4L5 if case.discs.L4L5 is not None else (case.discs.L3L4 + case.discs.L5S1) // 2)
+    z = lps_slice_index(
+        label_image, case.discs.L4L5 if case.discs.L4L5 is not None else (case.discs.L3L4 + case.discs.L5S1) // 2
+    )
     sx, sy, _ = canonical(label_image).GetSpacing()
     pixel_cm2 = sx * sy / 100.0
     if manifest.muscle_map:
@@ -58,10 +61,16 @@ def truth_table(manifest: DatasetManifest) -> pd.DataFrame | None:
 
 def cohort_summary(scans: pd.DataFrame) -> pd.DataFrame:
     """Per dataset: modality, sequence, scans, subjects, region slices and voxel size (from :func:`cohort_table`)."""
-    return (scans.groupby(["dataset", "modality", "sequence"], sort=False)
-            .agg(scans=("case", "count"), subjects=("subject", "nunique"), region_slices=("region_slices", "sum"),
-                 voxel_mm=("voxel_mm", "first"))
-            .reset_index())
+    return (
+        scans.groupby(["dataset", "modality", "sequence"], sort=False)
+        .agg(
+            scans=("case", "count"),
+            subjects=("subject", "nunique"),
+            region_slices=("region_slices", "sum"),
+            voxel_mm=("voxel_mm", "first"),
+        )
+        .reset_index()
+    )
 
 
 def dataset_description(manifests: list[DatasetManifest]) -> pd.DataFrame:
@@ -102,7 +111,7 @@ def _lps_spacing(reader) -> tuple[float, float, float]:
     return tuple(float(spacing[int(np.argmax(direction[axis]))]) for axis in range(3))
 
 
-def cohort_table(manifests: list[DatasetManifest]) -> "pd.DataFrame":
+def cohort_table(manifests: list[DatasetManifest]) -> pd.DataFrame:
     """One row per scan from file headers only: dataset, modality, case, subject, size, voxel size, and
     the number of region slices the pipeline will use (L3/L4 to L5/S1 inclusive, after CT decimation)."""
     import pandas as pd
@@ -119,10 +128,18 @@ def cohort_table(manifests: list[DatasetManifest]) -> "pd.DataFrame":
             sx, sy, sz = _lps_spacing(reader)
             span = abs(case.discs.L3L4 - case.discs.L5S1) + 1
             step = decimation_factor(sz, manifest.decimate_to_mm) if manifest.modality == "CT" else 1
-            rows.append({"dataset": manifest.name, "modality": manifest.modality, "sequence": manifest.sequence,
-                         "case": case.id, "subject": case.subject or case.id, "timepoint": case.timepoint,
-                         "size": "×".join(str(s) for s in reader.GetSize()),
-                         "voxel_mm": f"{sx:.2f}×{sy:.2f}×{sz:.2f}",
-                         "region_slices": len(range(0, span, step)),
-                         "has_label": case.label is not None})
+            rows.append(
+                {
+                    "dataset": manifest.name,
+                    "modality": manifest.modality,
+                    "sequence": manifest.sequence,
+                    "case": case.id,
+                    "subject": case.subject or case.id,
+                    "timepoint": case.timepoint,
+                    "size": "×".join(str(s) for s in reader.GetSize()),
+                    "voxel_mm": f"{sx:.2f}×{sy:.2f}×{sz:.2f}",
+                    "region_slices": len(range(0, span, step)),
+                    "has_label": case.label is not None,
+                }
+            )
     return pd.DataFrame(rows)

@@ -6,6 +6,7 @@ by position by GDCM). Labels stay volumes (NIfTI/NRRD), as ITK-SNAP and 3D Slice
 the grid of the series. :func:`write_series` writes a volume as a series: the tests use it to
 build DICOM scans, and it converts a volume for tools that want DICOM.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,7 +36,9 @@ def series_files(folder: str | os.PathLike) -> list[str]:
     folder = Path(folder)
     ids = series_ids(folder)
     if not ids:
-        raise DataError(f"{folder}: holds no DICOM series. Point the manifest at a folder of .dcm slices or a NIfTI file.")
+        raise DataError(
+            f"{folder}: holds no DICOM series. Point the manifest at a folder of .dcm slices or a NIfTI file."
+        )
     if len(ids) > 1:
         raise DataError(f"{folder}: holds {len(ids)} DICOM series ({ids[:3]}). Put each series in its own folder.")
     return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0]))
@@ -62,9 +65,11 @@ def check_uniform_spacing(folder: str | os.PathLike, files: list[str], tolerance
         return
     gaps = np.abs(np.diff(np.sort(slice_positions(files))))
     if gaps.min() <= 0 or (gaps.max() - gaps.min()) > tolerance * np.median(gaps):
-        raise DataError(f"{folder}: slice gaps of the DICOM series range from {gaps.min():.2f} to {gaps.max():.2f} mm "
-                        f"over {len(files)} files: a slice is missing, duplicated or the folder mixes stacks. "
-                        "Export the complete series again, one series per folder.")
+        raise DataError(
+            f"{folder}: slice gaps of the DICOM series range from {gaps.min():.2f} to {gaps.max():.2f} mm "
+            f"over {len(files)} files: a slice is missing, duplicated or the folder mixes stacks. "
+            "Export the complete series again, one series per folder."
+        )
 
 
 def read_series(folder: str | os.PathLike) -> sitk.Image:
@@ -81,8 +86,9 @@ def _uid(root: str = "1.2.826.0.1.3680043.2.1125") -> str:
     return f"{root}.{int(time.time() * 1e6) % 10**12}.{os.getpid() % 10**6}.{np.random.randint(10**6)}"
 
 
-def write_series(image: sitk.Image, folder: str | os.PathLike, modality: str = "MRI",
-                 description: str = "nnsam2") -> Path:
+def write_series(
+    image: sitk.Image, folder: str | os.PathLike, modality: str = "MRI", description: str = "nnsam2"
+) -> Path:
     """Write a 3-D image as a DICOM series (int16, one file per slice along the stored k axis).
 
     Geometry (origin, spacing, direction) is kept through ImagePositionPatient,
@@ -96,11 +102,13 @@ def write_series(image: sitk.Image, folder: str | os.PathLike, modality: str = "
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        volume = sitk.Cast(sitk.Round(image) if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64) else image,
-                           sitk.sitkInt16)
+        volume = sitk.Cast(
+            sitk.Round(image) if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64) else image, sitk.sitkInt16
+        )
         direction = volume.GetDirection()
-        orientation = "\\".join(f"{v:.6f}" for v in (direction[0], direction[3], direction[6],
-                                                       direction[1], direction[4], direction[7]))
+        orientation = "\\".join(
+            f"{v:.6f}" for v in (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7])
+        )
         study, series = _uid(), _uid()
         stamp = time.strftime("%Y%m%d")
         writer = sitk.ImageFileWriter()
@@ -110,10 +118,13 @@ def write_series(image: sitk.Image, folder: str | os.PathLike, modality: str = "
             position = volume.TransformIndexToPhysicalPoint((0, 0, k))
             tags = {
                 "0008|0060": MODALITIES.get(modality, modality),
-                "0008|0020": stamp, "0008|0021": stamp,
+                "0008|0020": stamp,
+                "0008|0021": stamp,
                 "0008|103e": description,
-                "0010|0010": "nnsam2^test", "0010|0020": "nnsam2",
-                "0020|000d": study, "0020|000e": series,
+                "0010|0010": "nnsam2^test",
+                "0010|0020": "nnsam2",
+                "0020|000d": study,
+                "0020|000e": series,
                 "0020|0013": str(k + 1),
                 "0020|0032": "\\".join(f"{v:.6f}" for v in position),
                 "0020|0037": orientation,

@@ -4,6 +4,7 @@ Each entry of ``source.downloads`` (url, path under ``root``, optional sha256/md
 temporary name next to its destination, verified, then moved into place. An existing file is never
 overwritten: it is verified and kept (a mismatch is an error that says what to do).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,8 +36,10 @@ def verify(path: Path, item: Download) -> None:
     for name in ("sha256", "md5"):
         expected = getattr(item, name)
         if expected and found[name] != expected:
-            raise DataError(f"{path}: {name} mismatch (expected {expected}, found {found[name]}). The download is "
-                            f"incomplete or the file changed at {item.url}: delete it and fetch again, or check the record.")
+            raise DataError(
+                f"{path}: {name} mismatch (expected {expected}, found {found[name]}). The download is "
+                f"incomplete or the file changed at {item.url}: delete it and fetch again, or check the record."
+            )
 
 
 def fetch_one(item: Download, destination: Path, timeout: float = 60.0) -> Path:
@@ -60,5 +63,7 @@ def fetch_manifest(path: str | os.PathLike) -> list[Path]:
     manifest = load_manifest(path, cases_csv=False)
     items = manifest.source.downloads
     if not items:
-        raise DataError(f"{path}: lists no direct downloads (source.downloads). Get the files as source.how_to_get says.")
+        raise DataError(
+            f"{path}: lists no direct downloads (source.downloads). Get the files as source.how_to_get says."
+        )
     return [fetch_one(item, manifest.resolve(item.path)) for item in items]

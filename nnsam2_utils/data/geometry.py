@@ -10,6 +10,7 @@ Conventions (used everywhere):
 
 See docs/method.md §2.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,8 +39,10 @@ def lps_slice_index(image: sitk.Image, k: int) -> int:
     axis = slice_axis(image)
     size_k = image.GetSize()[axis]
     if not 0 <= k < size_k:
-        raise GeometryError(f"disc slice index {k} is outside the volume (0..{size_k - 1} along the "
-                            "superior–inferior axis). Fix the disc levels in the manifest.")
+        raise GeometryError(
+            f"disc slice index {k} is outside the volume (0..{size_k - 1} along the "
+            "superior–inferior axis). Fix the disc levels in the manifest."
+        )
     index = [(s - 1) / 2 for s in image.GetSize()]
     index[axis] = k
     point = image.TransformContinuousIndexToPhysicalPoint(index)
@@ -67,9 +70,11 @@ def case_region(image: sitk.Image, case: Case, image_path: str | Path) -> tuple[
     except GeometryError as exc:
         raise GeometryError(f"{image_path} (case {case.id}): {exc}") from exc
     if z_top <= z_bottom:
-        raise GeometryError(f"{image_path} (case {case.id}): disc L3L4 (slice {case.discs.L3L4}) lies inferior to "
-                            f"L5S1 (slice {case.discs.L5S1}) in the image's orientation. Swap the two disc levels in "
-                            "the manifest, or fix the image header's direction if the scan is stored upside down.")
+        raise GeometryError(
+            f"{image_path} (case {case.id}): disc L3L4 (slice {case.discs.L3L4}) lies inferior to "
+            f"L5S1 (slice {case.discs.L5S1}) in the image's orientation. Swap the two disc levels in "
+            "the manifest, or fix the image header's direction if the scan is stored upside down."
+        )
     return z_bottom, z_top
 
 
@@ -93,11 +98,18 @@ def check_same_grid(a: sitk.Image, b: sitk.Image, name_a: str, name_b: str, tol:
     problems = []
     if a.GetSize() != b.GetSize():
         problems.append(f"size {a.GetSize()} vs {b.GetSize()}")
-    for what, va, vb in (("spacing", a.GetSpacing(), b.GetSpacing()), ("origin", a.GetOrigin(), b.GetOrigin()), ("direction", a.GetDirection(), b.GetDirection())):
+    for what, va, vb in (
+        ("spacing", a.GetSpacing(), b.GetSpacing()),
+        ("origin", a.GetOrigin(), b.GetOrigin()),
+        ("direction", a.GetDirection(), b.GetDirection()),
+    ):
         if not np.allclose(va, vb, atol=tol * max(1.0, float(np.max(np.abs(va))))):
             problems.append(f"{what} {tuple(round(v, 4) for v in va)} vs {tuple(round(v, 4) for v in vb)}")
     if problems:
-        raise GeometryError(f"{name_b} does not match the grid of {name_a}: {'; '.join(problems)}. Resample the label onto the image grid (e.g. in 3D Slicer) or fix the header.")
+        raise GeometryError(
+            f"{name_b} does not match the grid of {name_a}: {'; '.join(problems)}. Resample the label onto the image "
+            "grid (e.g. in 3D Slicer) or fix the header."
+        )
 
 
 def region_crop(manifest: DatasetManifest, case: Case, image: sitk.Image, image_path: str | Path):
@@ -105,7 +117,9 @@ def region_crop(manifest: DatasetManifest, case: Case, image: sitk.Image, image_
     decimate CT) as a function, with the decimation step: images, labels and external
     predictions of the scan all go through the same one."""
     z_low, z_high = case_region(image, case, image_path)
-    step = decimation_factor(canonical(image).GetSpacing()[2], manifest.decimate_to_mm) if manifest.modality == "CT" else 1
+    step = (
+        decimation_factor(canonical(image).GetSpacing()[2], manifest.decimate_to_mm) if manifest.modality == "CT" else 1
+    )
 
     def crop(volume: sitk.Image) -> sitk.Image:
         return crop_z(canonical(volume), z_low, z_high, step)

@@ -4,6 +4,7 @@ Every writer here writes to a temporary name in the destination folder and moves
 file into place with :func:`os.replace`, so an interrupted run never leaves a
 half-written output that a later run would mistake for a finished one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -11,8 +12,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -105,11 +107,20 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
             image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown reader error"
-        raise DataError(f"{path}: cannot be read as an image ({first}). The file may be truncated or corrupted; re-export or re-download it.") from exc
+        raise DataError(
+            f"{path}: cannot be read as an image ({first}). The file may be truncated or corrupted; re-export or "
+            "re-download it."
+        ) from exc
     if image.GetDimension() != 3:
-        raise DataError(f"{path}: expected a 3-D image, found {image.GetDimension()}-D. Export a single 3-D volume (one time point, one channel).")
+        raise DataError(
+            f"{path}: expected a 3-D image, found {image.GetDimension()}-D. Export a single 3-D volume (one time "
+            "point, one channel)."
+        )
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise DataError(f"{path}: expected one channel, found {image.GetNumberOfComponentsPerPixel()}. Store each channel (e.g. Dixon water, fat) as its own file.")
+        raise DataError(
+            f"{path}: expected one channel, found {image.GetNumberOfComponentsPerPixel()}. Store each channel (e.g. "
+            "Dixon water, fat) as its own file."
+        )
     return image
 
 
@@ -132,14 +143,20 @@ def check_nifti_payload(path: Path) -> None:
                     pass
         data = np.asanyarray(nib.load(str(path)).dataobj)
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: cannot be read as an image ({type(exc).__name__}: {exc}). The file is truncated "
-                        "or corrupted; re-export or re-download it.") from exc
+        raise DataError(
+            f"{path}: cannot be read as an image ({type(exc).__name__}: {exc}). The file is truncated "
+            "or corrupted; re-export or re-download it."
+        ) from exc
     except Exception as exc:  # nibabel raises several types for damaged files
-        raise DataError(f"{path}: cannot be read as an image ({type(exc).__name__}: {exc}). The file may be truncated "
-                        "or corrupted; re-export or re-download it.") from exc
+        raise DataError(
+            f"{path}: cannot be read as an image ({type(exc).__name__}: {exc}). The file may be truncated "
+            "or corrupted; re-export or re-download it."
+        ) from exc
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
-        raise DataError(f"{path}: holds {bad} NaN or Inf voxels. Replace them (e.g. with the background value) before running.")
+        raise DataError(
+            f"{path}: holds {bad} NaN or Inf voxels. Replace them (e.g. with the background value) before running."
+        )
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:

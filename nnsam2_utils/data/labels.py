@@ -1,5 +1,5 @@
-"""Label maps: source label values to the two classes (right, left LPM) and to the four muscles.
-"""
+"""Label maps: source label values to the two classes (right, left LPM) and to the four muscles."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +13,10 @@ def map_labels(label: np.ndarray, label_map: dict[int, int], where: str) -> np.n
     values = set(np.unique(label).tolist()) - {0}
     unknown = sorted(values - set(label_map))
     if unknown:
-        raise DataError(f"{where}: label values {unknown} are not in the manifest's label_map {label_map}. Add them to label_map (0 = background).")
+        raise DataError(
+            f"{where}: label values {unknown} are not in the manifest's label_map {label_map}. Add them to label_map "
+            "(0 = background)."
+        )
     out = np.zeros(label.shape, dtype=np.uint8)
     for source, target in label_map.items():
         out[label == source] = target

@@ -16,6 +16,7 @@ Classes of the project: 0 background, 1 right LPM, 2 left LPM. Where the source 
 separate erector spinae (ES) and multifidus (MF), ``muscle_map`` keeps that four-class
 information: R-ES, R-MF, L-MF, L-ES.
 """
+
 from __future__ import annotations
 
 import os
@@ -94,9 +95,9 @@ class Source(_Strict):
     citation: str | None = None
     licence: str | None = None
     how_to_get: str | None = None
-    layout: str | None = None        # the expected folders and file names under root
+    layout: str | None = None  # the expected folders and file names under root
     label_source: str | None = None  # where the expert labels come from
-    disc_source: str | None = None   # where the disc levels come from
+    disc_source: str | None = None  # where the disc levels come from
     downloads: list[Download] = Field(default_factory=list)
 
 
@@ -179,7 +180,7 @@ class DatasetManifest(_Strict):
         return class_targets(value)
 
     @model_validator(mode="after")
-    def _unique_ids(self) -> "DatasetManifest":
+    def _unique_ids(self) -> DatasetManifest:
         seen: set[str] = set()
         dupes = [c.id for c in self.cases if c.id in seen or seen.add(c.id)]
         if dupes:
@@ -189,12 +190,18 @@ class DatasetManifest(_Strict):
         for case in self.cases:
             if case.discs is None:
                 if self.cases_csv is None:
-                    raise ValueError(f"case {case.id}: no disc levels; give 'discs' or a 'cases_csv' with L3L4 and L5S1 columns")
+                    raise ValueError(
+                        f"case {case.id}: no disc levels; give 'discs' or a 'cases_csv' with L3L4 and L5S1 columns"
+                    )
                 continue
             if case.discs.L3L4 == case.discs.L5S1:
                 raise ValueError(f"case {case.id}: L3L4 and L5S1 disc slices are the same ({case.discs.L3L4})")
-        if self.annotation is not None and self.cases and self.cases_csv is None \
-                and self.annotation.case not in {c.id for c in self.cases}:
+        if (
+            self.annotation is not None
+            and self.cases
+            and self.cases_csv is None
+            and self.annotation.case not in {c.id for c in self.cases}
+        ):
             raise ValueError(f"annotation.case '{self.annotation.case}' is not a case id of this manifest")
         return self
 
@@ -211,7 +218,9 @@ class DatasetManifest(_Strict):
         root = self.root_path
         path = (root / relative).resolve()
         if root != path and root not in path.parents:
-            raise ManifestError(f"{self.manifest_path}: path '{relative}' escapes the data root {root}. Use a path inside the root.")
+            raise ManifestError(
+                f"{self.manifest_path}: path '{relative}' escapes the data root {root}. Use a path inside the root."
+            )
         return path
 
     def case(self, case_id: str) -> Case:
@@ -226,11 +235,11 @@ def _validate(raw: dict, path: Path) -> DatasetManifest:
     try:
         return DatasetManifest.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ManifestError(f"{path}: invalid manifest: {problems}. Correct the fields named "
-                            "(each field and its type: nnsam2_utils/manifest.py, class DatasetManifest).") from exc
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors())
+        raise ManifestError(
+            f"{path}: invalid manifest: {problems}. Correct the fields named "
+            "(each field and its type: nnsam2_utils/manifest.py, class DatasetManifest)."
+        ) from exc
 
 
 def csv_rows(manifest: DatasetManifest) -> list[dict]:
@@ -244,16 +253,22 @@ def csv_rows(manifest: DatasetManifest) -> list[dict]:
     where = manifest.manifest_path or "manifest"
     csv_path = manifest.resolve(spec.file)
     if not csv_path.exists():
-        raise ManifestError(f"{where}: cases_csv '{csv_path}' not found. Write it (one row per scan: "
-                            f"{spec.columns.get('id', 'id')}, disc levels L3L4, L4L5, L5S1, …) or fix 'cases_csv.file'.")
+        raise ManifestError(
+            f"{where}: cases_csv '{csv_path}' not found. Write it (one row per scan: "
+            f"{spec.columns.get('id', 'id')}, disc levels L3L4, L4L5, L5S1, …) or fix 'cases_csv.file'."
+        )
     try:
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{csv_path}: not a readable CSV ({exc}). Save it as comma-separated text with a header row.") from exc
+        raise ManifestError(
+            f"{csv_path}: not a readable CSV ({exc}). Save it as comma-separated text with a header row."
+        ) from exc
     column = {name: spec.columns.get(name, name) for name in ("id", *CSV_FIELDS)}
     if column["id"] not in table.columns:
-        raise ManifestError(f"{csv_path}: no id column '{column['id']}' (columns: {list(table.columns)}). "
-                            "Add it, or map your column with cases_csv.columns.id.")
+        raise ManifestError(
+            f"{csv_path}: no id column '{column['id']}' (columns: {list(table.columns)}). "
+            "Add it, or map your column with cases_csv.columns.id."
+        )
     rows = []
     for index, record in table.iterrows():
         case_id = record[column["id"]].strip()
@@ -317,13 +332,17 @@ def load_manifest(path: str | os.PathLike, cases_csv: bool = True) -> DatasetMan
     manifest = _validate(raw, path)
     missing = [c.id for c in manifest.cases if c.discs is None]
     if missing:
-        raise ManifestError(f"{path}: no disc levels for cases {missing[:10]}{' …' if len(missing) > 10 else ''}. "
-                            f"Add rows with L3L4 and L5S1 to {manifest.cases_csv.file} or 'discs' to those cases.")
+        raise ManifestError(
+            f"{path}: no disc levels for cases {missing[:10]}{' …' if len(missing) > 10 else ''}. "
+            f"Add rows with L3L4 and L5S1 to {manifest.cases_csv.file} or 'discs' to those cases."
+        )
     if not manifest.cases:
         raise ManifestError(f"{path}: the cases_csv {manifest.cases_csv.file} has no rows. Add one row per scan.")
     if manifest.annotation is not None and manifest.annotation.case not in {c.id for c in manifest.cases}:
-        raise ManifestError(f"{path}: annotation.case '{manifest.annotation.case}' is not a case id. "
-                            f"Known: {[c.id for c in manifest.cases][:10]}.")
+        raise ManifestError(
+            f"{path}: annotation.case '{manifest.annotation.case}' is not a case id. "
+            f"Known: {[c.id for c in manifest.cases][:10]}."
+        )
     return manifest
 
 
@@ -336,5 +355,3 @@ def dump_manifest(manifest: DatasetManifest, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
-
-

@@ -19,6 +19,7 @@ source, value`` with ``measure`` in ``volume_ml``, ``fat_ratio``, ``hu_mean`` an
 in ``auto``, ``expert``. ``class`` is ``1`` (right LPM) and ``2`` (left LPM), and, where a
 four-class muscle volume is given, ``"R-ES"``, ``"R-MF"``, ``"L-MF"``, ``"L-ES"``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,12 +56,16 @@ def _same_grid(mask: ArrayOrImage, other: ArrayOrImage, name: str) -> np.ndarray
     values = _array(other)
     shape = _array(mask).shape
     if values.shape != shape:
-        raise GeometryError(f"{name}: array shape {values.shape} differs from the mask's {shape}. "
-                            "Measure on the mask's grid (resample the image or the mask first).")
+        raise GeometryError(
+            f"{name}: array shape {values.shape} differs from the mask's {shape}. "
+            "Measure on the mask's grid (resample the image or the mask first)."
+        )
     if isinstance(mask, sitk.Image) and isinstance(other, sitk.Image):
         if not np.allclose(mask.GetSpacing(), other.GetSpacing(), rtol=1e-3):
-            raise GeometryError(f"{name}: spacing {other.GetSpacing()} differs from the mask's {mask.GetSpacing()}. "
-                                "Resample onto the mask's grid first.")
+            raise GeometryError(
+                f"{name}: spacing {other.GetSpacing()} differs from the mask's {mask.GetSpacing()}. "
+                "Resample onto the mask's grid first."
+            )
     return values
 
 
@@ -77,7 +82,9 @@ def voxel_volume_mm3(mask: ArrayOrImage, spacing: Sequence[float] | None = None)
     spacing = tuple(float(s) for s in spacing)
     ndim = _array(mask).ndim
     if len(spacing) != ndim:
-        raise GeometryError(f"spacing {spacing} has {len(spacing)} entries but the mask has {ndim} axes. Give one spacing per axis.")
+        raise GeometryError(
+            f"spacing {spacing} has {len(spacing)} entries but the mask has {ndim} axes. Give one spacing per axis."
+        )
     if not all(np.isfinite(s) and s > 0 for s in spacing):
         raise GeometryError(f"spacing {spacing} must be finite and positive (mm). Fix the image header.")
     return float(np.prod(spacing))
@@ -128,9 +135,17 @@ def hu_mean(mask: ArrayOrImage, ct: ArrayOrImage) -> float:
     return float(values.mean())
 
 
-def _class_rows(dataset: str, case: str, source: str, label: ArrayOrImage, classes: dict[int, int | str],
-                spacing: Sequence[float] | None, water: ArrayOrImage | None, fat: ArrayOrImage | None,
-                ct: ArrayOrImage | None) -> list[dict]:
+def _class_rows(
+    dataset: str,
+    case: str,
+    source: str,
+    label: ArrayOrImage,
+    classes: dict[int, int | str],
+    spacing: Sequence[float] | None,
+    water: ArrayOrImage | None,
+    fat: ArrayOrImage | None,
+    ct: ArrayOrImage | None,
+) -> list[dict]:
     """Rows for each ``label value → class name`` of one label volume."""
     labels = _array(label)
     rows = []
@@ -143,15 +158,24 @@ def _class_rows(dataset: str, case: str, source: str, label: ArrayOrImage, class
             measures["fat_ratio"] = fat_ratio(mask, water, fat)
         if ct is not None:
             measures["hu_mean"] = hu_mean(mask, ct)
-        rows += [{"dataset": dataset, "case": case, "class": name, "measure": measure, "source": source, "value": result}
-                 for measure, result in measures.items()]
+        rows += [
+            {"dataset": dataset, "case": case, "class": name, "measure": measure, "source": source, "value": result}
+            for measure, result in measures.items()
+        ]
     return rows
 
 
-def measurement_rows(dataset: str, case: str, source: str, classes_volume: ArrayOrImage,
-                     spacing: Sequence[float] | None = None, water: ArrayOrImage | None = None,
-                     fat: ArrayOrImage | None = None, ct: ArrayOrImage | None = None,
-                     muscles: ArrayOrImage | None = None) -> list[dict]:
+def measurement_rows(
+    dataset: str,
+    case: str,
+    source: str,
+    classes_volume: ArrayOrImage,
+    spacing: Sequence[float] | None = None,
+    water: ArrayOrImage | None = None,
+    fat: ArrayOrImage | None = None,
+    ct: ArrayOrImage | None = None,
+    muscles: ArrayOrImage | None = None,
+) -> list[dict]:
     """Tidy measurement rows of one scan and one source (``auto`` or ``expert``).
 
     ``classes_volume`` holds classes 1 (right LPM) and 2 (left LPM); ``muscles``, optional,

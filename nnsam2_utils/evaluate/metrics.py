@@ -4,6 +4,7 @@ Dice similarity coefficient per class: ``2|A∩B| / (|A| + |B|)``. When both A a
 empty the DSC is undefined and returned as NaN (excluded from means, and counted), when
 exactly one is empty it is 0.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,16 +23,26 @@ def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
     return 2.0 * int(np.logical_and(prediction, reference).sum()) / total
 
 
-def dice_per_class(prediction: np.ndarray, reference: np.ndarray, classes: tuple[int, ...] = (1, 2)) -> dict[int, float]:
+def dice_per_class(
+    prediction: np.ndarray, reference: np.ndarray, classes: tuple[int, ...] = (1, 2)
+) -> dict[int, float]:
     """DSC for each class id of two label arrays."""
     return {cls: dice(prediction == cls, reference == cls) for cls in classes}
 
 
-def dsc_rows(dataset: str, case: str, stage: str, prediction: np.ndarray, reference: np.ndarray,
-             classes: tuple[int, ...] = (1, 2)) -> list[dict]:
+def dsc_rows(
+    dataset: str,
+    case: str,
+    stage: str,
+    prediction: np.ndarray,
+    reference: np.ndarray,
+    classes: tuple[int, ...] = (1, 2),
+) -> list[dict]:
     """Tidy rows (dataset, case, class, stage, dsc) for one scan."""
-    return [{"dataset": dataset, "case": case, "class": cls, "stage": stage, "dsc": value}
-            for cls, value in dice_per_class(prediction, reference, classes).items()]
+    return [
+        {"dataset": dataset, "case": case, "class": cls, "stage": stage, "dsc": value}
+        for cls, value in dice_per_class(prediction, reference, classes).items()
+    ]
 
 
 def summarise_dsc(table: pd.DataFrame) -> pd.DataFrame:

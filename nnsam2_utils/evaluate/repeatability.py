@@ -14,6 +14,7 @@ pseudo-label with the run's (:func:`rerun_stage0_case`).
 Public API: :data:`REPEAT_STAGE`, :func:`variation_table`, :func:`mask_agreement`,
 :func:`rerun_stage0_case`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,8 +23,17 @@ import pandas as pd
 from nnsam2_utils.evaluate.metrics import dsc_rows
 
 REPEAT_STAGE = "repeat"
-VARIATION_COLUMNS = ["measure", "group", "n", "mean_first", "mean_abs_diff", "mean_abs_pct", "max_abs_pct",
-                     "mean_diff_pct", "note"]
+VARIATION_COLUMNS = [
+    "measure",
+    "group",
+    "n",
+    "mean_first",
+    "mean_abs_diff",
+    "mean_abs_pct",
+    "max_abs_pct",
+    "mean_diff_pct",
+    "note",
+]
 
 
 def _auto_values(measurements: pd.DataFrame, classes: tuple[str, ...]) -> pd.DataFrame:
@@ -34,8 +44,9 @@ def _auto_values(measurements: pd.DataFrame, classes: tuple[str, ...]) -> pd.Dat
     return auto.set_index(["dataset", "case", "class", "measure"])["value"].astype(float)
 
 
-def variation_table(first: pd.DataFrame, second: pd.DataFrame, groups: dict[str, str],
-                    classes: tuple[str, ...] = ("1", "2")) -> pd.DataFrame:
+def variation_table(
+    first: pd.DataFrame, second: pd.DataFrame, groups: dict[str, str], classes: tuple[str, ...] = ("1", "2")
+) -> pd.DataFrame:
     """Per measure and dataset group: how much the second training's measurements differ from the first's.
 
     ``first`` and ``second`` are tidy measurement tables (columns dataset, case, class, measure,
@@ -65,15 +76,23 @@ def variation_table(first: pd.DataFrame, second: pd.DataFrame, groups: dict[str,
             notes.append("group mean is zero: no percentages")
             pct = lambda v: float("nan")  # noqa: E731
         else:
-            pct = lambda v: 100.0 * float(v) / scale  # noqa: E731
-        rows.append({"measure": measure, "group": group, "n": int(len(part)), "mean_first": mean_first,
-                     "mean_abs_diff": float(diff.abs().mean()), "mean_abs_pct": pct(diff.abs().mean()),
-                     "max_abs_pct": pct(diff.abs().max()), "mean_diff_pct": pct(diff.mean()), "note": "; ".join(notes)})
+            pct = lambda v, s=scale: 100.0 * float(v) / s  # noqa: E731
+        rows.append(
+            {
+                "measure": measure,
+                "group": group,
+                "n": int(len(part)),
+                "mean_first": mean_first,
+                "mean_abs_diff": float(diff.abs().mean()),
+                "mean_abs_pct": pct(diff.abs().mean()),
+                "max_abs_pct": pct(diff.abs().max()),
+                "mean_diff_pct": pct(diff.mean()),
+                "note": "; ".join(notes),
+            }
+        )
     return pd.DataFrame(rows, columns=VARIATION_COLUMNS)
 
 
 def mask_agreement(dataset: str, case: str, first: np.ndarray, second: np.ndarray) -> list[dict]:
     """DSC rows (per class) between the masks of the two trainings for one scan (``stage``: ``run_to_run``)."""
     return dsc_rows(dataset, case, "run_to_run", second, first)
-
-

@@ -1,4 +1,5 @@
 """Measurements of a run: volume, Dixon fat ratio and CT attenuation from automated and expert masks."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -54,7 +55,9 @@ def unlabelled_datasets(measurements: pd.DataFrame, datasets: list[str]) -> list
     return [d for d in datasets if d in auto and d not in expert]
 
 
-def measurement_summary(measurements: pd.DataFrame, datasets: list[str], classes: tuple[str, ...] = ("1", "2")) -> pd.DataFrame:
+def measurement_summary(
+    measurements: pd.DataFrame, datasets: list[str], classes: tuple[str, ...] = ("1", "2")
+) -> pd.DataFrame:
     """Automated measurements of some datasets, per dataset, class and measure: scans, mean and SD over scans.
 
     For datasets without expert labels this is what the book can report (no DSC, no agreement);
@@ -63,8 +66,11 @@ def measurement_summary(measurements: pd.DataFrame, datasets: list[str], classes
     auto = measurements[(measurements["source"] == "auto") & measurements["dataset"].isin(datasets)].copy()
     auto["class"] = auto["class"].astype(str)
     auto = auto[auto["class"].isin(classes)]
-    summary = (auto.groupby(["dataset", "class", "measure"], sort=False)["value"]
-               .agg(scans="count", mean="mean", sd="std").reset_index())
+    summary = (
+        auto.groupby(["dataset", "class", "measure"], sort=False)["value"]
+        .agg(scans="count", mean="mean", sd="std")
+        .reset_index()
+    )
     return summary[["dataset", "class", "measure", "scans", "mean", "sd"]]
 
 

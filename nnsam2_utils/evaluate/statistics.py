@@ -17,6 +17,7 @@ Edge-case semantics (shared by every function here):
 * The equivalence margin is ``margin_fraction × |mean of the expert values|`` (absolute
   value, so negative HU means work); TOST at level α uses the (1 − 2α) CI of the difference.
 """
+
 from __future__ import annotations
 
 import logging
@@ -66,8 +67,9 @@ def full_precision() -> Iterator[None]:
         pg.options.update(saved)
 
 
-def paired_arrays(auto: Sequence[float], expert: Sequence[float],
-                  min_pairs: int = MIN_PAIRS) -> tuple[np.ndarray, np.ndarray, int]:
+def paired_arrays(
+    auto: Sequence[float], expert: Sequence[float], min_pairs: int = MIN_PAIRS
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Float arrays of the complete pairs and the number of pairs dropped for NaN.
 
     Raises StatsError on different lengths, non 1-D input or fewer than ``min_pairs``
@@ -78,15 +80,19 @@ def paired_arrays(auto: Sequence[float], expert: Sequence[float],
     if a.ndim != 1 or e.ndim != 1:
         raise StatsError(f"auto and expert must be 1-D sequences, got shapes {a.shape} and {e.shape}.")
     if a.shape != e.shape:
-        raise StatsError(f"auto has {a.size} values but expert has {e.size}: pass one automated and one "
-                         "expert value per scan and class, in the same order.")
+        raise StatsError(
+            f"auto has {a.size} values but expert has {e.size}: pass one automated and one "
+            "expert value per scan and class, in the same order."
+        )
     keep = np.isfinite(a) & np.isfinite(e)
     dropped = int(a.size - keep.sum())
     if dropped:
         log.warning("dropped %d of %d pairs with NaN/Inf values", dropped, a.size)
     if keep.sum() < min_pairs:
-        raise StatsError(f"only {int(keep.sum())} complete pairs ({dropped} dropped for NaN): at least "
-                         f"{min_pairs} automated/expert pairs are needed.")
+        raise StatsError(
+            f"only {int(keep.sum())} complete pairs ({dropped} dropped for NaN): at least "
+            f"{min_pairs} automated/expert pairs are needed."
+        )
     return a[keep], e[keep], dropped
 
 
@@ -96,8 +102,10 @@ def relative_margin(expert: np.ndarray, margin_fraction: float) -> float:
         raise StatsError(f"margin_fraction must be positive, got {margin_fraction}.")
     margin = margin_fraction * abs(float(np.mean(expert)))
     if not margin > 0:
-        raise StatsError("the expert mean is 0, so a margin relative to it is 0: equivalence cannot be "
-                         "tested. Use an absolute margin or a measure with a non-zero mean.")
+        raise StatsError(
+            "the expert mean is 0, so a margin relative to it is 0: equivalence cannot be "
+            "tested. Use an absolute margin or a measure with a non-zero mean."
+        )
     return margin
 
 
@@ -120,8 +128,9 @@ class TostResult:
     df: int
 
 
-def tost_paired(auto: Sequence[float], expert: Sequence[float], margin_fraction: float = 0.10,
-                alpha: float = 0.05) -> TostResult:
+def tost_paired(
+    auto: Sequence[float], expert: Sequence[float], margin_fraction: float = 0.10, alpha: float = 0.05
+) -> TostResult:
     """Paired two one-sided tests of ``|mean(auto − expert)| < margin``.
 
     H0⁻: mean difference ≤ −margin (``p_lower``), H0⁺: mean difference ≥ +margin
@@ -136,8 +145,11 @@ def tost_paired(auto: Sequence[float], expert: Sequence[float], margin_fraction:
     se = float(d.std(ddof=1)) / np.sqrt(n)
     if np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(a).max()), float(np.abs(e).max())):  # rounding noise only
         inside = abs(mean) < margin
-        log.warning("tost_paired: all differences equal (%g); decided without a test: %s", mean,
-                    "equivalent" if inside else "not equivalent")
+        log.warning(
+            "tost_paired: all differences equal (%g); decided without a test: %s",
+            mean,
+            "equivalent" if inside else "not equivalent",
+        )
         p_lower = 0.0 if mean > -margin else 1.0
         p_upper = 0.0 if mean < margin else 1.0
         return TostResult(max(p_lower, p_upper), p_lower, p_upper, margin, mean, mean, mean, n, dropped, n - 1)
@@ -306,17 +318,30 @@ def _fit_random_intercept(frame: pd.DataFrame):
         if usable and (best is None or fit.llf > best.llf + 1e-9):
             best, best_messages = fit, sorted({str(w.message).split("\n")[0] for w in caught})
     if best is None:
-        raise StatsError(f"mixed model could not be fitted ({'; '.join(errors) or 'no finite likelihood'}); "
-                         "check that subjects repeat and values vary.")
-    noise = ("Maximum Likelihood optimization failed", "Retrying", "MixedLM optimization failed", "Gradient optimization failed")
+        raise StatsError(
+            f"mixed model could not be fitted ({'; '.join(errors) or 'no finite likelihood'}); "
+            "check that subjects repeat and values vary."
+        )
+    noise = (
+        "Maximum Likelihood optimization failed",
+        "Retrying",
+        "MixedLM optimization failed",
+        "Gradient optimization failed",
+    )
     notes = [m for m in best_messages if not m.startswith(noise)]
     if not best.converged:
         notes.insert(0, "optimiser did not converge")
     return best, notes
 
 
-def mixed_model_tost(table: pd.DataFrame, margin_fraction: float = 0.10, alpha: float = 0.05,
-                     subject: str = "subject", source: str = "source", value: str = "value") -> MixedTostResult:
+def mixed_model_tost(
+    table: pd.DataFrame,
+    margin_fraction: float = 0.10,
+    alpha: float = 0.05,
+    subject: str = "subject",
+    source: str = "source",
+    value: str = "value",
+) -> MixedTostResult:
     """Equivalence of automated vs expert values with repeated scans per subject.
 
     ``table`` is long: one row per value with columns ``subject``, ``source`` (``auto`` /
@@ -339,24 +364,35 @@ def mixed_model_tost(table: pd.DataFrame, margin_fraction: float = 0.10, alpha: 
         log.warning("mixed model: dropped %d rows with NaN", dropped)
     sources = set(data[source])
     if not {"auto", "expert"} <= sources or sources - {"auto", "expert"}:
-        raise StatsError(f"mixed model: {source} must hold exactly 'auto' and 'expert', found {sorted(map(str, sources))}.")
+        raise StatsError(
+            f"mixed model: {source} must hold exactly 'auto' and 'expert', found {sorted(map(str, sources))}."
+        )
     n_subjects = data[subject].nunique()
     if n_subjects < MIN_SUBJECTS:
-        raise StatsError(f"mixed model: {n_subjects} subjects; at least {MIN_SUBJECTS} are needed to estimate "
-                         "a between-subject variance.")
+        raise StatsError(
+            f"mixed model: {n_subjects} subjects; at least {MIN_SUBJECTS} are needed to estimate "
+            "a between-subject variance."
+        )
     y = data[value].to_numpy(dtype=np.float64)
     center, scale = float(y.mean()), float(y.std(ddof=1))
     if not scale > 0:
         raise StatsError("mixed model: all values are equal; nothing to model.")
-    frame = pd.DataFrame({"y": (y - center) / scale, "auto": (data[source] == "auto").to_numpy(dtype=float),
-                          "g": data[subject].astype(str).to_numpy()})
+    frame = pd.DataFrame(
+        {
+            "y": (y - center) / scale,
+            "auto": (data[source] == "auto").to_numpy(dtype=float),
+            "g": data[subject].astype(str).to_numpy(),
+        }
+    )
     margin = relative_margin(y[frame["auto"].to_numpy() == 0], margin_fraction)
     fit, notes = _fit_random_intercept(frame)
     estimate = float(fit.fe_params["auto"]) * scale
     se = float(fit.bse_fe["auto"]) * scale
     if not (np.isfinite(se) and se > 0):
-        raise StatsError("mixed model is singular (standard error of the source effect is not finite/positive); "
-                         "too few subjects or no variation between automated and expert values.")
+        raise StatsError(
+            "mixed model is singular (standard error of the source effect is not finite/positive); "
+            "too few subjects or no variation between automated and expert values."
+        )
     subject_var = float(fit.cov_re.iloc[0, 0]) * scale**2
     residual_var = float(fit.scale) * scale**2
     total = subject_var + residual_var
@@ -368,18 +404,55 @@ def mixed_model_tost(table: pd.DataFrame, margin_fraction: float = 0.10, alpha: 
     note = "; ".join(notes)
     if note:
         log.warning("mixed model: %s", note)
-    return MixedTostResult(max(p_lower, p_upper), p_lower, p_upper, margin, estimate, se, estimate - half,
-                           estimate + half, subject_var / total if total > 0 else float("nan"), subject_var,
-                           residual_var, n_subjects, len(data), bool(fit.converged), note)
+    return MixedTostResult(
+        max(p_lower, p_upper),
+        p_lower,
+        p_upper,
+        margin,
+        estimate,
+        se,
+        estimate - half,
+        estimate + half,
+        subject_var / total if total > 0 else float("nan"),
+        subject_var,
+        residual_var,
+        n_subjects,
+        len(data),
+        bool(fit.converged),
+        note,
+    )
 
 
 # --------------------------------------------------------------------------- table
 
 
 AGREEMENT_COLUMNS: tuple[str, ...] = (
-    "measure", "group", "n", "n_dropped", "expert_mean", "icc", "icc_low", "icc_high", "icc2", "icc2_low",
-    "icc2_high", "tost_p", "margin", "tost_ci_low", "tost_ci_high", "bias", "sd_diff", "loa_low", "loa_high",
-    "smallest_margin", "n_subjects", "lmm_p", "lmm_estimate", "lmm_icc", "note")
+    "measure",
+    "group",
+    "n",
+    "n_dropped",
+    "expert_mean",
+    "icc",
+    "icc_low",
+    "icc_high",
+    "icc2",
+    "icc2_low",
+    "icc2_high",
+    "tost_p",
+    "margin",
+    "tost_ci_low",
+    "tost_ci_high",
+    "bias",
+    "sd_diff",
+    "loa_low",
+    "loa_high",
+    "smallest_margin",
+    "n_subjects",
+    "lmm_p",
+    "lmm_estimate",
+    "lmm_icc",
+    "note",
+)
 
 
 def pair_measurements(measurements: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -402,8 +475,10 @@ def pair_measurements(measurements: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     duplicated = data.duplicated(keys + ["source"], keep=False)
     if duplicated.any():
         first = data.loc[duplicated, keys + ["source"]].iloc[0].to_dict()
-        raise StatsError(f"{int(duplicated.sum())} rows repeat a (dataset, case, class, measure, source), e.g. {first}; "
-                         "keep one value per scan, class, measure and source.")
+        raise StatsError(
+            f"{int(duplicated.sum())} rows repeat a (dataset, case, class, measure, source), e.g. {first}; "
+            "keep one value per scan, class, measure and source."
+        )
     wide = data.set_index(keys + ["source"])["value"].astype(float).unstack("source")
     wide = wide.reindex(columns=["auto", "expert"]).reset_index()
     wide.columns.name = None
@@ -420,8 +495,9 @@ def _attach_subjects(wide: pd.DataFrame, subjects: Mapping | None) -> pd.DataFra
     if "subject" in wide.columns:
         subject = wide["subject"].astype(str)
     elif subjects is not None:
-        subject = pd.Series([subjects.get((d, c), subjects.get(c, c)) for d, c in zip(wide["dataset"], wide["case"])],
-                            index=wide.index).astype(str)
+        subject = pd.Series(
+            [subjects.get((d, c), subjects.get(c, c)) for d, c in zip(wide["dataset"], wide["case"])], index=wide.index
+        ).astype(str)
     else:
         subject = wide["case"].astype(str)
     wide["subject_key"] = wide["dataset"].astype(str) + "/" + subject
@@ -443,14 +519,23 @@ def _group_row(pairs: pd.DataFrame, margin_fraction: float, alpha: float) -> dic
     a, e = pairs["auto"].to_numpy(float), pairs["expert"].to_numpy(float)
     finite = np.isfinite(a) & np.isfinite(e)
     row: dict = {column: float("nan") for column in AGREEMENT_COLUMNS[2:-1]}
-    row.update(n=int(finite.sum()), n_dropped=int((~finite).sum()),
-               expert_mean=float(e[finite].mean()) if finite.any() else float("nan"))
+    row.update(
+        n=int(finite.sum()),
+        n_dropped=int((~finite).sum()),
+        expert_mean=float(e[finite].mean()) if finite.any() else float("nan"),
+    )
     if row["n_dropped"]:
         notes.append(f"{row['n_dropped']} pairs dropped (NaN or one source missing)")
     ratings = _try(notes, "ICC", icc, a, e)
     if ratings:
-        row.update(icc=ratings.icc3, icc_low=ratings.icc3_low, icc_high=ratings.icc3_high, icc2=ratings.icc2,
-                   icc2_low=ratings.icc2_low, icc2_high=ratings.icc2_high)
+        row.update(
+            icc=ratings.icc3,
+            icc_low=ratings.icc3_low,
+            icc_high=ratings.icc3_high,
+            icc2=ratings.icc2,
+            icc2_low=ratings.icc2_low,
+            icc2_high=ratings.icc2_high,
+        )
         if ratings.note:
             notes.append(f"ICC: {ratings.note}")
     tost = _try(notes, "TOST", tost_paired, a, e, margin_fraction, alpha)
@@ -466,7 +551,9 @@ def _group_row(pairs: pd.DataFrame, margin_fraction: float, alpha: float) -> dic
     scans = complete.groupby("subject_key")["case"].nunique()
     row["n_subjects"] = int(scans.size)
     if (scans > 1).any():
-        long = complete.melt(id_vars=["subject_key"], value_vars=["auto", "expert"], var_name="source", value_name="value")
+        long = complete.melt(
+            id_vars=["subject_key"], value_vars=["auto", "expert"], var_name="source", value_name="value"
+        )
         mixed = _try(notes, "mixed model", mixed_model_tost, long, margin_fraction, alpha, subject="subject_key")
         if mixed:
             row.update(lmm_p=mixed.p, lmm_estimate=mixed.estimate, lmm_icc=mixed.icc)
@@ -476,10 +563,15 @@ def _group_row(pairs: pd.DataFrame, margin_fraction: float, alpha: float) -> dic
     return row
 
 
-def agreement_table(measurements: pd.DataFrame, group_by: Mapping[str, str] | None = None,
-                    classes: Sequence[int | str] | None = (1, 2), by_class: bool = False,
-                    subjects: Mapping | None = None, margin_fraction: float = 0.10,
-                    alpha: float = 0.05) -> pd.DataFrame:
+def agreement_table(
+    measurements: pd.DataFrame,
+    group_by: Mapping[str, str] | None = None,
+    classes: Sequence[int | str] | None = (1, 2),
+    by_class: bool = False,
+    subjects: Mapping | None = None,
+    margin_fraction: float = 0.10,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
     """Agreement statistics per measure × group from the tidy measurements table.
 
     ``measurements`` has columns dataset, case, class, measure, source, value (and
@@ -499,8 +591,9 @@ def agreement_table(measurements: pd.DataFrame, group_by: Mapping[str, str] | No
         wanted = [str(c) for c in classes]
         absent = sorted(set(wanted) - set(wide["class"]))
         if len(absent) == len(wanted):
-            raise StatsError(f"none of the classes {wanted} has paired measurements; classes present: "
-                             f"{sorted(set(wide['class']))}.")
+            raise StatsError(
+                f"none of the classes {wanted} has paired measurements; classes present: {sorted(set(wide['class']))}."
+            )
         if absent:
             log.warning("classes %s have no paired measurements", absent)
         wide = wide[wide["class"].isin(wanted)]

@@ -6,6 +6,7 @@ volume must share the grid of its scan; its values follow the manifest's ``label
 preparation it lives, cropped and in LPS like every prepared volume, at
 ``prepared/<dataset>/<case>/annotation.nii.gz``.
 """
+
 from __future__ import annotations
 
 import logging

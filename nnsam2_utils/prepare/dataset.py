@@ -1,5 +1,6 @@
 """Preparation of a dataset (docs/method.md §2): each scan reoriented to LPS, cropped to the L3/L4–L5/S1
 region, CT decimated; written with its model-input stack and a meta.json that marks it complete."""
+
 from __future__ import annotations
 
 import logging
@@ -41,9 +42,11 @@ def verify_sha256(path: Path, expected: str | None, field: str, manifest: Datase
         return
     found = sha256(path)
     if found != expected.strip().lower():
-        raise DataError(f"{path}: SHA-256 mismatch (manifest {manifest.manifest_path} pins {field} = {expected}, the "
-                        f"file has {found}). The file is incomplete, altered or another version: download or export it "
-                        f"again; if this file is the right one, set {field} to {found} in the manifest.")
+        raise DataError(
+            f"{path}: SHA-256 mismatch (manifest {manifest.manifest_path} pins {field} = {expected}, the "
+            f"file has {found}). The file is incomplete, altered or another version: download or export it "
+            f"again; if this file is the right one, set {field} to {found} in the manifest."
+        )
 
 
 def prepare_case(manifest: DatasetManifest, case: Case) -> PreparedCase:
@@ -55,7 +58,9 @@ def prepare_case(manifest: DatasetManifest, case: Case) -> PreparedCase:
     image = read_image(image_path)
     array = sitk.GetArrayViewFromImage(image)
     if not np.isfinite(array).all():
-        raise DataError(f"{image_path}: holds NaN or Inf voxels. Replace them (e.g. with the background value) before running.")
+        raise DataError(
+            f"{image_path}: holds NaN or Inf voxels. Replace them (e.g. with the background value) before running."
+        )
     _prep, step = region_crop(manifest, case, image, image_path)
 
     label = muscles = fat = None
@@ -92,15 +97,24 @@ def write_prepared(case: PreparedCase, folder: str | Path, modality: str) -> Pat
         if img is not None:
             write_image(img, folder / f"{name}.nii.gz")
     save_npz(folder / "model_input.npz", frames=model_input(case.image, modality))
-    write_json({"dataset": case.dataset, "case": case.case_id, "modality": modality,
-                "decimation": case.decimation, "spacing": case.image.GetSpacing(),
-                "size": case.image.GetSize(), "n_slices": case.image.GetSize()[2],
-                "has_label": case.label is not None, "has_fat": case.fat is not None},
-               folder / "meta.json")
+    write_json(
+        {
+            "dataset": case.dataset,
+            "case": case.case_id,
+            "modality": modality,
+            "decimation": case.decimation,
+            "spacing": case.image.GetSpacing(),
+            "size": case.image.GetSize(),
+            "n_slices": case.image.GetSize()[2],
+            "has_label": case.label is not None,
+            "has_fat": case.fat is not None,
+        },
+        folder / "meta.json",
+    )
     return folder
 
 
-def prepare_dataset(manifest: DatasetManifest, out_dir: str | Path) -> "pd.DataFrame":
+def prepare_dataset(manifest: DatasetManifest, out_dir: str | Path) -> pd.DataFrame:
     """Prepare every case of a dataset into ``out_dir/<case>/`` (finished cases are skipped).
 
     Returns the case table: dataset, case, subject, timepoint, n_slices, spacing (x, y, z in mm),
@@ -118,10 +132,19 @@ def prepare_dataset(manifest: DatasetManifest, out_dir: str | Path) -> "pd.DataF
         if not (folder / "meta.json").exists():
             write_prepared(prepare_case(manifest, case), folder, manifest.modality)
         meta = read_json(folder / "meta.json")
-        rows.append({"dataset": manifest.name, "case": case.id, "subject": case.subject or case.id,
-                     "timepoint": case.timepoint, "n_slices": meta["n_slices"],
-                     "spacing_x": meta["spacing"][0], "spacing_y": meta["spacing"][1], "spacing_z": meta["spacing"][2],
-                     "decimation": meta["decimation"], "has_label": meta["has_label"], "has_fat": meta["has_fat"]})
+        rows.append(
+            {
+                "dataset": manifest.name,
+                "case": case.id,
+                "subject": case.subject or case.id,
+                "timepoint": case.timepoint,
+                "n_slices": meta["n_slices"],
+                "spacing_x": meta["spacing"][0],
+                "spacing_y": meta["spacing"][1],
+                "spacing_z": meta["spacing"][2],
+                "decimation": meta["decimation"],
+                "has_label": meta["has_label"],
+                "has_fat": meta["has_fat"],
+            }
+        )
     return pd.DataFrame(rows)
-
-

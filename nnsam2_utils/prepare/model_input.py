@@ -2,6 +2,7 @@
 percentile of the volume), scaled to [0, 255] as uint8 and resized to 256 × 256 (bilinear); labels
 nearest-neighbour (docs/method.md §2). Measurements always use the unclipped native images.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Promptable propagation backends behind one interface (see :mod:`.base`)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,9 +21,13 @@ def make_propagator(settings: dict[str, Any]) -> Propagator:
     if backend == "sam2":
         from nnsam2_utils.propagate.sam2 import SAM2Propagator
 
-        return SAM2Propagator(config=settings.get("sam2_config", "configs/sam2.1/sam2.1_hiera_l.yaml"),
-                              checkpoint=settings.get("sam2_checkpoint"), sha256=settings.get("sam2_sha256"),
-                              device=device, image_size=settings.get("sam2_image_size"))
+        return SAM2Propagator(
+            config=settings.get("sam2_config", "configs/sam2.1/sam2.1_hiera_l.yaml"),
+            checkpoint=settings.get("sam2_checkpoint"),
+            sha256=settings.get("sam2_sha256"),
+            device=device,
+            image_size=settings.get("sam2_image_size"),
+        )
     raise ConfigError(f"propagation.backend '{backend}' is unknown; use one of {BACKENDS}.")
 
 

@@ -4,6 +4,7 @@ All arrays are model-space stacks (see :mod:`nnsam2_utils.prepare`): ``(slice, 2
 uint8 images ordered superior → inferior, and uint8 class masks with 0 background,
 1 right LPM, 2 left LPM.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -59,4 +60,9 @@ class Propagator(Protocol):
 
 def empty_confidence() -> pd.DataFrame:
     """An empty confidence table with the right columns."""
-    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(CONFIDENCE_COLUMNS, ("str", "int64", "int64", "float64", "float64", "int64", "bool"))})
+    return pd.DataFrame(
+        {
+            c: pd.Series(dtype=t)
+            for c, t in zip(CONFIDENCE_COLUMNS, ("str", "int64", "int64", "float64", "float64", "int64", "bool"))
+        }
+    )

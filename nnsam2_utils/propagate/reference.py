@@ -9,6 +9,7 @@ stack, the L3/L4 disc level) is the dataset's one annotated slice.
 Tie rule: mean distances are rounded to 12 decimals (so that float noise between identical
 embeddings does not decide), then the smallest case id (string order) wins.
 """
+
 from __future__ import annotations
 
 import logging
@@ -64,7 +65,10 @@ def cosine_distances(embeddings: Mapping[str, np.ndarray]) -> tuple[list[str], n
         if not np.all(np.isfinite(vector)):
             raise DataError(f"scan {case!r}: its embedding holds NaN or Inf; check the scan's model-input stack.")
         if norm == 0:
-            raise DataError(f"scan {case!r}: its embedding is the zero vector, so its cosine distance is undefined; check the scan's model-input stack (an all-black region?).")
+            raise DataError(
+                f"scan {case!r}: its embedding is the zero vector, so its cosine distance is undefined; check the "
+                "scan's model-input stack (an all-black region?)."
+            )
     unit = matrix / norms[:, None]
     distances = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
     np.fill_diagonal(distances, 0.0)
@@ -85,15 +89,26 @@ def medoid(embeddings: Mapping[str, np.ndarray]) -> tuple[str, pd.DataFrame]:
     return str(table.loc[0, "case"]), table
 
 
-def embed_scans(propagator: Propagator, stacks: Mapping[str, np.ndarray], progress: bool = True) -> dict[str, np.ndarray]:
+def embed_scans(
+    propagator: Propagator, stacks: Mapping[str, np.ndarray], progress: bool = True
+) -> dict[str, np.ndarray]:
     """Scan embedding of every case: {case: vector}."""
-    return {case: scan_embedding(propagator, frames)
-            for case, frames in tqdm(stacks.items(), desc="reference embeddings", disable=not progress)}
+    return {
+        case: scan_embedding(propagator, frames)
+        for case, frames in tqdm(stacks.items(), desc="reference embeddings", disable=not progress)
+    }
 
 
-def choose_reference(propagator: Propagator, stacks: Mapping[str, np.ndarray], progress: bool = True) -> ReferenceChoice:
+def choose_reference(
+    propagator: Propagator, stacks: Mapping[str, np.ndarray], progress: bool = True
+) -> ReferenceChoice:
     """Embed every scan's model-input stack and pick the medoid; its top slice is the annotated slice."""
     case, table = medoid(embed_scans(propagator, stacks, progress))
-    log.info("reference scan %s (mean cosine distance %.4g over %d scans), annotated slice %d",
-             case, table.loc[0, "mean_distance"], len(table), ANNOTATED_SLICE)
+    log.info(
+        "reference scan %s (mean cosine distance %.4g over %d scans), annotated slice %d",
+        case,
+        table.loc[0, "mean_distance"],
+        len(table),
+        ANNOTATED_SLICE,
+    )
     return ReferenceChoice(case, ANNOTATED_SLICE, table)

@@ -1,4 +1,5 @@
 """Stage 0 over a dataset: reference selection, propagation to every scan, pseudo-labels on disk."""
+
 from __future__ import annotations
 
 import json
@@ -28,23 +29,38 @@ def select_reference(propagator: Propagator, prepared_dir: Path, cases: list[str
     return medoid(embeddings)
 
 
-def annotated_slice_mask(prepared_dir: Path, reference_case: str, slice_index: int = 0, volume: str = "label") -> np.ndarray:
+def annotated_slice_mask(
+    prepared_dir: Path, reference_case: str, slice_index: int = 0, volume: str = "label"
+) -> np.ndarray:
     """The one annotated slice at model size: by default the expert label of the reference scan's top
     slice; ``volume="annotation"`` reads the user's own annotated slice (see :mod:`..annotation`)."""
     label, _ = load_stack(prepared_dir / reference_case, volume)
     if not 0 <= slice_index < len(label):
-        raise GeometryError(f"{prepared_dir / reference_case / (volume + '.nii.gz')}: annotated slice {slice_index} is outside the region "
-                            f"(slices 0..{len(label) - 1}, L3/L4 to L5/S1). Annotate a slice inside the region.")
+        raise GeometryError(
+            f"{prepared_dir / reference_case / (volume + '.nii.gz')}: annotated slice {slice_index} is outside the "
+            "region "
+            f"(slices 0..{len(label) - 1}, L3/L4 to L5/S1). Annotate a slice inside the region."
+        )
     mask = label_to_model(label[slice_index : slice_index + 1])[0]
     if not mask.any():
-        raise DataError(f"{prepared_dir / reference_case / (volume + '.nii.gz')}: slice {slice_index} of the region has no label; "
-                        "the annotated slice must show both muscles. Label both muscles on that slice.")
+        raise DataError(
+            f"{prepared_dir / reference_case / (volume + '.nii.gz')}: slice {slice_index} of the region has no label; "
+            "the annotated slice must show both muscles. Label both muscles on that slice."
+        )
     return mask
 
 
-def propagate_case(propagator: Propagator, prepared_dir: Path, out_dir: Path, dataset: str, case: str,
-                   reference_case: str, reference: np.ndarray, annotated_slice: int,
-                   annotated_mask: np.ndarray) -> pd.DataFrame:
+def propagate_case(
+    propagator: Propagator,
+    prepared_dir: Path,
+    out_dir: Path,
+    dataset: str,
+    case: str,
+    reference_case: str,
+    reference: np.ndarray,
+    annotated_slice: int,
+    annotated_mask: np.ndarray,
+) -> pd.DataFrame:
     """Propagate into one scan; write its pseudo-label (native grid) and confidence table.
 
     ``reference`` is the reference scan's model-input stack (loaded once per dataset by the
@@ -56,8 +72,9 @@ def propagate_case(propagator: Propagator, prepared_dir: Path, out_dir: Path, da
     if label_path.exists() and conf_path.exists():
         return read_csv(conf_path)
     target = reference if case == reference_case else load_model_input(prepared_dir / case)
-    result = propagator.propagate(reference, annotated_slice, annotated_mask, target, case,
-                                  target_is_reference=(case == reference_case))
+    result = propagator.propagate(
+        reference, annotated_slice, annotated_mask, target, case, target_is_reference=(case == reference_case)
+    )
     image_stack, image = load_stack(prepared_dir / case)
     native = label_from_model(result.masks, image_stack.shape[1:])
     write_image(from_stack(native, image), label_path)
@@ -66,22 +83,40 @@ def propagate_case(propagator: Propagator, prepared_dir: Path, out_dir: Path, da
     return confidence
 
 
-def propagate_dataset(propagator: Propagator, prepared_dir: Path, out_dir: Path, dataset: str, cases: list[str],
-                      reference_case: str, annotated_slice: int = 0, volume: str = "label") -> pd.DataFrame:
+def propagate_dataset(
+    propagator: Propagator,
+    prepared_dir: Path,
+    out_dir: Path,
+    dataset: str,
+    cases: list[str],
+    reference_case: str,
+    annotated_slice: int = 0,
+    volume: str = "label",
+) -> pd.DataFrame:
     """Stage 0 for every scan of a dataset (reference first); returns the pooled confidence table.
 
     ``volume`` is the prepared volume holding the annotated slice: ``label`` (expert label) or
     ``annotation`` (the user's own slice)."""
     mask = annotated_slice_mask(prepared_dir, reference_case, annotated_slice, volume)
-    write_json({"dataset": dataset, "reference_case": reference_case, "annotated_slice": annotated_slice,
-                "annotation_volume": volume,
-                "backend": propagator.name, "classes_in_annotation": sorted(set(np.unique(mask).tolist()) - {0})},
-               out_dir / "annotation.json")
+    write_json(
+        {
+            "dataset": dataset,
+            "reference_case": reference_case,
+            "annotated_slice": annotated_slice,
+            "annotation_volume": volume,
+            "backend": propagator.name,
+            "classes_in_annotation": sorted(set(np.unique(mask).tolist()) - {0}),
+        },
+        out_dir / "annotation.json",
+    )
     reference = load_model_input(prepared_dir / reference_case)
     order = [reference_case] + [c for c in cases if c != reference_case]
-    tables = [propagate_case(propagator, prepared_dir, out_dir, dataset, case, reference_case, reference,
-                             annotated_slice, mask)
-              for case in tqdm(order, desc=f"stage 0 {dataset}", leave=False)]
+    tables = [
+        propagate_case(
+            propagator, prepared_dir, out_dir, dataset, case, reference_case, reference, annotated_slice, mask
+        )
+        for case in tqdm(order, desc=f"stage 0 {dataset}", leave=False)
+    ]
     return pd.concat(tables, ignore_index=True)
 
 
@@ -103,12 +138,26 @@ def rerun_stage0_case(propagator, workspace, dataset: str, case: str, scratch: P
     mask = annotated_slice_mask(prepared, reference_case, annotated, record.get("annotation_volume", "label"))
     shutil.rmtree(scratch, ignore_errors=True)
     try:
-        propagate_case(propagator, prepared, scratch, dataset, case, reference_case,
-                       load_model_input(prepared / reference_case), annotated, mask)
+        propagate_case(
+            propagator,
+            prepared,
+            scratch,
+            dataset,
+            case,
+            reference_case,
+            load_model_input(prepared / reference_case),
+            annotated,
+            mask,
+        )
         again = sitk.GetArrayFromImage(read_image(scratch / "labels" / f"{case}.nii.gz"))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     before = sitk.GetArrayFromImage(read_image(workspace.labels("stage0", dataset, case)))
     differing = int(np.count_nonzero(again != before)) if again.shape == before.shape else int(before.size)
-    return {"dataset": dataset, "case": case, "voxels": int(before.size), "voxels_differing": differing,
-            "identical": differing == 0 and again.shape == before.shape}
+    return {
+        "dataset": dataset,
+        "case": case,
+        "voxels": int(before.size),
+        "voxels_differing": differing,
+        "identical": differing == 0 and again.shape == before.shape,
+    }

@@ -19,14 +19,16 @@ How it talks to the installed ``sam2`` package (1.1.0), without touching its fil
   per-object, per-frame output dict of the inference state, next to SAM2's own
   ``"object_score_logits"``. Both are read from that public state after each yielded frame.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import pickle
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -54,6 +56,7 @@ _SIZE_NAMES = {"t": "tiny", "s": "small", "b+": "base_plus", "l": "large"}
 
 # --------------------------------------------------------------------------- pure helpers
 
+
 def official_checkpoint_name(config: str) -> str:
     """The official checkpoint file of a shipped config, e.g. ``sam2.1_hiera_large.pt`` for ``…_l.yaml``."""
     stem = Path(config).name.removesuffix(".yaml")
@@ -68,8 +71,14 @@ def download_hint(config: str) -> str:
     name = official_checkpoint_name(config)
     family = Path(config).name.split("_hiera_")[0]
     url = CHECKPOINT_URL.get(family)
-    where = f" from {url}{name} (or the facebook/{family}-hiera-* model on Hugging Face)" if url and name.endswith(".pt") else ""
-    return f"The config {config} needs {name}: download it{where} on a machine with internet and copy it to this machine."
+    where = (
+        f" from {url}{name} (or the facebook/{family}-hiera-* model on Hugging Face)"
+        if url and name.endswith(".pt")
+        else ""
+    )
+    return (
+        f"The config {config} needs {name}: download it{where} on a machine with internet and copy it to this machine."
+    )
 
 
 def interleave(n_reference: int, n_target: int, reference_start: int = 0) -> list[tuple[str, int]]:
@@ -115,11 +124,21 @@ def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
 def confidence_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Rows → the tidy confidence table of :data:`CONFIDENCE_COLUMNS` with stable dtypes."""
     frame = pd.DataFrame(rows, columns=list(CONFIDENCE_COLUMNS))
-    return frame.astype({"case": "str", "slice": "int64", "class": "int64", "iou": "float64",
-                         "object_score": "float64", "area": "int64", "prompted": "bool"})
+    return frame.astype(
+        {
+            "case": "str",
+            "slice": "int64",
+            "class": "int64",
+            "iou": "float64",
+            "object_score": "float64",
+            "area": "int64",
+            "prompted": "bool",
+        }
+    )
 
 
 # --------------------------------------------------------------------------- SAM2 adapter
+
 
 class ArrayVideoPredictor(SAM2VideoPredictor):
     """``SAM2VideoPredictor`` that takes in-memory frames and keeps the decoder's predicted IoU.
@@ -172,31 +191,43 @@ class ArrayVideoPredictor(SAM2VideoPredictor):
         return state
 
 
-def build_predictor(config: str, checkpoint: Path | None, device: torch.device, image_size: int | None) -> ArrayVideoPredictor:
+def build_predictor(
+    config: str, checkpoint: Path | None, device: torch.device, image_size: int | None
+) -> ArrayVideoPredictor:
     """Build :class:`ArrayVideoPredictor` through SAM2's own builder (checkpoint loaded, eval mode)."""
     from sam2.build_sam import build_sam2_video_predictor
 
-    overrides = [f"++model._target_={ArrayVideoPredictor.__module__}.{ArrayVideoPredictor.__qualname__}",
-                 "++model.fill_hole_area=0"]
+    overrides = [
+        f"++model._target_={ArrayVideoPredictor.__module__}.{ArrayVideoPredictor.__qualname__}",
+        "++model.fill_hole_area=0",
+    ]
     if image_size is not None:
         overrides.append(f"++model.image_size={int(image_size)}")
     try:
-        predictor = build_sam2_video_predictor(config, ckpt_path=None if checkpoint is None else str(checkpoint),
-                                               device=str(device), hydra_overrides_extra=overrides)
+        predictor = build_sam2_video_predictor(
+            config,
+            ckpt_path=None if checkpoint is None else str(checkpoint),
+            device=str(device),
+            hydra_overrides_extra=overrides,
+        )
     except (RuntimeError, KeyError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
         if checkpoint is None:
             raise
         raise CheckpointError(
-            f"{checkpoint}: does not load into the model of {config} ({type(exc).__name__}: {exc or 'missing or unexpected weights'}). "
+            f"{checkpoint}: does not load into the model of {config} ({type(exc).__name__}: "
+            f"{exc or 'missing or unexpected weights'}). "
             f"{download_hint(config)}"
         ) from exc
     predictor.fill_hole_area = 0
     if not isinstance(predictor, ArrayVideoPredictor):  # pragma: no cover - guards a changed sam2 builder
-        raise RuntimeError(f"sam2 built {type(predictor).__name__}, not ArrayVideoPredictor; the sam2 version is not the pinned 1.1.0")
+        raise RuntimeError(
+            f"sam2 built {type(predictor).__name__}, not ArrayVideoPredictor; the sam2 version is not the pinned 1.1.0"
+        )
     return predictor
 
 
 # --------------------------------------------------------------------------- the propagator
+
 
 class SAM2Propagator:
     """SAM2.1 video propagation of one annotated reference slice through a target scan."""
@@ -244,7 +275,7 @@ class SAM2Propagator:
         frames = np.asarray(frames)
         out = []
         for start in range(0, len(frames), self.embed_batch):
-            batch = frames_to_model(frames[start:start + self.embed_batch], self.image_size, self.device)
+            batch = frames_to_model(frames[start : start + self.embed_batch], self.image_size, self.device)
             with autocast_for(self.device):
                 features = self.predictor.forward_image(batch)["vision_features"]
             out.append(features.float().mean(dim=(2, 3)).cpu().numpy())
@@ -252,7 +283,9 @@ class SAM2Propagator:
         return np.concatenate(out, axis=0).astype(np.float32) if out else np.zeros((0, dim), np.float32)
 
     # ------------------------------------------------------------------ video
-    def run_video(self, frames: np.ndarray, prompts: dict[int, np.ndarray]) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    def run_video(
+        self, frames: np.ndarray, prompts: dict[int, np.ndarray]
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
         """Propagate mask prompts on frame 0 forward through ``frames`` (n, h, w) uint8.
 
         Yields per frame ``(frame_idx, logits (n_obj, h, w), iou (n_obj,), object_score (n_obj,))``
@@ -293,7 +326,9 @@ class SAM2Propagator:
         target_is_reference: bool = False,
     ) -> PropagationResult:
         """Pseudo-labels of ``target`` from the annotation of ``reference[annotated_slice]`` (docs/method.md §4.2)."""
-        reference, target, annotated_mask = _check_inputs(reference, annotated_slice, annotated_mask, target, target_is_reference)
+        reference, target, annotated_mask = _check_inputs(
+            reference, annotated_slice, annotated_mask, target, target_is_reference
+        )
         if target_is_reference:
             order = [("target", i) for i in range(annotated_slice, len(target))]
             frames = target[annotated_slice:]
@@ -303,7 +338,12 @@ class SAM2Propagator:
         prompts = {cls: annotated_mask == cls for cls in CLASS_IDS}
         for cls, mask in prompts.items():
             if not mask.any():
-                log.warning("%s: class %d is empty on the annotated slice %d; SAM2 gets an empty prompt.", case_id, cls, annotated_slice)
+                log.warning(
+                    "%s: class %d is empty on the annotated slice %d; SAM2 gets an empty prompt.",
+                    case_id,
+                    cls,
+                    annotated_slice,
+                )
 
         masks = np.zeros(target.shape, dtype=np.uint8)
         raw: dict[int, tuple[np.ndarray, np.ndarray, bool]] = {}
@@ -315,7 +355,11 @@ class SAM2Propagator:
             masks[index] = annotated_mask if prompted else resolve_overlaps(logits)
             raw[index] = (ious, scores, prompted)
         if target_is_reference and annotated_slice > 0:
-            log.warning("%s: slices 0..%d lie above the annotated slice; forward-only propagation leaves them empty.", case_id, annotated_slice - 1)
+            log.warning(
+                "%s: slices 0..%d lie above the annotated slice; forward-only propagation leaves them empty.",
+                case_id,
+                annotated_slice - 1,
+            )
         if self.postprocess:
             masks = clean_pseudo_label(masks, CLASS_IDS)
         if target_is_reference:
@@ -325,22 +369,37 @@ class SAM2Propagator:
             ious, scores, prompted = raw.get(index, (None, None, False))
             for k, cls in enumerate(CLASS_IDS):
                 tracked = ious is not None and not prompted
-                rows.append({"case": case_id, "slice": index, "class": cls,
-                             "iou": float(ious[k]) if tracked else float("nan"),
-                             "object_score": float(scores[k]) if tracked else float("nan"),
-                             "area": int(np.count_nonzero(masks[index] == cls)), "prompted": prompted})
+                rows.append(
+                    {
+                        "case": case_id,
+                        "slice": index,
+                        "class": cls,
+                        "iou": float(ious[k]) if tracked else float("nan"),
+                        "object_score": float(scores[k]) if tracked else float("nan"),
+                        "area": int(np.count_nonzero(masks[index] == cls)),
+                        "prompted": prompted,
+                    }
+                )
         return PropagationResult(masks=masks, confidence=confidence_table(rows), frame_order=order)
 
 
-def _check_inputs(reference: np.ndarray, annotated_slice: int, annotated_mask: np.ndarray, target: np.ndarray,
-                  target_is_reference: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _check_inputs(
+    reference: np.ndarray,
+    annotated_slice: int,
+    annotated_mask: np.ndarray,
+    target: np.ndarray,
+    target_is_reference: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validate shapes and the annotated slice; return uint8 arrays."""
     reference, target = np.asarray(reference), np.asarray(target)
     annotated_mask = np.asarray(annotated_mask).astype(np.uint8)
     if reference.ndim != 3 or target.ndim != 3:
         raise ValueError(f"reference and target must be (slice, h, w) stacks, got {reference.shape} and {target.shape}")
     if reference.shape[1:] != target.shape[1:] or annotated_mask.shape != reference.shape[1:]:
-        raise ValueError(f"slice sizes differ: reference {reference.shape[1:]}, target {target.shape[1:]}, mask {annotated_mask.shape}")
+        raise ValueError(
+            f"slice sizes differ: reference {reference.shape[1:]}, target {target.shape[1:]}, mask "
+            f"{annotated_mask.shape}"
+        )
     if not 0 <= annotated_slice < len(reference):
         raise ValueError(f"annotated_slice {annotated_slice} is outside the reference (0..{len(reference) - 1})")
     if target_is_reference and target.shape != reference.shape:

@@ -1,6 +1,7 @@
 """The stage filters as pure functions on tables (docs/method.md §5.1–5.2): stage 1 keeps confident frames,
 stages 2–3 keep whole scans that agree with the previous stage and grow smoothly.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,9 @@ def frame_confidence(confidence: pd.DataFrame) -> pd.DataFrame:
     """
     frames = confidence.loc[~confidence["prompted"].astype(bool)].copy()
     frames["iou"] = frames["iou"].fillna(0.0)
-    return (frames.groupby(["dataset", "case", "slice"], as_index=False)["iou"].sum()
-            .rename(columns={"iou": "confidence"}))
+    return (
+        frames.groupby(["dataset", "case", "slice"], as_index=False)["iou"].sum().rename(columns={"iou": "confidence"})
+    )
 
 
 def stage1_filter(confidence: pd.DataFrame, percentile: float = 90.0, slice_fraction: float = 0.02) -> pd.DataFrame:
@@ -35,7 +37,7 @@ def stage1_filter(confidence: pd.DataFrame, percentile: float = 90.0, slice_frac
     """
     frames = frame_confidence(confidence)
     out = []
-    for dataset, group in frames.groupby("dataset", sort=True):
+    for _dataset, group in frames.groupby("dataset", sort=True):
         group = group.copy()
         threshold = float(np.percentile(group["confidence"], percentile))
         group["threshold"] = threshold
@@ -45,8 +47,11 @@ def stage1_filter(confidence: pd.DataFrame, percentile: float = 90.0, slice_frac
         ranked = group.sort_values(["slice", "confidence", "case"], ascending=[True, False, True], kind="stable")
         ranked["rank_at_position"] = ranked.loc[ranked["above_threshold"]].groupby("slice").cumcount() + 1
         ranked["kept"] = ranked["above_threshold"] & (ranked["rank_at_position"] <= ranked["quota"])
-        ranked["reason"] = np.where(~ranked["above_threshold"], "below dataset percentile",
-                                    np.where(ranked["kept"], "kept", "over the per-position quota"))
+        ranked["reason"] = np.where(
+            ~ranked["above_threshold"],
+            "below dataset percentile",
+            np.where(ranked["kept"], "kept", "over the per-position quota"),
+        )
         out.append(ranked)
     if not out:
         return frames.assign(threshold=np.nan, kept=False, reason="")
@@ -82,8 +87,9 @@ def scan_agreement(current: np.ndarray, previous: np.ndarray, classes: tuple[int
     return float(np.mean(values)) if values else float("nan")
 
 
-def scan_filter(scans: pd.DataFrame, min_agreement: float = 0.90, fraction: float = 0.10,
-                min_scans: int = 2) -> pd.DataFrame:
+def scan_filter(
+    scans: pd.DataFrame, min_agreement: float = 0.90, fraction: float = 0.10, min_scans: int = 2
+) -> pd.DataFrame:
     """Stage-2/3 selection of whole scans, per dataset (docs/method.md §5.2).
 
     ``scans`` has one row per scan: dataset, case, agreement (mean class DSC of this stage's
@@ -102,8 +108,10 @@ def scan_filter(scans: pd.DataFrame, min_agreement: float = 0.90, fraction: floa
         eligible = group.index[group["eligible"]][:quota]
         filler = group.index[~group["eligible"]][: max(0, quota - len(eligible))]
         group["kept"] = group.index.isin(eligible) | group.index.isin(filler)
-        group["reason"] = [_scan_reason(i in eligible, i in filler, row.eligible, row.agreement > min_agreement)
-                           for i, row in group.iterrows()]
+        group["reason"] = [
+            _scan_reason(i in eligible, i in filler, row.eligible, row.agreement > min_agreement)
+            for i, row in group.iterrows()
+        ]
         out.append(group)
     columns = list(scans.columns) + ["eligible", "quota", "kept", "reason"]
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=columns)

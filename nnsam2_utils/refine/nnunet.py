@@ -5,6 +5,7 @@ CT in one single-channel model, z-score normalisation per image). Every stage li
 own folder ``<stage_dir>/nnunet/{raw,preprocessed,results}``; nnU-Net's path variables are
 set for the duration of each call only.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,9 +13,10 @@ import logging
 import os
 import random
 import shutil
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import SimpleITK as sitk
@@ -36,21 +38,21 @@ class Budget:
     """Training budget and configuration of one nnU-Net stage (a run-profile setting)."""
 
     configuration: Literal["2d", "3d_fullres"] = "2d"
-    epochs: int | None = None            # None: nnU-Net's default (1000)
+    epochs: int | None = None  # None: nnU-Net's default (1000)
     iterations_per_epoch: int | None = None  # None: 250
     val_iterations: int | None = 2
-    batch_size: int | None = None        # None: nnU-Net's plan
-    max_features: int | None = None      # cap on feature maps per stage (CPU budget); None: the plan's
-    target_spacing_mm: float | None = None   # in-plane; None: nnU-Net's plan
-    rotation_deg: float | None = None    # in-plane rotation range of augmentation (±); None: nnU-Net's
-    warm_start: bool = False             # stages 2-3 start from the previous stage's weights (CPU budget)
+    batch_size: int | None = None  # None: nnU-Net's plan
+    max_features: int | None = None  # cap on feature maps per stage (CPU budget); None: the plan's
+    target_spacing_mm: float | None = None  # in-plane; None: nnU-Net's plan
+    rotation_deg: float | None = None  # in-plane rotation range of augmentation (±); None: nnU-Net's
+    warm_start: bool = False  # stages 2-3 start from the previous stage's weights (CPU budget)
     device: str = "cpu"
     fold: int | str = "all"
     seed: int = 0
     augmentation_workers: int = 1
 
     @classmethod
-    def from_settings(cls, settings: dict, seed: int = 0) -> "Budget":
+    def from_settings(cls, settings: dict, seed: int = 0) -> Budget:
         """The budget from a run profile's ``refine`` section (unknown keys are ignored)."""
         names = {f for f in cls.__dataclass_fields__ if f != "seed"}
         values = {k: v for k, v in settings.items() if k in names}
@@ -89,12 +91,17 @@ def temporary_environ(values: dict[str, str | None]) -> Iterator[None]:
 def nnunet_environment(root: str | Path, workers: int = 1) -> Iterator[Path]:
     """Point nnU-Net at ``root/{raw,preprocessed,results}`` and at nnsam2's trainer for the block."""
     root = Path(root)
-    folders = {name: root / sub for name, sub in
-               (("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results"))}
+    folders = {
+        name: root / sub
+        for name, sub in (("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results"))
+    }
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
-    values = {**{k: str(v) for k, v in folders.items()},
-              "nnUNet_extTrainer": str(Path(__file__).parent / "trainers"), "nnUNet_n_proc_DA": str(workers)}
+    values = {
+        **{k: str(v) for k, v in folders.items()},
+        "nnUNet_extTrainer": str(Path(__file__).parent / "trainers"),
+        "nnUNet_n_proc_DA": str(workers),
+    }
     with temporary_environ(values):
         yield root
 
@@ -104,8 +111,9 @@ def dataset_name(dataset_id: int, name: str) -> str:
     return f"Dataset{dataset_id:03d}_{name}"
 
 
-def write_raw_dataset(root: str | Path, dataset_id: int, name: str, cases: Sequence[TrainingCase],
-                      ignore_label: bool = False) -> Path:
+def write_raw_dataset(
+    root: str | Path, dataset_id: int, name: str, cases: Sequence[TrainingCase], ignore_label: bool = False
+) -> Path:
     """Write an nnU-Net raw dataset (imagesTr, labelsTr, dataset.json) under ``root/raw``."""
     folder = Path(root) / "raw" / dataset_name(dataset_id, name)
     if folder.exists():
@@ -117,12 +125,22 @@ def write_raw_dataset(root: str | Path, dataset_id: int, name: str, cases: Seque
     labels = dict(LABELS)
     if ignore_label:
         labels["ignore"] = IGNORE
-    write_json({"channel_names": {"0": "MRI_or_CT_zscore"}, "labels": labels, "numTraining": len(cases),
-                "file_ending": ".nii.gz", "name": name}, folder / "dataset.json")
+    write_json(
+        {
+            "channel_names": {"0": "MRI_or_CT_zscore"},
+            "labels": labels,
+            "numTraining": len(cases),
+            "file_ending": ".nii.gz",
+            "name": name,
+        },
+        folder / "dataset.json",
+    )
     return folder
 
 
-def plan_and_preprocess(root: str | Path, dataset_id: int, budget: Budget, plans_from: str | Path | None = None) -> dict:
+def plan_and_preprocess(
+    root: str | Path, dataset_id: int, budget: Budget, plans_from: str | Path | None = None
+) -> dict:
     """Fingerprint, plan and preprocess one configuration.
 
     The budget may override the plan: in-plane target spacing, batch size (set exactly, even
@@ -136,11 +154,14 @@ def plan_and_preprocess(root: str | Path, dataset_id: int, budget: Budget, plans
 
     # nnU-Net's planner sets torch's threads to nnUNet_n_proc_DA: at least one, even when training augments in-process
     with nnunet_environment(root, max(1, budget.augmentation_workers)):
-        extract_fingerprints([dataset_id], num_processes=1, check_dataset_integrity=True, verbose=False,
-                             show_progress_bar=False)
+        extract_fingerprints(
+            [dataset_id], num_processes=1, check_dataset_integrity=True, verbose=False, show_progress_bar=False
+        )
         spacing = None
         if budget.target_spacing_mm:
-            fingerprint = read_json(Path(root) / "preprocessed" / convert_id_to_dataset_name(dataset_id) / "dataset_fingerprint.json")
+            fingerprint = read_json(
+                Path(root) / "preprocessed" / convert_id_to_dataset_name(dataset_id) / "dataset_fingerprint.json"
+            )
             z = float(np.median([s[0] for s in fingerprint["spacings"]]))
             spacing = (z, float(budget.target_spacing_mm), float(budget.target_spacing_mm))
         plans_file = Path(root) / "preprocessed" / convert_id_to_dataset_name(dataset_id) / f"{PLANS}.json"
@@ -159,10 +180,18 @@ def plan_and_preprocess(root: str | Path, dataset_id: int, budget: Budget, plans
                     config["batch_size"] = int(budget.batch_size)
                 kwargs = config.get("architecture", {}).get("arch_kwargs", {})
                 if budget.max_features and "features_per_stage" in kwargs:
-                    kwargs["features_per_stage"] = [min(int(f), budget.max_features) for f in kwargs["features_per_stage"]]
+                    kwargs["features_per_stage"] = [
+                        min(int(f), budget.max_features) for f in kwargs["features_per_stage"]
+                    ]
             write_json(plans, plans_file)
-        preprocess([dataset_id], PLANS, configurations=(budget.configuration,), num_processes=(1,),
-                   verbose=False, show_progress_bar=False)
+        preprocess(
+            [dataset_id],
+            PLANS,
+            configurations=(budget.configuration,),
+            num_processes=(1,),
+            verbose=False,
+            show_progress_bar=False,
+        )
     return plans
 
 
@@ -183,8 +212,15 @@ def is_trained(root: str | Path, dataset_id: int, name: str, budget: Budget) -> 
     return (model_folder(root, dataset_id, name, budget) / f"fold_{budget.fold}" / "checkpoint_final.pth").exists()
 
 
-def fit(root: str | Path, dataset_id: int, name: str, cases: Sequence[TrainingCase], budget: Budget,
-        ignore_label: bool = False, start_from: str | Path | None = None) -> Path:
+def fit(
+    root: str | Path,
+    dataset_id: int,
+    name: str,
+    cases: Sequence[TrainingCase],
+    budget: Budget,
+    ignore_label: bool = False,
+    start_from: str | Path | None = None,
+) -> Path:
     """Write the raw dataset, plan, preprocess and train — or resume / skip what is already done.
 
     ``start_from``: the model folder of an earlier stage; its plan is reused and training starts
@@ -196,12 +232,16 @@ def fit(root: str | Path, dataset_id: int, name: str, cases: Sequence[TrainingCa
         plans_from = Path(start_from) / "plans.json"
         for needed in (pretrained, plans_from):
             if not needed.exists():
-                raise FileNotFoundError(f"{needed}: the earlier stage's model to start from is missing; "
-                                        "train that stage first (or set refine.warm_start: false)")
+                raise FileNotFoundError(
+                    f"{needed}: the earlier stage's model to start from is missing; "
+                    "train that stage first (or set refine.warm_start: false)"
+                )
         verify_trained_checkpoint(pretrained)
     if not is_trained(root, dataset_id, name, budget):
         preprocessed = Path(root) / "preprocessed" / dataset_name(dataset_id, name) / f"{PLANS}.json"
-        resuming = any((model_folder(root, dataset_id, name, budget) / f"fold_{budget.fold}").glob("checkpoint_latest.pth"))
+        resuming = any(
+            (model_folder(root, dataset_id, name, budget) / f"fold_{budget.fold}").glob("checkpoint_latest.pth")
+        )
         if not (resuming and preprocessed.exists()):
             write_raw_dataset(root, dataset_id, name, cases, ignore_label=ignore_label)
             plan_and_preprocess(root, dataset_id, budget, plans_from=plans_from)
@@ -224,13 +264,20 @@ def train(root: str | Path, dataset_id: int, name: str, budget: Budget, pretrain
             log.warning("%s: recording the SHA-256 of the finished training's checkpoint", fold_dir)
             record_checkpoint_digest(fold_dir / "checkpoint_final.pth")
         return folder
-    budget_env = {"NNSAM2_EPOCHS": budget.epochs, "NNSAM2_ITERATIONS": budget.iterations_per_epoch,
-                  "NNSAM2_VAL_ITERATIONS": budget.val_iterations, "NNSAM2_ROTATION_DEG": budget.rotation_deg}
-    with temporary_environ({k: None if v is None else str(v) for k, v in budget_env.items()}), \
-            nnunet_environment(root, budget.augmentation_workers):
+    budget_env = {
+        "NNSAM2_EPOCHS": budget.epochs,
+        "NNSAM2_ITERATIONS": budget.iterations_per_epoch,
+        "NNSAM2_VAL_ITERATIONS": budget.val_iterations,
+        "NNSAM2_ROTATION_DEG": budget.rotation_deg,
+    }
+    with (
+        temporary_environ({k: None if v is None else str(v) for k, v in budget_env.items()}),
+        nnunet_environment(root, budget.augmentation_workers),
+    ):
         seed_everything(budget.seed)
-        trainer = get_trainer_from_args(str(dataset_id), budget.configuration, budget.fold, TRAINER, PLANS,
-                                        device=torch.device(budget.device))
+        trainer = get_trainer_from_args(
+            str(dataset_id), budget.configuration, budget.fold, TRAINER, PLANS, device=torch.device(budget.device)
+        )
         resume = (fold_dir / "checkpoint_latest.pth").exists()
         if resume:
             log.info("resuming nnU-Net training from %s", fold_dir / "checkpoint_latest.pth")
@@ -257,8 +304,8 @@ def load_network_weights(trainer, checkpoint: str | Path) -> None:
     with torch.serialization.safe_globals(allowed):
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)["network_weights"]
     network = trainer.network
-    network = getattr(network, "module", network)       # DistributedDataParallel
-    network = getattr(network, "_orig_mod", network)    # torch.compile
+    network = getattr(network, "module", network)  # DistributedDataParallel
+    network = getattr(network, "_orig_mod", network)  # torch.compile
     network.load_state_dict({k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()})
 
 
@@ -284,14 +331,18 @@ def verify_trained_checkpoint(checkpoint: str | Path) -> Path:
     checkpoint = Path(checkpoint)
     digest = checkpoint.with_name(checkpoint.name + ".sha256")
     if not digest.is_file():
-        raise CheckpointError(f"{digest}: no SHA-256 recorded for {checkpoint.name}. nnU-Net checkpoints are loaded with "
-                              "pickle, so only checkpoints this pipeline trained (and recorded) are used; retrain the stage "
-                              "(delete its folder) or, for a checkpoint you trust, write its SHA-256 into that file.")
+        raise CheckpointError(
+            f"{digest}: no SHA-256 recorded for {checkpoint.name}. nnU-Net checkpoints are loaded with "
+            "pickle, so only checkpoints this pipeline trained (and recorded) are used; retrain the stage "
+            "(delete its folder) or, for a checkpoint you trust, write its SHA-256 into that file."
+        )
     expected = (digest.read_text(encoding="utf-8").split() or [""])[0]
     if sha256(checkpoint) != expected:
-        raise CheckpointError(f"{checkpoint}: SHA-256 differs from the one recorded when it was trained ({digest.name}): the "
-                              "file was changed or replaced after training. Retrain the stage (delete its folder) rather "
-                              "than load a checkpoint nobody can vouch for.")
+        raise CheckpointError(
+            f"{checkpoint}: SHA-256 differs from the one recorded when it was trained ({digest.name}): the "
+            "file was changed or replaced after training. Retrain the stage (delete its folder) rather "
+            "than load a checkpoint nobody can vouch for."
+        )
     return checkpoint
 
 
@@ -299,14 +350,21 @@ def load_predictor(folder: str | Path, budget: Budget):
     """An nnUNetPredictor for a trained model folder, mirroring off."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
-                                perform_everything_on_device=budget.device != "cpu",
-                                device=torch.device(budget.device), verbose=False, verbose_preprocessing=False,
-                                allow_tqdm=False)
+    predictor = nnUNetPredictor(
+        tile_step_size=0.5,
+        use_gaussian=True,
+        use_mirroring=False,
+        perform_everything_on_device=budget.device != "cpu",
+        device=torch.device(budget.device),
+        verbose=False,
+        verbose_preprocessing=False,
+        allow_tqdm=False,
+    )
     verify_trained_checkpoint(Path(folder) / f"fold_{budget.fold}" / "checkpoint_final.pth")
     with nnunet_environment(Path(folder).parents[2], budget.augmentation_workers):
-        predictor.initialize_from_trained_model_folder(str(folder), use_folds=(budget.fold,),
-                                                       checkpoint_name="checkpoint_final.pth")
+        predictor.initialize_from_trained_model_folder(
+            str(folder), use_folds=(budget.fold,), checkpoint_name="checkpoint_final.pth"
+        )
     return predictor
 
 
@@ -315,7 +373,9 @@ def predict_image(predictor, image: sitk.Image) -> np.ndarray:
     array = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32))[None]
     spacing = image.GetSpacing()
     # the same properties nnU-Net's SimpleITKIO reader returns
-    props = {"sitk_stuff": {"spacing": spacing, "origin": image.GetOrigin(), "direction": image.GetDirection()},
-             "spacing": list(spacing)[::-1]}
+    props = {
+        "sitk_stuff": {"spacing": spacing, "origin": image.GetOrigin(), "direction": image.GetDirection()},
+        "spacing": list(spacing)[::-1],
+    }
     seg = predictor.predict_single_npy_array(array, props, None, None, False)
     return np.asarray(seg, dtype=np.uint8)

@@ -1,5 +1,6 @@
 """The refinement stages (docs/method.md §5): stage names, budgets, nnU-Net dataset ids, training and
 prediction of one stage."""
+
 from __future__ import annotations
 
 import logging
@@ -55,8 +56,9 @@ def stage_names(stage: int) -> tuple[str, str, str | None]:
     return name, previous, before
 
 
-def fit_stage(workspace, stage: int, cases: list[TrainingCase], budget, settings: dict,
-              name: str | None = None) -> Path:
+def fit_stage(
+    workspace, stage: int, cases: list[TrainingCase], budget, settings: dict, name: str | None = None
+) -> Path:
     """Train (or resume) the nnU-Net of a refinement stage; returns its model folder.
 
     Stage 1 trains on sparse pseudo-labels (2-D kept slices, or volumes with nnU-Net's ignore
@@ -73,8 +75,15 @@ def fit_stage(workspace, stage: int, cases: list[TrainingCase], budget, settings
     start_from = None
     if stage > 1 and budget.warm_start:
         start_from = model_folder(workspace.stage(previous) / "nnunet", dataset_id(previous), previous, budget)
-    return fit(root, dataset_id(name), name, cases, budget,
-               ignore_label=stage == 1 and settings.get("sparse_mode") == "ignore_label", start_from=start_from)
+    return fit(
+        root,
+        dataset_id(name),
+        name,
+        cases,
+        budget,
+        ignore_label=stage == 1 and settings.get("sparse_mode") == "ignore_label",
+        start_from=start_from,
+    )
 
 
 def stage_settings(settings: dict, stage: int) -> dict:

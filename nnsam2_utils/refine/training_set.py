@@ -1,5 +1,5 @@
-"""The nnU-Net training cases of a stage: the filter applied to the run's files (docs/method.md §5).
-"""
+"""The nnU-Net training cases of a stage: the filter applied to the run's files (docs/method.md §5)."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -22,8 +22,9 @@ from nnsam2_utils.refine.nnunet import IGNORE, TrainingCase
 from nnsam2_utils.refine.stages import stage_names
 
 
-def sparse_training_cases(kept: pd.DataFrame, label_path, image_path,
-                          mode: Literal["slices", "ignore_label"] = "slices") -> list[TrainingCase]:
+def sparse_training_cases(
+    kept: pd.DataFrame, label_path, image_path, mode: Literal["slices", "ignore_label"] = "slices"
+) -> list[TrainingCase]:
     """nnU-Net training cases from kept frames.
 
     ``slices``: every kept slice becomes its own one-slice case (2-D training on exactly the
@@ -69,9 +70,15 @@ def scan_table(workspace, datasets: list[str], current: str, previous: str, max_
             now = to_stack(read_image(workspace.labels(current, dataset, case)))
             before = to_stack(read_image(workspace.labels(previous, dataset, case)))
             areas = {cls: area_profile(now, cls) for cls in (1, 2)}
-            rows.append({"dataset": dataset, "case": case, "agreement": scan_agreement(now, before),
-                         "smooth": all(is_smooth(a, max_growth) for a in areas.values()),
-                         "max_growth_seen": max(largest_growth(a) for a in areas.values())})
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "case": case,
+                    "agreement": scan_agreement(now, before),
+                    "smooth": all(is_smooth(a, max_growth) for a in areas.values()),
+                    "max_growth_seen": max(largest_growth(a) for a in areas.values()),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -81,12 +88,15 @@ def training_set(workspace, datasets: list[str], stage: int, settings: dict) -> 
     image_path = lambda d, c: workspace.prepared(d, c) / "image.nii.gz"  # noqa: E731
     label_path = lambda d, c: workspace.labels(previous, d, c)  # noqa: E731
     if stage == 1:
-        confidence = pd.concat([read_csv(workspace.stage("stage0", d) / "confidence.csv") for d in datasets],
-                               ignore_index=True)
-        selection = stage1_filter(confidence, settings.get("confidence_percentile", 90.0),
-                                  settings.get("slice_fraction", 0.02))
-        return selection, sparse_training_cases(selection, label_path, image_path,
-                                                settings.get("sparse_mode", "slices"))
+        confidence = pd.concat(
+            [read_csv(workspace.stage("stage0", d) / "confidence.csv") for d in datasets], ignore_index=True
+        )
+        selection = stage1_filter(
+            confidence, settings.get("confidence_percentile", 90.0), settings.get("slice_fraction", 0.02)
+        )
+        return selection, sparse_training_cases(
+            selection, label_path, image_path, settings.get("sparse_mode", "slices")
+        )
     rules = {**STAGE_RULES[stage], **(settings.get(f"stage{stage}") or {})}
     scans = scan_table(workspace, datasets, previous, before, rules["max_growth"])
     selection = scan_filter(scans, rules["min_agreement"], rules["fraction"], rules["min_scans"])
@@ -99,6 +109,8 @@ def supervised_cases(workspace, datasets: list[str]) -> list[TrainingCase]:
     for dataset in datasets:
         cases = workspace.case_table(dataset)
         rows += [{"dataset": dataset, "case": c} for c in cases.loc[cases["has_label"].astype(bool), "case"]]
-    return full_training_cases(pd.DataFrame(rows, columns=["dataset", "case"]),
-                               lambda d, c: workspace.prepared(d, c) / "label.nii.gz",
-                               lambda d, c: workspace.prepared(d, c) / "image.nii.gz")
+    return full_training_cases(
+        pd.DataFrame(rows, columns=["dataset", "case"]),
+        lambda d, c: workspace.prepared(d, c) / "label.nii.gz",
+        lambda d, c: workspace.prepared(d, c) / "image.nii.gz",
+    )

@@ -1,2 +1,1 @@
-"""The book's presentation: result tables and figures, the teaching walk-through, the method figure, provenance.
-"""
+"""The book's presentation: result tables and figures, the teaching walk-through, the method figure, provenance."""

@@ -1,5 +1,6 @@
 """The Agreement page: which columns it shows, what it glues into the prose, the run-to-run variation
 beside the margins, and the Bland–Altman and scatter figure."""
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -10,8 +11,23 @@ from nnsam2_utils.evaluate.scans import MEASURE_LABELS
 from nnsam2_utils.evaluate.statistics import pair_measurements
 from nnsam2_utils.report.plots import agreement_scatter_axes, bland_altman_axes
 
-SHOWN = ["measure", "group", "n", "icc", "icc_low", "icc_high", "icc2", "tost_p", "margin", "bias", "loa_low",
-         "loa_high", "smallest_margin", "lmm_p", "note"]
+SHOWN = [
+    "measure",
+    "group",
+    "n",
+    "icc",
+    "icc_low",
+    "icc_high",
+    "icc2",
+    "tost_p",
+    "margin",
+    "bias",
+    "loa_low",
+    "loa_high",
+    "smallest_margin",
+    "lmm_p",
+    "note",
+]
 UNITS = {"volume_ml": "mL", "fat_ratio": "fraction", "hu_mean": "HU"}
 
 
@@ -44,12 +60,13 @@ def variation_beside_margin(workspace, agreement: pd.DataFrame) -> pd.DataFrame 
         glue("seed_change_worst_pct", "not measured", display=False)
         return None
     variation = read_csv(path)[["measure", "group", "mean_abs_pct", "max_abs_pct"]]
-    beside = (agreement.assign(margin_pct=lambda t: 100 * t.margin / t.expert_mean,
-                               bias_pct=lambda t: 100 * t.bias / t.expert_mean)
-              [["measure", "group", "n", "margin_pct", "bias_pct", "tost_p"]]
-              .merge(variation.rename(columns={"mean_abs_pct": "seed_change_mean_pct",
-                                               "max_abs_pct": "seed_change_max_pct"}),
-                     on=["measure", "group"], how="left"))
+    beside = agreement.assign(
+        margin_pct=lambda t: 100 * t.margin / t.expert_mean, bias_pct=lambda t: 100 * t.bias / t.expert_mean
+    )[["measure", "group", "n", "margin_pct", "bias_pct", "tost_p"]].merge(
+        variation.rename(columns={"mean_abs_pct": "seed_change_mean_pct", "max_abs_pct": "seed_change_max_pct"}),
+        on=["measure", "group"],
+        how="left",
+    )
     write_csv(beside, workspace.tables / "variation_vs_margin.csv")
     worst = beside.seed_change_mean_pct.max()
     glue("seed_change_worst_pct", f"{worst:.1f}" if pd.notna(worst) else "n/a", display=False)

@@ -4,6 +4,7 @@ Drawn with matplotlib on one axes in data coordinates, from a real slice of the 
 and the run's own settings (backend, number of refinement stages), so it always matches
 what the run did.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -17,7 +18,11 @@ from nnsam2_utils.report.plots import CLASS_COLOURS, STAGE_COLOURS, label_cmap
 if TYPE_CHECKING:  # pragma: no cover
     from nnsam2_utils.data.manifest import DatasetManifest
 
-FILTERS = {1: "most confident\nstage-0 slices", 2: "scans agreeing with\nstage 1, smooth", 3: "scans agreeing with\nstage 2, smooth"}
+FILTERS = {
+    1: "most confident\nstage-0 slices",
+    2: "scans agreeing with\nstage 1, smooth",
+    3: "scans agreeing with\nstage 2, smooth",
+}
 BACKENDS = {"litemedsam": "LiteMedSAM", "sam2": "SAM2"}
 
 
@@ -27,7 +32,7 @@ def windowed(image: np.ndarray, window: tuple[float, float] | None = None) -> np
     return np.clip((np.asarray(image, dtype=float) - low) / max(high - low, 1e-6), 0, 1)
 
 
-def annotated_level_slice(manifest: "DatasetManifest", case_index: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+def annotated_level_slice(manifest: DatasetManifest, case_index: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
     """A scan's slice at the L3/L4 disc (the level of the one annotated slice), image and classes 0/1/2."""
     import SimpleITK as sitk
 
@@ -57,13 +62,17 @@ def _arrow(ax, x0: float, x1: float, y: float) -> None:
 
 
 def _box(ax, x: float, y: float, w: float, h: float, text: str, colour: str, fontsize: float = 8.5) -> None:
-    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.04,rounding_size=0.12", fc=colour, ec="#333333",
-                                lw=1.0, alpha=0.9))
+    ax.add_patch(
+        FancyBboxPatch(
+            (x, y), w, h, boxstyle="round,pad=0.04,rounding_size=0.12", fc=colour, ec="#333333", lw=1.0, alpha=0.9
+        )
+    )
     ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=fontsize, color="white", weight="bold")
 
 
-def _slice(ax, image: np.ndarray, label: np.ndarray | None, extent: tuple[float, float, float, float],
-           contour: bool = False) -> None:
+def _slice(
+    ax, image: np.ndarray, label: np.ndarray | None, extent: tuple[float, float, float, float], contour: bool = False
+) -> None:
     ax.imshow(image, cmap="gray", vmin=0, vmax=1, extent=extent, interpolation="nearest", zorder=2)
     if label is None:
         return
@@ -75,12 +84,26 @@ def _slice(ax, image: np.ndarray, label: np.ndarray | None, extent: tuple[float,
             if (label == cls).any():
                 ax.contour(x, y, (label == cls).astype(float), levels=[0.5], colors=[colour], linewidths=1.0, zorder=3)
     else:
-        ax.imshow(np.ma.masked_equal(label, 0), cmap=label_cmap(), vmin=0, vmax=2, alpha=0.55, extent=extent,
-                  interpolation="nearest", zorder=3)
+        ax.imshow(
+            np.ma.masked_equal(label, 0),
+            cmap=label_cmap(),
+            vmin=0,
+            vmax=2,
+            alpha=0.55,
+            extent=extent,
+            interpolation="nearest",
+            zorder=3,
+        )
 
 
-def method_figure(image: np.ndarray, label: np.ndarray | None, n_stages: int = 3, backend: str = "litemedsam",
-                  window: tuple[float, float] | None = None, caption: str = "") -> plt.Figure:
+def method_figure(
+    image: np.ndarray,
+    label: np.ndarray | None,
+    n_stages: int = 3,
+    backend: str = "litemedsam",
+    window: tuple[float, float] | None = None,
+    caption: str = "",
+) -> plt.Figure:
     """The method schematic drawn around one real slice (``image``, ``label`` with classes 0/1/2).
 
     ``n_stages`` refinement boxes are drawn (the run's ``refine.stages``); ``backend`` names the
@@ -117,10 +140,26 @@ def method_figure(image: np.ndarray, label: np.ndarray | None, n_stages: int = 3
         dx, dy = 0.16 * i, -0.16 * i
         extent = (x0 + dx + 0.3, x0 + dx + 2.4, 0.75 + dy + 0.3, 2.85 + dy)
         _slice(ax, shown, label if i == 0 else None, extent, contour=True)
-        ax.add_patch(plt.Rectangle((extent[0], extent[2]), extent[1] - extent[0], extent[3] - extent[2], fill=False,
-                                   ec="#333333", lw=0.8, zorder=4))
-    ax.text(x0 + 1.5, top, f"2. Propagation ({BACKENDS.get(backend, backend)})\nto every slice of every scan",
-            ha="center", va="bottom", fontsize=9.5, weight="bold")
+        ax.add_patch(
+            plt.Rectangle(
+                (extent[0], extent[2]),
+                extent[1] - extent[0],
+                extent[3] - extent[2],
+                fill=False,
+                ec="#333333",
+                lw=0.8,
+                zorder=4,
+            )
+        )
+    ax.text(
+        x0 + 1.5,
+        top,
+        f"2. Propagation ({BACKENDS.get(backend, backend)})\nto every slice of every scan",
+        ha="center",
+        va="bottom",
+        fontsize=9.5,
+        weight="bold",
+    )
     ax.text(x0 + 1.5, 0.1, "each mask with its predicted IoU", ha="center", va="top", fontsize=7.5, color="#555555")
     x = x0 + 3.0
     _arrow(ax, x + 0.1, x + 0.8, 1.55)
@@ -135,15 +174,30 @@ def method_figure(image: np.ndarray, label: np.ndarray | None, n_stages: int = 3
         if stage > 1:
             _arrow(ax, bx - gap + 0.02, bx - 0.02, 2.02)
     plural = "s" if n_stages > 1 else ""
-    ax.text(x0 + refine_w / 2, top, f"3. {n_stages} refinement{plural}: nnU-Net v2\non pooled pseudo-labels",
-            ha="center", va="bottom", fontsize=9.5, weight="bold")
+    ax.text(
+        x0 + refine_w / 2,
+        top,
+        f"3. {n_stages} refinement{plural}: nnU-Net v2\non pooled pseudo-labels",
+        ha="center",
+        va="bottom",
+        fontsize=9.5,
+        weight="bold",
+    )
     x = x0 + refine_w
     _arrow(ax, x + 0.1, x + 0.8, 2.02)
 
     # 4. what is measured
     x0 = x + 0.9
-    _box(ax, x0, 0.55, 2.4, 2.3, "DSC vs expert\n\nvolume (mL)\nDixon fat ratio\nCT attenuation (HU)\n\n"
-         "TOST · ICC ·\nBland–Altman", "#2b9348", fontsize=8.5)
+    _box(
+        ax,
+        x0,
+        0.55,
+        2.4,
+        2.3,
+        "DSC vs expert\n\nvolume (mL)\nDixon fat ratio\nCT attenuation (HU)\n\nTOST · ICC ·\nBland–Altman",
+        "#2b9348",
+        fontsize=8.5,
+    )
     ax.text(x0 + 1.2, top, "4. Measurements\nand agreement", ha="center", va="bottom", fontsize=9.5, weight="bold")
     fig.tight_layout()
     return fig

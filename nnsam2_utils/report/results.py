@@ -1,4 +1,5 @@
 """Tables and figures of the results chapter, computed from a run's files."""
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -39,7 +40,9 @@ def final_stage(dsc: pd.DataFrame) -> str:
 
 def dsc_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Wide table: one row per dataset, one column per stage, cells 'mean ± SD (n)'."""
-    cells = summary.assign(cell=[f"{m:.3f} ± {s:.3f}" if np.isfinite(s) else f"{m:.3f}" for m, s in zip(summary["mean"], summary["sd"])])
+    cells = summary.assign(
+        cell=[f"{m:.3f} ± {s:.3f}" if np.isfinite(s) else f"{m:.3f}" for m, s in zip(summary["mean"], summary["sd"])]
+    )
     wide = cells.pivot(index="dataset", columns="stage", values="cell")
     wide = wide[stage_order(wide.columns)]
     wide.columns = [STAGE_LABELS.get(c, c) for c in wide.columns]
@@ -48,7 +51,9 @@ def dsc_table(summary: pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
-def confidence_vs_dsc(workspace: Workspace, dataset: str, confidence: pd.DataFrame, stage: str = "stage0") -> pd.DataFrame:
+def confidence_vs_dsc(
+    workspace: Workspace, dataset: str, confidence: pd.DataFrame, stage: str = "stage0"
+) -> pd.DataFrame:
     """Per target slice and class of stage 0: predicted IoU and the true 2-D DSC of the pseudo-label.
 
     ``stage``: the stage-0 folder (``stage0``, or ``stage0_<backend>`` for a compared backend)."""
@@ -58,8 +63,16 @@ def confidence_vs_dsc(workspace: Workspace, dataset: str, confidence: pd.DataFra
         pseudo, _ = load_stack(workspace.labels(stage, dataset, case).parent, case)  # labels/<case>.nii.gz
         for record in group.to_dict("records"):
             cls, index = int(record["class"]), int(record["slice"])
-            rows.append({"dataset": dataset, "case": case, "slice": index, "class": cls, "iou": record["iou"],
-                         "dsc": dice(pseudo[index] == cls, truth[index] == cls)})
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "case": case,
+                    "slice": index,
+                    "class": cls,
+                    "iou": record["iou"],
+                    "dsc": dice(pseudo[index] == cls, truth[index] == cls),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -99,7 +112,7 @@ def overlay_figure(workspace: Workspace, dsc: pd.DataFrame, stage: str):
             pred, _ = load_stack(workspace.labels(stage, dataset, case).parent, case)
             k = len(image) // 2
             show_slice(ax, image[k], pred[k], f"{dataset} {tag}: {case}\nDSC {value:.3f}, slice {k}")
-            for cls, colour in CLASS_COLOURS.items():
+            for cls in CLASS_COLOURS:
                 if (truth[k] == cls).any():
                     ax.contour(truth[k] == cls, levels=[0.5], colors=["white"], linewidths=0.8)
     fig.suptitle(f"{STAGE_LABELS.get(stage, stage)}: prediction (fill) and expert label (white contour)", fontsize=10)

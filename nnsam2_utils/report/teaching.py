@@ -1,4 +1,5 @@
 """Figures of the teaching chapter: one scan walked through every stage of nnsam2."""
+
 from __future__ import annotations
 
 import json
@@ -61,8 +62,15 @@ def filter_figure(selection: pd.DataFrame, dataset: str, case: str):
     mine = part[part["case"] == case]
     ax.scatter(mine["slice"], mine["confidence"], s=22, color="#4361ee", label=f"frames of {case}")
     kept = part[part["kept"].astype(bool)]
-    ax.scatter(kept["slice"], kept["confidence"], s=70, facecolors="none", edgecolors="#2b9348", linewidths=1.6,
-               label="kept for nnU-Net 1")
+    ax.scatter(
+        kept["slice"],
+        kept["confidence"],
+        s=70,
+        facecolors="none",
+        edgecolors="#2b9348",
+        linewidths=1.6,
+        label="kept for nnU-Net 1",
+    )
     ax.axhline(part["threshold"].iloc[0], color="#bc4749", linestyle="--", linewidth=1, label="dataset 90th percentile")
     ax.set_xlabel("slice position (0 = superior)")
     ax.set_ylabel("frame confidence (Σ predicted IoU)")
@@ -87,16 +95,18 @@ def stages_figure(workspace: Workspace, dataset: str, case: str, stages: list[st
     return fig
 
 
-def pick_scan(dsc: pd.DataFrame, datasets: list[str], dataset: str | None = None,
-              case: str | None = None) -> tuple[str, str]:
+def pick_scan(
+    dsc: pd.DataFrame, datasets: list[str], dataset: str | None = None, case: str | None = None
+) -> tuple[str, str]:
     """The scan to follow: ``dataset`` (default: the run's first with expert labels) and ``case`` (default: its
     scan with the median stage-0 DSC)."""
     from nnsam2_utils.report.results import pick_cases
 
     labelled = [d for d in datasets if d in set(dsc["dataset"])]
     if not labelled:
-        raise ValueError("the teaching walk-through compares every stage with the expert labels; "
-                         "no dataset of this run has any")
+        raise ValueError(
+            "the teaching walk-through compares every stage with the expert labels; no dataset of this run has any"
+        )
     dataset = dataset or labelled[0]
     if case is None:
         case = next(c for _, c, _, tag in pick_cases(dsc[dsc["dataset"] == dataset], "stage0") if tag == "median")

@@ -18,6 +18,7 @@ measure, agreement    :func:`measure`, :func:`agreement`         ``tables/measur
 own scans (example)   :func:`own_scans_example`                  ``own_scans/``
 ====================  =========================================  ==========================
 """
+
 from nnsam2_utils.steps.agreement import agreement, measure
 from nnsam2_utils.steps.cohort import cohort
 from nnsam2_utils.steps.oneshot import oneshot
@@ -29,5 +30,18 @@ from nnsam2_utils.steps.results import results
 from nnsam2_utils.steps.stage0 import propagate_manifest, stage0
 from nnsam2_utils.steps.supervised import supervised
 
-__all__ = ["agreement", "cohort", "measure", "oneshot", "own_scans_example", "prepare", "prepare_manifest",
-           "propagate_manifest", "refine", "repeat", "results", "stage0", "supervised"]
+__all__ = [
+    "agreement",
+    "cohort",
+    "measure",
+    "oneshot",
+    "own_scans_example",
+    "prepare",
+    "prepare_manifest",
+    "propagate_manifest",
+    "refine",
+    "repeat",
+    "results",
+    "stage0",
+    "supervised",
+]

@@ -1,4 +1,5 @@
-"""Steps ``measure`` and ``agreement`` (docs/method.md §8–9): measurements of the delivered stage and their agreement."""
+"""Steps ``measure`` and ``agreement`` (docs/method.md §8–9): measures of the delivered stage, agreement."""
+
 from __future__ import annotations
 
 import pandas as pd

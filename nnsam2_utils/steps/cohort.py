@@ -1,4 +1,5 @@
 """Step ``cohort``: the synthetic demo cohort (when the profile generates one) and every dataset's manifest."""
+
 from __future__ import annotations
 
 from nnsam2_utils.data.manifest import DatasetManifest
@@ -16,8 +17,11 @@ def cohort(run: Run) -> list[DatasetManifest]:
 
             resumed = claim_folder(ws.data, run_key({**settings, "seed": run.seed}, step="cohort"))
             # a dataset's manifest and truth table are written after its files: with the same key, both mean complete
-            todo = [d for d in run.generated_datasets
-                    if not (resumed and ws.manifest(d).exists() and (ws.data / f"{d}_truth.csv").exists())]
+            todo = [
+                d
+                for d in run.generated_datasets
+                if not (resumed and ws.manifest(d).exists() and (ws.data / f"{d}_truth.csv").exists())
+            ]
             if todo:
                 generate_cohort(ws.data, size=run.profile.cohort.size, seed=run.seed, datasets=todo)
     return [run.manifest(name) for name in run.datasets]

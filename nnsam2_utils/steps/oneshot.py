@@ -1,4 +1,5 @@
 """Step ``oneshot`` (docs/method.md §10): registration of the annotated slice and a plain threshold, per dataset."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -19,7 +20,9 @@ def oneshot(run: Run) -> pd.DataFrame:
         manifest = run.manifest(dataset)
         upstream = [ws.prepared(dataset), ws.stage("stage0", dataset)]
         for stage in STAGES:
-            claim_folder(ws.stage(stage, dataset), run_key({"stage": stage, "dataset": dataset}, upstream, step="oneshot"))
+            claim_folder(
+                ws.stage(stage, dataset), run_key({"stage": stage, "dataset": dataset}, upstream, step="oneshot")
+            )
         with step_record(ws.runlog, "oneshot_baselines", dataset):
             dsc = run_dataset_baselines(ws, dataset, manifest.modality, manifest.sequence)
         for stage, part in dsc.groupby("stage"):

@@ -4,6 +4,7 @@ The example is a phantom scan written the way a user brings scans (DICOM and NIf
 CSV, one slice drawn by hand); it runs the very steps the pipeline runs (:func:`prepare_manifest`,
 :func:`propagate_manifest`), in its own work folder ``work/<profile>/own_scans``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -64,8 +65,12 @@ def volumes_table(own: OwnScans) -> pd.DataFrame:
     rows = []
     for case in own.cases["case"]:
         rows += scan_measurements(own.workspace, own.manifest.name, own.manifest.modality, case, "stage0")
-    volumes = (pd.DataFrame(rows).query("measure == 'volume_ml' and `class` in [1, 2]")
-               .pivot_table(index=["case", "class"], columns="source", values="value").round(1))
+    volumes = (
+        pd.DataFrame(rows)
+        .query("measure == 'volume_ml' and `class` in [1, 2]")
+        .pivot_table(index=["case", "class"], columns="source", values="value")
+        .round(1)
+    )
     if not len(own.stage0.dsc):
         return volumes
     return volumes.join(own.stage0.dsc.set_index(["case", "class"])["dsc"].round(3))

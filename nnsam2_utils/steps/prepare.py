@@ -1,4 +1,5 @@
 """Step ``prepare`` (docs/method.md §2): LPS, the L3/L4–L5/S1 crop, CT decimation, the model-input stacks."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,11 @@ from nnsam2_utils.workflow.workspace import Workspace
 
 def prepare_manifest(ws: Workspace, manifest: DatasetManifest, upstream: list[Path] | None = None) -> pd.DataFrame:
     """Prepare every scan of one dataset into ``ws.prepared(<dataset>)``; returns (and writes) its case table."""
-    key = run_key({"manifest": manifest.model_dump(mode="json", exclude={"manifest_path"})},
-                  upstream=upstream or [], step="prepare")
+    key = run_key(
+        {"manifest": manifest.model_dump(mode="json", exclude={"manifest_path"})},
+        upstream=upstream or [],
+        step="prepare",
+    )
     out = ws.prepared(manifest.name)
     resumed = claim_folder(out, key)
     with step_record(ws.runlog, "prepare", manifest.name, {"resumed": resumed}):

@@ -1,4 +1,5 @@
 """Step ``refine`` (docs/method.md §5): one nnU-Net stage — filter, train on the pooled datasets, predict every scan."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,9 +21,9 @@ class RefineResult:
     """One refinement stage: what its filter kept, the model it trained, its DSC."""
 
     stage: int
-    name: str                  # nnunet<k>
+    name: str  # nnunet<k>
     budget: Budget
-    selection: pd.DataFrame    # the filter table: one row per frame (stage 1) or scan (stages 2-3), with kept and reason
+    selection: pd.DataFrame  # the filter table: one row per frame (stage 1) or scan (stages 2-3), with kept and reason
     n_training_cases: int
     model: Path
     dsc: pd.DataFrame
@@ -38,7 +39,9 @@ def refine(run: Run, stage: int) -> RefineResult:
     claim_folder(ws.stage(name), run_key({"stage": stage, **settings}, upstream, step="refine"))
     selection, cases = training_set(ws, run.datasets, stage, settings)
     write_csv(selection, ws.stage(name) / "selection.csv")
-    with step_record(ws.runlog, f"{name}_train", "pooled", {**settings, "budget": budget.__dict__, "cases": len(cases)}):
+    with step_record(
+        ws.runlog, f"{name}_train", "pooled", {**settings, "budget": budget.__dict__, "cases": len(cases)}
+    ):
         model = fit_stage(ws, stage, cases, budget, settings)
     with step_record(ws.runlog, f"{name}_predict", "pooled"):
         predict_all(model, budget, run.datasets, ws, name)

@@ -1,4 +1,5 @@
-"""Step ``repeat`` (docs/method.md §10.5): the final stage trained again with seed + 1, and stage 0 re-run on one scan."""
+"""Step ``repeat`` (docs/method.md §10.5): the final stage retrained with seed + 1; stage 0 re-run on a scan."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,13 +22,13 @@ from nnsam2_utils.workflow.session import Run
 class RepeatResult:
     """A second training of the final stage beside the first."""
 
-    name: str                    # the stage repeated (nnunet<k>)
+    name: str  # the stage repeated (nnunet<k>)
     seed: int
     n_training_cases: int
-    dsc: pd.DataFrame            # the second training's DSC rows (stage "repeat")
-    variation: pd.DataFrame      # per measure and group: change in percent of the group mean
-    mask_dsc: pd.Series          # per scan: DSC of the second training's mask against the first's
-    stage0_check: dict           # stage 0 re-run on one scan: voxels that differ
+    dsc: pd.DataFrame  # the second training's DSC rows (stage "repeat")
+    variation: pd.DataFrame  # per measure and group: change in percent of the group mean
+    mask_dsc: pd.Series  # per scan: DSC of the second training's mask against the first's
+    stage0_check: dict  # stage 0 re-run on one scan: voxels that differ
 
 
 def kept_rows(selection: pd.DataFrame, stage: int) -> list[tuple]:
@@ -44,12 +45,15 @@ def repeat(run: Run) -> RepeatResult:
     name, _, _ = stage_names(final)
     seed = run.seed + 1
     budget = stage_budget(settings, final, seed=seed)
-    claim_folder(ws.stage(REPEAT_STAGE),
-                 run_key({"repeat_of": final, "seed": seed, **settings}, [ws.stage(name)], step="repeat"))
+    claim_folder(
+        ws.stage(REPEAT_STAGE), run_key({"repeat_of": final, "seed": seed, **settings}, [ws.stage(name)], step="repeat")
+    )
     selection, cases = training_set(ws, run.datasets, final, settings)
     if kept_rows(selection, final) != kept_rows(read_csv(ws.stage(name) / "selection.csv"), final):
-        raise RuntimeError(f"the filter kept other pseudo-labels than {name}'s first training: not a repeat. "
-                           f"Re-run the {name} step first.")
+        raise RuntimeError(
+            f"the filter kept other pseudo-labels than {name}'s first training: not a repeat. "
+            f"Re-run the {name} step first."
+        )
     with step_record(ws.runlog, "repeat_train", "pooled", {**settings, "budget": budget.__dict__, "cases": len(cases)}):
         model = fit_stage(ws, final, cases, budget, settings, name=REPEAT_STAGE)
     with step_record(ws.runlog, "repeat_predict", "pooled"):
@@ -63,12 +67,15 @@ def repeat(run: Run) -> RepeatResult:
     rows = []
     for dataset in run.datasets:
         for case in ws.case_ids(dataset):
-            first, second = (sitk.GetArrayFromImage(read_image(ws.labels(s, dataset, case))) for s in (name, REPEAT_STAGE))
+            first, second = (
+                sitk.GetArrayFromImage(read_image(ws.labels(s, dataset, case))) for s in (name, REPEAT_STAGE)
+            )
             rows += mask_agreement(dataset, case, first, second)
     mask_dsc = pd.DataFrame(rows).groupby(["dataset", "case"])["dsc"].mean()
     dataset = run.datasets[0]
     case = ws.case_ids(dataset)[-1]
     with step_record(ws.runlog, "repeat_stage0", dataset):
-        check = rerun_stage0_case(make_propagator(run.section("propagation")), ws, dataset, case,
-                                  ws.stage(REPEAT_STAGE) / "stage0_scratch")
+        check = rerun_stage0_case(
+            make_propagator(run.section("propagation")), ws, dataset, case, ws.stage(REPEAT_STAGE) / "stage0_scratch"
+        )
     return RepeatResult(name, seed, len(cases), dsc, variation, mask_dsc, check)

@@ -1,4 +1,5 @@
 """Step ``results`` (docs/method.md §7): every stage's and baseline's DSC in one tidy table."""
+
 from __future__ import annotations
 
 import pandas as pd

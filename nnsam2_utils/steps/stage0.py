@@ -1,4 +1,5 @@
 """Step ``stage0`` (docs/method.md §3–4): the reference scan, one annotated slice, propagated to every scan."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,14 +22,14 @@ class Stage0Result:
     """What stage 0 chose and produced for one dataset."""
 
     dataset: str
-    stage: str                       # "stage0", or "stage0_<backend>" for a compared backend
+    stage: str  # "stage0", or "stage0_<backend>" for a compared backend
     backend: str
     reference_case: str
-    annotated_slice: int             # index in the reference scan's region, 0 = L3/L4
-    user_annotation: bool            # drawn by the user (manifest ``annotation``) or the medoid's top slice
-    distances: pd.DataFrame | None   # mean cosine distance per scan (None for a user annotation)
-    confidence: pd.DataFrame         # per frame and class: predicted IoU, object score, area
-    dsc: pd.DataFrame                # per scan and class against the expert labels (empty without labels)
+    annotated_slice: int  # index in the reference scan's region, 0 = L3/L4
+    user_annotation: bool  # drawn by the user (manifest ``annotation``) or the medoid's top slice
+    distances: pd.DataFrame | None  # mean cosine distance per scan (None for a user annotation)
+    confidence: pd.DataFrame  # per frame and class: predicted IoU, object score, area
+    dsc: pd.DataFrame  # per scan and class against the expert labels (empty without labels)
 
 
 def propagation_settings(run: Run, backend: str | None = None) -> tuple[dict, str]:
@@ -39,8 +40,9 @@ def propagation_settings(run: Run, backend: str | None = None) -> tuple[dict, st
     return settings, "stage0"
 
 
-def propagate_manifest(ws: Workspace, manifest: DatasetManifest, settings: dict, stage: str = "stage0",
-                       record_as: str | None = None) -> Stage0Result:
+def propagate_manifest(
+    ws: Workspace, manifest: DatasetManifest, settings: dict, stage: str = "stage0", record_as: str | None = None
+) -> Stage0Result:
     """Stage 0 of one prepared dataset in ``ws``: choose the reference, propagate, write labels and tables."""
     dataset = manifest.name
     cases = ws.case_ids(dataset)
@@ -59,15 +61,29 @@ def propagate_manifest(ws: Workspace, manifest: DatasetManifest, settings: dict,
             reference_case, distances = select_reference(propagator, ws.prepared(dataset), cases)
             annotated = 0
             write_csv(distances, stage_dir / "reference.csv")
-        confidence = propagate_dataset(propagator, ws.prepared(dataset), stage_dir, dataset, cases, reference_case,
-                                       annotated, "annotation" if user else "label")
-        record.update(reference_case=reference_case, annotated_slice=annotated, backend=propagator.name,
-                      resumed=resumed, annotation="user" if user else "medoid top slice")
+        confidence = propagate_dataset(
+            propagator,
+            ws.prepared(dataset),
+            stage_dir,
+            dataset,
+            cases,
+            reference_case,
+            annotated,
+            "annotation" if user else "label",
+        )
+        record.update(
+            reference_case=reference_case,
+            annotated_slice=annotated,
+            backend=propagator.name,
+            resumed=resumed,
+            annotation="user" if user else "medoid top slice",
+        )
     write_csv(confidence, stage_dir / "confidence.csv")
     dsc = stage_dsc(ws, [dataset], stage)
     write_csv(dsc, stage_dir / "dsc.csv")
-    return Stage0Result(dataset, stage, propagator.name, reference_case, annotated, bool(user), distances,
-                        confidence, dsc)
+    return Stage0Result(
+        dataset, stage, propagator.name, reference_case, annotated, bool(user), distances, confidence, dsc
+    )
 
 
 def stage0(run: Run, dataset: str, backend: str | None = None) -> Stage0Result:

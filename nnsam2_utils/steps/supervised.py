@@ -1,4 +1,5 @@
 """Step ``supervised`` (docs/method.md §10): nnU-Net on every expert label at the same budget — the upper bound."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -19,8 +20,10 @@ def supervised(run: Run) -> tuple[int, pd.DataFrame]:
     ws = run.workspace
     settings = run.section("refine")
     budget = Budget.from_settings(settings, seed=run.seed)
-    claim_folder(ws.stage(STAGE), run_key({"supervised": True, **settings}, [ws.prepared(d) for d in run.datasets],
-                                          step="supervised"))
+    claim_folder(
+        ws.stage(STAGE),
+        run_key({"supervised": True, **settings}, [ws.prepared(d) for d in run.datasets], step="supervised"),
+    )
     cases = supervised_cases(ws, run.datasets)
     with step_record(ws.runlog, "supervised_train", "pooled", {**settings, "cases": len(cases)}):
         model = fit(ws.stage(STAGE) / "nnunet", dataset_id(STAGE), STAGE, cases, budget)

@@ -5,21 +5,46 @@ Snakemake re-runs a step's notebook when one of its modules changes, and the ste
 helper re-executes the results notebook but neither propagation nor training.
 Patterns are relative to the package folder.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 
-COMMON = ("__init__.py", "errors.py", "data/__init__.py", "data/io.py", "data/manifest.py", "workflow/*.py",
-          "steps/__init__.py")
+COMMON = (
+    "__init__.py",
+    "errors.py",
+    "data/__init__.py",
+    "data/io.py",
+    "data/manifest.py",
+    "workflow/*.py",
+    "steps/__init__.py",
+)
 
 #: Shared building blocks of several steps.
 _GRID = ("data/geometry.py", "data/labels.py")
-_STAGE0 = (*_GRID, "data/checkpoints.py", "prepare/*.py", "propagate/*.py", "evaluate/metrics.py", "evaluate/scans.py",
-           "evaluate/measurements.py", "steps/prepare.py", "steps/stage0.py")
-_NNUNET = (*_GRID, "prepare/model_input.py", "propagate/postprocess.py", "refine/*.py", "refine/trainers/*.py",
-           "evaluate/metrics.py", "evaluate/scans.py", "evaluate/measurements.py")
+_STAGE0 = (
+    *_GRID,
+    "data/checkpoints.py",
+    "prepare/*.py",
+    "propagate/*.py",
+    "evaluate/metrics.py",
+    "evaluate/scans.py",
+    "evaluate/measurements.py",
+    "steps/prepare.py",
+    "steps/stage0.py",
+)
+_NNUNET = (
+    *_GRID,
+    "prepare/model_input.py",
+    "propagate/postprocess.py",
+    "refine/*.py",
+    "refine/trainers/*.py",
+    "evaluate/metrics.py",
+    "evaluate/scans.py",
+    "evaluate/measurements.py",
+)
 
 STEP_CODE: dict[str, tuple[str, ...]] = {
     "cohort": ("data/synthetic/*.py", "data/describe.py", *_GRID, "steps/cohort.py"),
@@ -28,15 +53,39 @@ STEP_CODE: dict[str, tuple[str, ...]] = {
     "refine": (*_NNUNET, "steps/refine.py"),
     "supervised": (*_NNUNET, "steps/supervised.py"),
     "repeat": (*_NNUNET, *_STAGE0, "evaluate/repeatability.py", "steps/repeat.py"),
-    "oneshot": ("baselines/*.py", *_GRID, "prepare/model_input.py", "propagate/postprocess.py", "evaluate/metrics.py",
-                "steps/oneshot.py"),
-    "results": ("report/results.py", "report/plots.py", "evaluate/metrics.py", "prepare/model_input.py", *_GRID,
-                "steps/results.py"),
-    "teaching": ("report/teaching.py", "report/results.py", "report/plots.py", "evaluate/metrics.py",
-                 "prepare/model_input.py", *_GRID),
+    "oneshot": (
+        "baselines/*.py",
+        *_GRID,
+        "prepare/model_input.py",
+        "propagate/postprocess.py",
+        "evaluate/metrics.py",
+        "steps/oneshot.py",
+    ),
+    "results": (
+        "report/results.py",
+        "report/plots.py",
+        "evaluate/metrics.py",
+        "prepare/model_input.py",
+        *_GRID,
+        "steps/results.py",
+    ),
+    "teaching": (
+        "report/teaching.py",
+        "report/results.py",
+        "report/plots.py",
+        "evaluate/metrics.py",
+        "prepare/model_input.py",
+        *_GRID,
+    ),
     "own_scans": (*_STAGE0, "data/synthetic/*.py", "data/dicom.py", "data/checks.py", "steps/own_scans.py"),
-    "agreement": ("evaluate/*.py", "report/results.py", "report/plots.py", "prepare/model_input.py", *_GRID,
-                  "steps/agreement.py"),
+    "agreement": (
+        "evaluate/*.py",
+        "report/results.py",
+        "report/plots.py",
+        "prepare/model_input.py",
+        *_GRID,
+        "steps/agreement.py",
+    ),
 }
 
 #: Modules a step's notebook uses only to present what it computed (downloadable tables, the page's

@@ -6,6 +6,7 @@ are data (YAML scalars), never code. The cell papermill injects with the paramet
 ``remove-input`` so the book shows its outputs (none) but readers see the values in the
 run's provenance instead of a code cell.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,15 +44,27 @@ def tag_injected_cells(path: str | Path) -> None:
     nbformat.write(notebook, str(path))
 
 
-def execute(notebook: str | Path, output: str | Path, parameters: dict[str, Any] | None = None,
-            kernel: str = "python3", cwd: str | Path | None = None) -> Path:
+def execute(
+    notebook: str | Path,
+    output: str | Path,
+    parameters: dict[str, Any] | None = None,
+    kernel: str = "python3",
+    cwd: str | Path | None = None,
+) -> Path:
     """Run a notebook with papermill; the output appears only if every cell succeeded."""
     import papermill
 
     output = Path(output)
     with atomic_path(output, suffix=".ipynb") as tmp:
-        papermill.execute_notebook(str(notebook), str(tmp), parameters=parameters or {}, kernel_name=kernel,
-                                   progress_bar=False, log_output=False, cwd=str(cwd) if cwd else None)
+        papermill.execute_notebook(
+            str(notebook),
+            str(tmp),
+            parameters=parameters or {},
+            kernel_name=kernel,
+            progress_bar=False,
+            log_output=False,
+            cwd=str(cwd) if cwd else None,
+        )
         tag_injected_cells(tmp)
     log.info("executed %s → %s", notebook, output)
     return output

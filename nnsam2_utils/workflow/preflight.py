@@ -1,4 +1,5 @@
 """What a run profile needs before it starts: its manifests' data and the checkpoints it names."""
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,10 @@ def missing_for_profile(profile: str) -> list[str]:
         from nnsam2_utils.propagate.sam2 import download_hint
 
         if not settings.sam2_checkpoint:
-            missing.append(f"[checkpoint] run profile '{profile}': propagation.sam2_checkpoint is not set. Fix: "
-                           "download the SAM2.1 checkpoint named by propagation.sam2_config and set its path.")
+            missing.append(
+                f"[checkpoint] run profile '{profile}': propagation.sam2_checkpoint is not set. Fix: "
+                "download the SAM2.1 checkpoint named by propagation.sam2_config and set its path."
+            )
         else:
             path = Path(os.path.expandvars(settings.sam2_checkpoint)).expanduser()
             path = path if path.is_absolute() else repo_root() / path

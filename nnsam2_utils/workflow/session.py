@@ -1,4 +1,5 @@
 """What a notebook or a workflow step needs to start: the run profile, its work folder and its datasets."""
+
 from __future__ import annotations
 
 import logging
@@ -61,11 +62,15 @@ def own_manifests(profile: RunProfile) -> dict[str, Path]:
     for path in profile.manifest_paths():
         name = load_manifest(path, cases_csv=False).name
         if name in found:
-            raise ConfigError(f"{path}: dataset name '{name}' is also the name of {found[name]}. Every dataset of a "
-                              "run needs its own name: change 'name:' in one of the manifests.")
+            raise ConfigError(
+                f"{path}: dataset name '{name}' is also the name of {found[name]}. Every dataset of a "
+                "run needs its own name: change 'name:' in one of the manifests."
+            )
         if name in profile.generated_datasets:
-            raise ConfigError(f"{path}: dataset name '{name}' is also a generated demo dataset of profile "
-                              f"'{profile.profile}'. Rename your dataset (its 'name:' key).")
+            raise ConfigError(
+                f"{path}: dataset name '{name}' is also a generated demo dataset of profile "
+                f"'{profile.profile}'. Rename your dataset (its 'name:' key)."
+            )
         found[name] = path
     return found
 

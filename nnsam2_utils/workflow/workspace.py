@@ -1,4 +1,5 @@
 """The work folder of a run: every file a step reads or writes, under ``work/<profile>/``."""
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,7 @@ class Workspace:
     root: Path
 
     @classmethod
-    def for_profile(cls, profile: str, repo: str | Path | None = None) -> "Workspace":
+    def for_profile(cls, profile: str, repo: str | Path | None = None) -> Workspace:
         base = os.environ.get("NNSAM2_WORK")
         folder = Path(base) if base else repo_root(repo) / "work"
         return cls((folder / profile).resolve())

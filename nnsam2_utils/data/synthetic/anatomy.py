@@ -10,21 +10,43 @@ A cross-section at height ``z`` is an ordered list of :class:`Shape` (superellip
 back to front). :func:`cross_section` is a pure function of the subject and ``z``; the
 renderer in :mod:`nnsam2_utils.data.synthetic.cohort` places it in a scanner grid.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
 # --- tissues -------------------------------------------------------------------------------
 TISSUES: tuple[str, ...] = (
-    "air", "skin", "subcutaneous_fat", "visceral_fat", "muscle",
-    "R-ES", "R-MF", "L-MF", "L-ES",
-    "cortical_bone", "cancellous_bone", "annulus", "nucleus", "csf", "nerve_root",
-    "artery", "vein", "bowel_wall", "bowel_content", "bowel_fluid", "bowel_gas",
-    "kidney", "fascia", "joint_fluid", "table", "mesenteric_fat",
+    "air",
+    "skin",
+    "subcutaneous_fat",
+    "visceral_fat",
+    "muscle",
+    "R-ES",
+    "R-MF",
+    "L-MF",
+    "L-ES",
+    "cortical_bone",
+    "cancellous_bone",
+    "annulus",
+    "nucleus",
+    "csf",
+    "nerve_root",
+    "artery",
+    "vein",
+    "bowel_wall",
+    "bowel_content",
+    "bowel_fluid",
+    "bowel_gas",
+    "kidney",
+    "fascia",
+    "joint_fluid",
+    "table",
+    "mesenteric_fat",
 )
 T = {name: i for i, name in enumerate(TISSUES)}
 N_TISSUES = len(TISSUES)
@@ -74,25 +96,25 @@ class Subject:
 
     id: str
     age: float
-    body_scale: float          # frame size (vertebrae, body outline)
-    half_width: float          # skin, lateral half width
-    sc_post: float             # subcutaneous fat thickness, posterior / lateral / anterior
+    body_scale: float  # frame size (vertebrae, body outline)
+    half_width: float  # skin, lateral half width
+    sc_post: float  # subcutaneous fat thickness, posterior / lateral / anterior
     sc_lat: float
     sc_ant: float
-    ant_depth: float           # canal centre to anterior skin
-    visceral: float            # 0..1, share of mesenteric fat between bowel loops
-    es_area: float             # right erector spinae, L4/L5, nominal
-    mf_area: float             # right multifidus, L4/L5, nominal
-    es_asym: float             # left / right area ratio
+    ant_depth: float  # canal centre to anterior skin
+    visceral: float  # 0..1, share of mesenteric fat between bowel loops
+    es_area: float  # right erector spinae, L4/L5, nominal
+    mf_area: float  # right multifidus, L4/L5, nominal
+    es_asym: float  # left / right area ratio
     mf_asym: float
     psoas_area: float
-    ff_es: float               # mean fat fraction at L4/L5 (before partial volume)
+    ff_es: float  # mean fat fraction at L4/L5 (before partial volume)
     ff_mf: float
-    ff_slope: float            # extra fat fraction from L3/L4 to L5/S1
-    ff_texture: float          # SD of the smooth fat-fraction field
-    marbling: float            # amplitude of intramuscular fat streaks
-    level_l4: float            # L3/L4 -> L4/L5 disc distance
-    level_l5: float            # L4/L5 -> L5/S1 disc distance
+    ff_slope: float  # extra fat fraction from L3/L4 to L5/S1
+    ff_texture: float  # SD of the smooth fat-fraction field
+    marbling: float  # amplitude of intramuscular fat streaks
+    level_l4: float  # L3/L4 -> L4/L5 disc distance
+    level_l5: float  # L4/L5 -> L5/S1 disc distance
     disc_height: tuple[float, float, float]
     disc_degeneration: tuple[float, float, float]
     lordosis: float
@@ -127,18 +149,50 @@ class Subject:
 
 COHORTS: dict[str, dict[str, tuple[float, float]]] = {
     # uniform ranges per cohort; areas in cm² (nominal shapes, before bone/partial volume)
-    "backpain": dict(age=(28, 72), sc_post=(10, 30), es_area=(13.5, 18.0), mf_area=(7.5, 10.5),
-                     ff_es=(0.10, 0.16), ff_mf_extra=(0.03, 0.06), marbling=(0.25, 0.40), visceral=(0.35, 0.6),
-                     degeneration=(0.2, 0.9)),
-    "athletes": dict(age=(19, 30), sc_post=(5, 11), es_area=(17.0, 20.5), mf_area=(9.5, 11.5),
-                     ff_es=(0.045, 0.06), ff_mf_extra=(0.01, 0.02), marbling=(0.10, 0.16), visceral=(0.2, 0.3),
-                     degeneration=(0.0, 0.2)),
-    "bedrest": dict(age=(24, 55), sc_post=(8, 20), es_area=(15.0, 18.5), mf_area=(8.5, 10.5),
-                    ff_es=(0.07, 0.10), ff_mf_extra=(0.02, 0.035), marbling=(0.15, 0.25), visceral=(0.3, 0.45),
-                    degeneration=(0.0, 0.4)),
-    "ct": dict(age=(40, 82), sc_post=(10, 32), es_area=(13.0, 17.5), mf_area=(7.0, 9.5),
-               ff_es=(0.06, 0.09), ff_mf_extra=(0.015, 0.03), marbling=(0.15, 0.25), visceral=(0.35, 0.65),
-               degeneration=(0.2, 0.8)),
+    "backpain": dict(
+        age=(28, 72),
+        sc_post=(10, 30),
+        es_area=(13.5, 18.0),
+        mf_area=(7.5, 10.5),
+        ff_es=(0.10, 0.16),
+        ff_mf_extra=(0.03, 0.06),
+        marbling=(0.25, 0.40),
+        visceral=(0.35, 0.6),
+        degeneration=(0.2, 0.9),
+    ),
+    "athletes": dict(
+        age=(19, 30),
+        sc_post=(5, 11),
+        es_area=(17.0, 20.5),
+        mf_area=(9.5, 11.5),
+        ff_es=(0.045, 0.06),
+        ff_mf_extra=(0.01, 0.02),
+        marbling=(0.10, 0.16),
+        visceral=(0.2, 0.3),
+        degeneration=(0.0, 0.2),
+    ),
+    "bedrest": dict(
+        age=(24, 55),
+        sc_post=(8, 20),
+        es_area=(15.0, 18.5),
+        mf_area=(8.5, 10.5),
+        ff_es=(0.07, 0.10),
+        ff_mf_extra=(0.02, 0.035),
+        marbling=(0.15, 0.25),
+        visceral=(0.3, 0.45),
+        degeneration=(0.0, 0.4),
+    ),
+    "ct": dict(
+        age=(40, 82),
+        sc_post=(10, 32),
+        es_area=(13.0, 17.5),
+        mf_area=(7.0, 9.5),
+        ff_es=(0.06, 0.09),
+        ff_mf_extra=(0.015, 0.03),
+        marbling=(0.15, 0.25),
+        visceral=(0.35, 0.65),
+        degeneration=(0.2, 0.8),
+    ),
 }
 
 
@@ -161,29 +215,42 @@ def sample_subject(rng: np.random.Generator, subject_id: str, cohort: str, level
     disc_base = 0.34 * level_mm
     disc_height = tuple(float(disc_base * f * (1 - 0.3 * d)) for f, d in zip((0.95, 1.05, 0.9), degeneration))
     return Subject(
-        id=subject_id, age=age, body_scale=scale,
+        id=subject_id,
+        age=age,
+        body_scale=scale,
         half_width=float(rng.uniform(138, 165)) * scale + 0.6 * sc_lat,
-        sc_post=sc_post, sc_lat=sc_lat, sc_ant=sc_ant,
+        sc_post=sc_post,
+        sc_lat=sc_lat,
+        sc_ant=sc_ant,
         ant_depth=float(rng.uniform(150, 175)) * scale + 25 * visceral + 0.8 * sc_ant,
         visceral=visceral,
-        es_area=u("es_area"), mf_area=u("mf_area") * (1 - 0.08 * max(older, 0.0)),
+        es_area=u("es_area"),
+        mf_area=u("mf_area") * (1 - 0.08 * max(older, 0.0)),
         es_asym=float(np.clip(rng.normal(1.0, 0.05), 0.9, 1.1)),
         mf_asym=float(np.clip(rng.normal(1.0, 0.06), 0.88, 1.12)),
         psoas_area=float(rng.uniform(12, 18)) * (1.15 if cohort == "athletes" else 1.0),
-        ff_es=ff_es, ff_mf=ff_es + u("ff_mf_extra"),
+        ff_es=ff_es,
+        ff_mf=ff_es + u("ff_mf_extra"),
         ff_slope=float(rng.uniform(0.02, 0.05)) * (0.4 if cohort == "athletes" else 1.0),
         ff_texture=float(rng.uniform(0.02, 0.035)),
         marbling=u("marbling"),
-        level_l4=level_l4, level_l5=level_l5,
-        disc_height=disc_height, disc_degeneration=degeneration,
+        level_l4=level_l4,
+        level_l5=level_l5,
+        disc_height=disc_height,
+        disc_degeneration=degeneration,
         lordosis=float(rng.uniform(1.0, 4.0)),
         marrow_ff=float(np.clip(0.3 + 0.006 * (age - 25) + rng.normal(0, 0.04), 0.2, 0.75)),
         cancellous_hu=float(np.clip(250 - 1.6 * (age - 25) + rng.normal(0, 15), 150, 250)),
         aorta_r=float(rng.uniform(8.0, 10.5) + 0.03 * (age - 40)),
         field_seed=int(rng.integers(0, 2**31 - 1)),
-        muscle_wobble=tuple(tuple(float(x) for h in range(3) for x in (rng.uniform(0.02, 0.05) / (1 + 0.5 * h),
-                                                                     rng.uniform(0, 2 * math.pi), rng.normal(0, 0.02)))
-                            for _ in range(4)),
+        muscle_wobble=tuple(
+            tuple(
+                float(x)
+                for h in range(3)
+                for x in (rng.uniform(0.02, 0.05) / (1 + 0.5 * h), rng.uniform(0, 2 * math.pi), rng.normal(0, 0.02))
+            )
+            for _ in range(4)
+        ),
     )
 
 
@@ -219,10 +286,26 @@ def paraspinal_shapes(subject: Subject, z: float) -> dict[str, Shape]:
         a_es = math.sqrt(es_area / (superellipse_area_factor(n_es) * asp_es))
         b_es = asp_es * a_es
         i_mf, i_es = (1, 0) if side == "R" else (2, 3)
-        mf = Shape(T[f"{side}-MF"], sigma * (2.2 + a_mf), 10.5 + b_mf + dv, a_mf, b_mf, n_mf, -sigma * 0.15,
-                   wobble=subject.wobble(i_mf, z))
-        es = Shape(T[f"{side}-ES"], sigma * (2.2 + 2 * a_mf + a_es - 5.0), 5.5 + b_es + dv, a_es, b_es, n_es, -sigma * 0.22,
-                   wobble=subject.wobble(i_es, z))
+        mf = Shape(
+            T[f"{side}-MF"],
+            sigma * (2.2 + a_mf),
+            10.5 + b_mf + dv,
+            a_mf,
+            b_mf,
+            n_mf,
+            -sigma * 0.15,
+            wobble=subject.wobble(i_mf, z),
+        )
+        es = Shape(
+            T[f"{side}-ES"],
+            sigma * (2.2 + 2 * a_mf + a_es - 5.0),
+            5.5 + b_es + dv,
+            a_es,
+            b_es,
+            n_es,
+            -sigma * 0.22,
+            wobble=subject.wobble(i_es, z),
+        )
         out[f"{side}-MF"], out[f"{side}-ES"] = mf, es
     return out
 
@@ -239,11 +322,31 @@ def posterior_extent(subject: Subject, zs: np.ndarray) -> float:
 def _bone(tissue_shape: Shape, rim: float) -> list[Shape]:
     """A bone element: cortical shell with cancellous core."""
     inner_a, inner_b = tissue_shape.a - rim, tissue_shape.b - rim
-    out = [Shape(T["cortical_bone"], tissue_shape.cu, tissue_shape.cv, tissue_shape.a, tissue_shape.b,
-                 tissue_shape.n, tissue_shape.angle, tissue_shape.over)]
+    out = [
+        Shape(
+            T["cortical_bone"],
+            tissue_shape.cu,
+            tissue_shape.cv,
+            tissue_shape.a,
+            tissue_shape.b,
+            tissue_shape.n,
+            tissue_shape.angle,
+            tissue_shape.over,
+        )
+    ]
     if inner_a > 0.3 and inner_b > 0.3:
-        out.append(Shape(T["cancellous_bone"], tissue_shape.cu, tissue_shape.cv, inner_a, inner_b,
-                         tissue_shape.n, tissue_shape.angle, tissue_shape.over))
+        out.append(
+            Shape(
+                T["cancellous_bone"],
+                tissue_shape.cu,
+                tissue_shape.cv,
+                inner_a,
+                inner_b,
+                tissue_shape.n,
+                tissue_shape.angle,
+                tissue_shape.over,
+            )
+        )
     return out
 
 
@@ -302,7 +405,9 @@ def spine_shapes(subject: Subject, z: float) -> list[Shape]:
             if 0.45 <= t <= 0.95:  # pedicle
                 shapes += _bone(Shape(0, sigma * 14.0 * s, -3.0 + dv, 4.5, 7.0), 1.2)
             if (0.5 <= t <= 0.85) or (big and 0.35 <= t <= 0.9):  # transverse process
-                shapes += _bone(Shape(0, sigma * 31.0 * s, 2.0 + dv, 17.0 * s, 5.0 if big else 3.6, 4.0, -sigma * 0.1), 1.1)
+                shapes += _bone(
+                    Shape(0, sigma * 31.0 * s, 2.0 + dv, 17.0 * s, 5.0 if big else 3.6, 4.0, -sigma * 0.1), 1.1
+                )
             if -0.15 <= t <= 0.8:  # lamina
                 angle = math.atan2(10.0, -sigma * 10.0)
                 shapes += _bone(Shape(0, sigma * 9.0 * s, 12.0 + dv, 8.0, 2.9, 3.0, angle), 1.0)
@@ -343,7 +448,18 @@ def soft_tissue_shapes(subject: Subject, z: float) -> list[Shape]:
         g = (z - start) / 30.0
         if g > 0.02:
             g = min(g, 1.0) ** 0.5
-            shapes.append(Shape(T["kidney"], sigma * 72.0 * s, -22.0 + dv, 24.0 * g + 3, 15.0 * g + 2, 2.0, -sigma * 0.9, SOFT_INTERIOR))
+            shapes.append(
+                Shape(
+                    T["kidney"],
+                    sigma * 72.0 * s,
+                    -22.0 + dv,
+                    24.0 * g + 3,
+                    15.0 * g + 2,
+                    2.0,
+                    -sigma * 0.9,
+                    SOFT_INTERIOR,
+                )
+            )
     # quadratus lumborum: thins out towards the iliac crest
     g_ql = float(np.clip((0.9 - zeta) / 0.9, 0.0, 1.0)) ** 0.6
     paraspinal = paraspinal_shapes(subject, z)
@@ -351,11 +467,33 @@ def soft_tissue_shapes(subject: Subject, z: float) -> list[Shape]:
         es = paraspinal[f"{side}-ES"]
         es_lat = abs(es.cu) + es.a * 0.95
         if g_ql > 0.05:
-            shapes.append(Shape(T["muscle"], sigma * (es_lat - 14.0), -8.0 + dv, 20.0 * g_ql + 3, 9.0 * g_ql + 2.5, 2.0, -sigma * 0.35, SOFT_INTERIOR))
+            shapes.append(
+                Shape(
+                    T["muscle"],
+                    sigma * (es_lat - 14.0),
+                    -8.0 + dv,
+                    20.0 * g_ql + 3,
+                    9.0 * g_ql + 2.5,
+                    2.0,
+                    -sigma * 0.35,
+                    SOFT_INTERIOR,
+                )
+            )
         # psoas: grows and moves antero-laterally going down
         area = subject.psoas_area * (0.65 + 0.6 * float(np.clip(zeta, -0.3, 1.3))) * 100
         a_ps = math.sqrt(area / (math.pi * 0.8))
-        shapes.append(Shape(T["muscle"], sigma * (a_vb + 0.75 * a_ps + 1.0), v_vb + 4.0 - 12.0 * zeta, a_ps, 0.8 * a_ps, 2.0, -sigma * 0.5, SOFT_INTERIOR))
+        shapes.append(
+            Shape(
+                T["muscle"],
+                sigma * (a_vb + 0.75 * a_ps + 1.0),
+                v_vb + 4.0 - 12.0 * zeta,
+                a_ps,
+                0.8 * a_ps,
+                2.0,
+                -sigma * 0.5,
+                SOFT_INTERIOR,
+            )
+        )
     # ilium with gluteal and iliacus muscles below the iliac crest
     z_crest = zd["L4L5"] + 0.25 * subject.level_l4
     g_il = (z_crest - z) / (0.9 * subject.level_l5)
@@ -373,9 +511,17 @@ def soft_tissue_shapes(subject: Subject, z: float) -> list[Shape]:
         glut = centre + (thick + 11.0) * normal
         iliacus = centre - (thick + 7.0) * normal
         shapes.append(Shape(T["muscle"], float(glut[0]), float(glut[1]), length + 6.0, 12.0, 2.0, angle, SOFT_INTERIOR))
-        shapes.append(Shape(T["muscle"], float(iliacus[0]), float(iliacus[1]), length * 0.9, 7.5 * g + 1, 2.0, angle, SOFT_INTERIOR))
-        shapes += [Shape(x.tissue, x.cu, x.cv, x.a, x.b, x.n, x.angle, SOFT_INTERIOR + (T["cortical_bone"], T["cancellous_bone"]))
-                   for x in _bone(Shape(0, float(centre[0]), float(centre[1]), length, thick, 2.5, angle), 1.3)]
+        shapes.append(
+            Shape(
+                T["muscle"], float(iliacus[0]), float(iliacus[1]), length * 0.9, 7.5 * g + 1, 2.0, angle, SOFT_INTERIOR
+            )
+        )
+        shapes += [
+            Shape(
+                x.tissue, x.cu, x.cv, x.a, x.b, x.n, x.angle, SOFT_INTERIOR + (T["cortical_bone"], T["cancellous_bone"])
+            )
+            for x in _bone(Shape(0, float(centre[0]), float(centre[1]), length, thick, 2.5, angle), 1.3)
+        ]
     # back muscles: fascial envelope, erector spinae, multifidus (medial, on top), interspinous ligament
     for key in ("R-ES", "R-MF", "L-MF", "L-ES"):
         m = paraspinal[key]
@@ -418,7 +564,7 @@ class Tube:
     content: str  # "fluid", "content", "gas", "air-fluid", "feces"
 
 
-def bowel_loops(rng: np.random.Generator, subject: Subject, body: "BodyOutline") -> tuple[Tube, ...]:
+def bowel_loops(rng: np.random.Generator, subject: Subject, body: BodyOutline) -> tuple[Tube, ...]:
     """Small-bowel loops and the ascending/descending colon of one subject."""
     a_in = body.half_width - body.sc_lat - 2 - body.wall - 6
     v_front = body.v_ant + body.sc_ant + 2 + body.wall + 6
@@ -426,8 +572,19 @@ def bowel_loops(rng: np.random.Generator, subject: Subject, body: "BodyOutline")
     top = subject.level_l4 + subject.level_l5
     tubes = []
     for sigma, r in ((-1.0, float(rng.uniform(16, 22))), (1.0, float(rng.uniform(13, 19)))):  # colon
-        tubes.append(Tube(sigma * (a_in - r - 4), float(rng.uniform(-60, -40)), top / 2, float(rng.normal(0, 0.1)),
-                          float(rng.normal(0, 0.1)), 200.0, r, 2.0, "feces"))
+        tubes.append(
+            Tube(
+                sigma * (a_in - r - 4),
+                float(rng.uniform(-60, -40)),
+                top / 2,
+                float(rng.normal(0, 0.1)),
+                float(rng.normal(0, 0.1)),
+                200.0,
+                r,
+                2.0,
+                "feces",
+            )
+        )
     area = math.pi * a_in * (v_back - v_front) / 2
     n = int(area / (math.pi * 15.0**2) * (1.25 - subject.visceral) * 1.6)
     kinds = ("fluid", "content", "gas", "air-fluid", "content")
@@ -438,8 +595,19 @@ def bowel_loops(rng: np.random.Generator, subject: Subject, body: "BodyOutline")
         if (u0 / a_in) ** 2 + ((v0 - centre_v) / ((v_back - v_front) / 2)) ** 2 > 1:
             continue
         r = float(rng.uniform(7, 14))
-        tubes.append(Tube(u0, v0, float(rng.uniform(-40, top + 40)), float(rng.uniform(-1.2, 1.2)), float(rng.uniform(-0.8, 0.8)),
-                          float(rng.uniform(15, 60)), r, float(rng.uniform(1.3, 2.3)), str(rng.choice(kinds, p=(0.3, 0.3, 0.12, 0.13, 0.15)))))
+        tubes.append(
+            Tube(
+                u0,
+                v0,
+                float(rng.uniform(-40, top + 40)),
+                float(rng.uniform(-1.2, 1.2)),
+                float(rng.uniform(-0.8, 0.8)),
+                float(rng.uniform(15, 60)),
+                r,
+                float(rng.uniform(1.3, 2.3)),
+                str(rng.choice(kinds, p=(0.3, 0.3, 0.12, 0.13, 0.15))),
+            )
+        )
         n -= 1
     return tuple(tubes)
 
@@ -464,13 +632,33 @@ def bowel_shapes(tubes: Sequence[Tube], z: float) -> list[Shape]:
         lumen = {"fluid": "bowel_fluid", "gas": "bowel_gas", "air-fluid": "bowel_fluid"}.get(t.content, "bowel_content")
         shapes.append(Shape(T[lumen], cu, cv, inner * stretch, inner, 2.0, angle, CAVITY))
         if t.content == "air-fluid":  # gas rises anteriorly (v < 0 is up in a supine patient)
-            shapes.append(Shape(T["bowel_gas"], cu, cv - 0.55 * inner, inner * stretch * 0.85, inner * 0.45, 4.0, 0.0,
-                                (T["bowel_fluid"],)))
+            shapes.append(
+                Shape(
+                    T["bowel_gas"],
+                    cu,
+                    cv - 0.55 * inner,
+                    inner * stretch * 0.85,
+                    inner * 0.45,
+                    4.0,
+                    0.0,
+                    (T["bowel_fluid"],),
+                )
+            )
         elif t.content == "feces":  # mottled: small gas bubbles
             for k in range(4):
                 ang = 2.4 * k + t.u0
-                shapes.append(Shape(T["bowel_gas"], cu + 0.5 * inner * math.cos(ang), cv + 0.5 * inner * math.sin(ang),
-                                    2.2 + (k % 2), 2.0 + (k % 3) * 0.6, 2.0, 0.0, (T["bowel_content"],)))
+                shapes.append(
+                    Shape(
+                        T["bowel_gas"],
+                        cu + 0.5 * inner * math.cos(ang),
+                        cv + 0.5 * inner * math.sin(ang),
+                        2.2 + (k % 2),
+                        2.0 + (k % 3) * 0.6,
+                        2.0,
+                        0.0,
+                        (T["bowel_content"],),
+                    )
+                )
     return shapes
 
 
@@ -496,13 +684,21 @@ class BodyOutline:
 def body_outline(subject: Subject, zs: np.ndarray) -> BodyOutline:
     """Body outline that clears the back muscles by the subcutaneous fat thickness."""
     v_post = posterior_extent(subject, zs) + 2.0 + subject.sc_post
-    return BodyOutline(half_width=subject.half_width, v_post=v_post, v_ant=-subject.ant_depth,
-                       v_mid=-40.0 * subject.body_scale, sc_post=subject.sc_post, sc_lat=subject.sc_lat,
-                       sc_ant=subject.sc_ant, wall=10.0 * subject.body_scale)
+    return BodyOutline(
+        half_width=subject.half_width,
+        v_post=v_post,
+        v_ant=-subject.ant_depth,
+        v_mid=-40.0 * subject.body_scale,
+        sc_post=subject.sc_post,
+        sc_lat=subject.sc_lat,
+        sc_ant=subject.sc_ant,
+        wall=10.0 * subject.body_scale,
+    )
 
 
-def inside_body(u: np.ndarray, v: np.ndarray, body: BodyOutline, inset_lat: float, inset_post: float,
-                inset_ant: float) -> np.ndarray:
+def inside_body(
+    u: np.ndarray, v: np.ndarray, body: BodyOutline, inset_lat: float, inset_post: float, inset_ant: float
+) -> np.ndarray:
     """Boolean mask of the body outline shrunk by the given insets (mm)."""
     a = body.half_width - inset_lat
     post = v >= body.v_mid

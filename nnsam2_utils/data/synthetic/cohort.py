@@ -17,13 +17,14 @@ Everything is deterministic from ``seed``: every subject, scan and noise field d
 Public API: :func:`generate_cohort`; ``nnsam2 demo generate OUT --size tiny`` writes a cohort from the
 command line.
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
@@ -61,8 +62,6 @@ from nnsam2_utils.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-
-
 # --- cohort ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ScanPlan:
@@ -84,8 +83,13 @@ def plan_dataset(spec: DatasetSpec, size: SizeSpec, seed: int) -> list[ScanPlan]
             subject = sample_subject(scan_rng(seed, spec.group, i, "subject"), sid, spec.cohort, size.level_mm)
             pose = sample_pose(scan_rng(seed, spec.name, i, "pose"), spec.modality)
             for tp, (dvol, dff) in enumerate(zip(BEDREST_VOLUME_CHANGE, BEDREST_FF_CHANGE), start=1):
-                changed = replace(subject, es_area=subject.es_area * (1 + dvol), mf_area=subject.mf_area * (1 + dvol),
-                                  ff_es=subject.ff_es + dff, ff_mf=subject.ff_mf + dff)
+                changed = replace(
+                    subject,
+                    es_area=subject.es_area * (1 + dvol),
+                    mf_area=subject.mf_area * (1 + dvol),
+                    ff_es=subject.ff_es + dff,
+                    ff_mf=subject.ff_mf + dff,
+                )
                 tp_pose = pose if tp == 1 else reposition(pose, scan_rng(seed, spec.name, i, tp, "reposition"))
                 plans.append(ScanPlan(f"{sid}_tp{tp}", changed, tp, tp_pose))
         return plans
@@ -124,28 +128,50 @@ def generate_dataset(out_dir: Path, name: str, size: SizeSpec, seed: int, size_n
             status[result] += 1
             checksums[key] = sha256(root / rel)
         stored_discs = {d: (k if spec.direction[2] > 0 else scan.grid.nz - 1 - k) for d, k in scan.discs.items()}
-        cases.append(Case(id=plan.case_id, image=files["image"], label=files["label"], fat=files.get("fat"),
-                          subject=plan.subject.id, timepoint=plan.timepoint, discs=Discs(**stored_discs),
-                          sha256=Checksums(**checksums)))
+        cases.append(
+            Case(
+                id=plan.case_id,
+                image=files["image"],
+                label=files["label"],
+                fat=files.get("fat"),
+                subject=plan.subject.id,
+                timepoint=plan.timepoint,
+                discs=Discs(**stored_discs),
+                sha256=Checksums(**checksums),
+            )
+        )
         truth += truth_rows(name, plan.case_id, plan.subject.id, plan.timepoint, scan, spec.modality == "CT")
     manifest = DatasetManifest(
-        name=name, modality=spec.modality, sequence=spec.sequence, root=name,
+        name=name,
+        modality=spec.modality,
+        sequence=spec.sequence,
+        root=name,
         description=f"{spec.description} Synthetic phantom (nnsam2 demo cohort, seed {seed}); "
-                    f"in-plane {spec.matrix[0]}x{spec.matrix[1]}, slice {spec.slice_mm} mm.",
-        source=Source(citation=spec.citation, licence="CC0 (synthetic)",
-                      how_to_get=f"nnsam2 demo generate OUT --size {size_name} --seed {seed} --datasets {name}"),
-        label_map={1: 1, 2: 1, 3: 2, 4: 2}, muscle_map={1: "R-ES", 2: "R-MF", 3: "L-MF", 4: "L-ES"},
-        decimate_to_mm=5.0 if spec.modality == "CT" else None, cases=cases)
+        f"in-plane {spec.matrix[0]}x{spec.matrix[1]}, slice {spec.slice_mm} mm.",
+        source=Source(
+            citation=spec.citation,
+            licence="CC0 (synthetic)",
+            how_to_get=f"nnsam2 demo generate OUT --size {size_name} --seed {seed} --datasets {name}",
+        ),
+        label_map={1: 1, 2: 1, 3: 2, 4: 2},
+        muscle_map={1: "R-ES", 2: "R-MF", 3: "L-MF", 4: "L-ES"},
+        decimate_to_mm=5.0 if spec.modality == "CT" else None,
+        cases=cases,
+    )
     manifest_path = out_dir / f"{name}.yaml"
     write_if_changed(manifest_path, lambda tmp: dump_manifest(manifest, tmp))
-    table = pd.DataFrame(truth, columns=["dataset", "case", "subject", "timepoint", "class", "muscle", "volume_ml",
-                                         "fat_fraction", "hu_mean"])
+    table = pd.DataFrame(
+        truth,
+        columns=["dataset", "case", "subject", "timepoint", "class", "muscle", "volume_ml", "fat_fraction", "hu_mean"],
+    )
     write_if_changed(out_dir / f"{name}_truth.csv", lambda tmp: write_csv(table, tmp))
     log.info("%s: %d scans (%d files written, %d unchanged)", name, len(cases), status["written"], status["unchanged"])
     return manifest_path
 
 
-def generate_cohort(out_dir: Path, size: str = "default", seed: int = 0, datasets: Sequence[str] | None = None) -> list[Path]:
+def generate_cohort(
+    out_dir: Path, size: str = "default", seed: int = 0, datasets: Sequence[str] | None = None
+) -> list[Path]:
     """Write the synthetic cohort (images, labels, Dixon fat, manifests, truth tables); returns the manifests."""
     if size not in SIZES:
         raise ConfigError(f"unknown phantom size '{size}'. Choose from {list(SIZES)}.")

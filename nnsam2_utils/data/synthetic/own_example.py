@@ -8,6 +8,7 @@ label volume with a single labelled slice; and the YAML manifest that describes 
 chapter "Use it on your own scans" and the tests run it through the pipeline. :func:`damaged_copy`
 makes a copy with the four faults ``nnsam2 data check`` must name.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -45,7 +46,10 @@ def user_label(label: sitk.Image) -> sitk.Image:
 
 
 def assemble_example(phantom_manifest: Path, out: Path, name: str = "my_lumbar_t2") -> Path:
-    """Write the user-style dataset (the first three scans of ``phantom_manifest``) into ``out``; return its manifest."""
+    """Write the user-style dataset (the first three scans of ``phantom_manifest``) into ``out``.
+
+    Returns its manifest.
+    """
     source = load_manifest(phantom_manifest)
     forms = [("sagittal DICOM", "PIR"), ("RAS NIfTI", "RAS"), ("MHA", "LPI")]
     rows, cases = [], []
@@ -67,7 +71,9 @@ def assemble_example(phantom_manifest: Path, out: Path, name: str = "my_lumbar_t
             write_image(image_u, out / image_rel)
         write_image(user_label(label_u), out / "segmentations" / f"{scan}-muscles.nrrd")
         discs = {level: stored_disc(image, image_u, getattr(case.discs, level)) for level in ("L3L4", "L4L5", "L5S1")}
-        rows.append({"scan": scan, "disc_L3_L4": discs["L3L4"], "disc_L4_L5": discs["L4L5"], "disc_L5_S1": discs["L5S1"]})
+        rows.append(
+            {"scan": scan, "disc_L3_L4": discs["L3L4"], "disc_L4_L5": discs["L4L5"], "disc_L5_S1": discs["L5S1"]}
+        )
         cases.append({"id": scan, "image": image_rel, "label": f"segmentations/{scan}-muscles.nrrd"})
         if form == "RAS NIfTI":  # the user's one annotated slice: one slice below L3/L4 of this scan
             step = 1 if discs["L5S1"] > discs["L3L4"] else -1
@@ -89,8 +95,10 @@ def assemble_example(phantom_manifest: Path, out: Path, name: str = "my_lumbar_t
         "label_map": {11: 1, 12: 1, 21: 2, 22: 2},
         "muscle_map": {11: "R-ES", 12: "R-MF", 21: "L-MF", 22: "L-ES"},
         "annotation": annotation,
-        "cases_csv": {"file": "discs.csv",
-                      "columns": {"id": "scan", "L3L4": "disc_L3_L4", "L4L5": "disc_L4_L5", "L5S1": "disc_L5_S1"}},
+        "cases_csv": {
+            "file": "discs.csv",
+            "columns": {"id": "scan", "L3L4": "disc_L3_L4", "L4L5": "disc_L4_L5", "L5S1": "disc_L5_S1"},
+        },
         "cases": cases,
     }
     path = out / f"{name}.yaml"

@@ -1,11 +1,11 @@
-"""Rendering one phantom scan: tissue fields, partial volume, contrasts per sequence, bias field and noise.
-"""
+"""Rendering one phantom scan: tissue fields, partial volume, contrasts per sequence, bias field and noise."""
+
 from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -108,8 +108,14 @@ class Canvas:
             self._luts[over] = lut
         return self._luts[over]
 
-    def paint(self, tissue_map: np.ndarray, shapes: Sequence[Shape], r0: int = 0, c0: int = 0,
-              skip_inside: tuple[int, int, int, int] | None = None) -> None:
+    def paint(
+        self,
+        tissue_map: np.ndarray,
+        shapes: Sequence[Shape],
+        r0: int = 0,
+        c0: int = 0,
+        skip_inside: tuple[int, int, int, int] | None = None,
+    ) -> None:
         """Paint shapes in order into ``tissue_map`` (a region whose top-left fine index is r0, c0).
 
         Shapes whose window lies entirely inside ``skip_inside`` are skipped (that area is repainted).
@@ -118,8 +124,9 @@ class Canvas:
         for sh in shapes:
             r = sh.radius
             rl, rh, cl, ch = self.window(sh.cu, sh.cv, r)
-            if skip_inside is not None and (skip_inside[0] <= rl and rh <= skip_inside[1]
-                                            and skip_inside[2] <= cl and ch <= skip_inside[3]):
+            if skip_inside is not None and (
+                skip_inside[0] <= rl and rh <= skip_inside[1] and skip_inside[2] <= cl and ch <= skip_inside[3]
+            ):
                 continue
             rl, rh, cl, ch = max(rl, r0), min(rh, r0 + h), max(cl, c0), min(ch, c0 + w)
             if rl >= rh or cl >= ch:
@@ -144,8 +151,8 @@ class Canvas:
                 scale = np.ones_like(p)
                 for k in range(0, len(sh.wobble), 2):
                     scale += sh.wobble[k] * np.cos((k // 2 + 2) * phi + sh.wobble[k + 1])
-                inside = p2 ** (sh.n / 2) + q2 ** (sh.n / 2) <= scale ** sh.n
-            sub = tissue_map[rl - r0:rh - r0, cl - c0:ch - c0]
+                inside = p2 ** (sh.n / 2) + q2 ** (sh.n / 2) <= scale**sh.n
+            sub = tissue_map[rl - r0 : rh - r0, cl - c0 : ch - c0]
             if sh.over is not None:
                 inside &= self._lut(sh.over)[sub]
             sub[inside] = sh.tissue
@@ -170,13 +177,23 @@ class Field3D:
     spacing: tuple[float, float, float]
 
     def sample(self, z: np.ndarray, v: np.ndarray, u: np.ndarray) -> np.ndarray:
-        coords = np.stack([(np.broadcast_to(z, u.shape) - self.origin[0]) / self.spacing[0],
-                           (v - self.origin[1]) / self.spacing[1], (u - self.origin[2]) / self.spacing[2]])
+        coords = np.stack(
+            [
+                (np.broadcast_to(z, u.shape) - self.origin[0]) / self.spacing[0],
+                (v - self.origin[1]) / self.spacing[1],
+                (u - self.origin[2]) / self.spacing[2],
+            ]
+        )
         return ndimage.map_coordinates(self.data, coords, order=1, mode="nearest").astype(np.float32)
 
 
-def gaussian_field(rng: np.random.Generator, origin: tuple[float, float, float], extent: tuple[float, float, float],
-                   spacing: tuple[float, float, float], sigma_mm: tuple[float, float, float]) -> Field3D:
+def gaussian_field(
+    rng: np.random.Generator,
+    origin: tuple[float, float, float],
+    extent: tuple[float, float, float],
+    spacing: tuple[float, float, float],
+    sigma_mm: tuple[float, float, float],
+) -> Field3D:
     """Unit-variance smooth Gaussian random field (white noise filtered with a Gaussian)."""
     shape = tuple(int(math.ceil(e / s)) + 1 for e, s in zip(extent, spacing))
     noise = rng.standard_normal(shape, dtype=np.float32)
@@ -218,28 +235,28 @@ def subject_fields(subject: Subject, body: BodyOutline) -> SubjectFields:
 # and its fat fraction; fat signal is FAT_SIGNAL. CT: attenuation in HU (native, portal venous).
 _TISSUE_TABLE: dict[str, tuple[float, float, float, float, float, float]] = {
     #                    ff     T1w   T2w    PD    HU    HU_pv
-    "air":              (0.0,    0,    0,   0.0, -1000, -1000),
-    "skin":             (0.1,  350,  300,  0.7,    40,    60),
-    "subcutaneous_fat": (0.92, 300,  300,  1.0,  -105,  -105),
-    "visceral_fat":     (0.88, 300,  300,  1.0,   -95,   -95),
-    "muscle":           (0.04, 330,  190,  1.0,    51,    58),
-    "cortical_bone":    (0.0,   25,   20,  0.05,  850,   850),
-    "cancellous_bone":  (0.45, 350,  350,  0.85,  200,   200),
-    "annulus":          (0.0,  250,  130,  0.7,    85,    90),
-    "nucleus":          (0.0,  280,  950,  0.9,    75,    80),
-    "csf":              (0.0,  100, 1150,  0.6,     8,     8),
-    "nerve_root":       (0.0,  330,  320,  0.8,    35,    40),
-    "artery":           (0.0,   70,   60,  0.9,    40,   165),
-    "vein":             (0.0,  110,  140,  0.8,    40,   140),
-    "bowel_wall":       (0.02, 380,  330,  0.8,    40,    95),
-    "bowel_content":    (0.05, 300,  450,  0.7,    25,    30),
-    "bowel_fluid":      (0.0,  120, 1000,  0.9,    10,    12),
-    "bowel_gas":        (0.0,   10,   10,  0.02, -900,  -900),
-    "kidney":           (0.0,  450,  650,  0.95,   32,   175),
-    "fascia":           (0.1,  120,   70,  0.35,   65,    70),
-    "joint_fluid":      (0.0,  120,  900,  0.8,    15,    15),
-    "table":            (0.0,    0,    0,  0.0,   120,   120),
-    "mesenteric_fat":   (0.88, 300,  300,  1.0,   -95,   -95),
+    "air": (0.0, 0, 0, 0.0, -1000, -1000),
+    "skin": (0.1, 350, 300, 0.7, 40, 60),
+    "subcutaneous_fat": (0.92, 300, 300, 1.0, -105, -105),
+    "visceral_fat": (0.88, 300, 300, 1.0, -95, -95),
+    "muscle": (0.04, 330, 190, 1.0, 51, 58),
+    "cortical_bone": (0.0, 25, 20, 0.05, 850, 850),
+    "cancellous_bone": (0.45, 350, 350, 0.85, 200, 200),
+    "annulus": (0.0, 250, 130, 0.7, 85, 90),
+    "nucleus": (0.0, 280, 950, 0.9, 75, 80),
+    "csf": (0.0, 100, 1150, 0.6, 8, 8),
+    "nerve_root": (0.0, 330, 320, 0.8, 35, 40),
+    "artery": (0.0, 70, 60, 0.9, 40, 165),
+    "vein": (0.0, 110, 140, 0.8, 40, 140),
+    "bowel_wall": (0.02, 380, 330, 0.8, 40, 95),
+    "bowel_content": (0.05, 300, 450, 0.7, 25, 30),
+    "bowel_fluid": (0.0, 120, 1000, 0.9, 10, 12),
+    "bowel_gas": (0.0, 10, 10, 0.02, -900, -900),
+    "kidney": (0.0, 450, 650, 0.95, 32, 175),
+    "fascia": (0.1, 120, 70, 0.35, 65, 70),
+    "joint_fluid": (0.0, 120, 900, 0.8, 15, 15),
+    "table": (0.0, 0, 0, 0.0, 120, 120),
+    "mesenteric_fat": (0.88, 300, 300, 1.0, -95, -95),
 }
 
 
@@ -317,17 +334,26 @@ class Pose:
 
 def sample_pose(rng: np.random.Generator, modality: str) -> Pose:
     """A patient position: a few degrees of rotation, a few mm of offset."""
-    return Pose(theta=math.radians(float(rng.uniform(-4.0, 4.0))), jitter_u=float(rng.uniform(-8, 8)),
-                jitter_v=float(rng.uniform(-6, 6)), z_offset=float(rng.uniform(-0.3, 0.3)),
-                table_z=float(rng.uniform(-1100, -800) if modality == "CT" else rng.uniform(-60, 60)),
-                centre_x=float(rng.uniform(-15, 15)), centre_y=float(rng.uniform(120, 180) if modality == "CT" else rng.uniform(-20, 20)))
+    return Pose(
+        theta=math.radians(float(rng.uniform(-4.0, 4.0))),
+        jitter_u=float(rng.uniform(-8, 8)),
+        jitter_v=float(rng.uniform(-6, 6)),
+        z_offset=float(rng.uniform(-0.3, 0.3)),
+        table_z=float(rng.uniform(-1100, -800) if modality == "CT" else rng.uniform(-60, 60)),
+        centre_x=float(rng.uniform(-15, 15)),
+        centre_y=float(rng.uniform(120, 180) if modality == "CT" else rng.uniform(-20, 20)),
+    )
 
 
 def reposition(pose: Pose, rng: np.random.Generator) -> Pose:
     """The same subject re-scanned: a small change of position."""
-    return replace(pose, theta=pose.theta + math.radians(float(rng.uniform(-1.5, 1.5))),
-                   jitter_u=pose.jitter_u + float(rng.uniform(-3, 3)), jitter_v=pose.jitter_v + float(rng.uniform(-3, 3)),
-                   z_offset=float(np.clip(pose.z_offset + rng.uniform(-0.15, 0.15), -0.3, 0.3)))
+    return replace(
+        pose,
+        theta=pose.theta + math.radians(float(rng.uniform(-1.5, 1.5))),
+        jitter_u=pose.jitter_u + float(rng.uniform(-3, 3)),
+        jitter_v=pose.jitter_v + float(rng.uniform(-3, 3)),
+        z_offset=float(np.clip(pose.z_offset + rng.uniform(-0.15, 0.15), -0.3, 0.3)),
+    )
 
 
 def plan_grid(spec: DatasetSpec, subject: Subject, body: BodyOutline, pose: Pose) -> tuple[Grid, dict[str, int]]:
@@ -366,8 +392,8 @@ class ScanArrays:
     grid: Grid
     discs: dict[str, int]
     label: np.ndarray
-    channels: dict[str, np.ndarray]   # noise-free
-    fat_fraction: np.ndarray          # true voxel fat fraction
+    channels: dict[str, np.ndarray]  # noise-free
+    fat_fraction: np.ndarray  # true voxel fat fraction
 
 
 def _base_map(canvas: Canvas, body: BodyOutline, ct: bool) -> np.ndarray:
@@ -386,7 +412,8 @@ def _base_map(canvas: Canvas, body: BodyOutline, ct: bool) -> np.ndarray:
     post_fascia = inner & ~inside_body(u, v, body, body.sc_lat + 3.2, body.sc_post + 3.2, body.sc_ant + 3.2) & (v > 5.0)
     tissue[post_fascia] = T["fascia"]
     cavity = inside_body(u, v, body, body.sc_lat + 5 + w, body.sc_post + 5 + w, body.sc_ant + 4 + w) & (
-        v < -28.0 + 18.0 * (u / body.half_width) ** 2)
+        v < -28.0 + 18.0 * (u / body.half_width) ** 2
+    )
     tissue[cavity] = T["mesenteric_fat"]
     if ct:
         table = Shape(T["table"], 0.0, body.v_post + 14.0, 260.0, 5.0, 4.0, -canvas.grid.theta, (T["air"],))
@@ -398,7 +425,7 @@ def muscle_fat_fraction(subject: Subject, fields: SubjectFields, z: float, u: np
     """Fat fraction of the four back muscles at points (u, v) of height z: array (4, n)."""
     vv = v - subject.spine_shift(z)
     smooth = fields.muscle_smooth.sample(np.float32(z), vv, u)
-    ridge = np.exp(-(fields.muscle_marbling.sample(np.float32(z), vv, u) / MARBLING_WIDTH) ** 2)
+    ridge = np.exp(-((fields.muscle_marbling.sample(np.float32(z), vv, u) / MARBLING_WIDTH) ** 2))
     texture = subject.ff_texture * smooth + subject.marbling * (ridge - _MARBLING_MEAN)
     level = subject.ff_slope * (float(np.clip(subject.zeta(z), -0.3, 1.3)) - 0.5)
     bases = [subject.ff_es, subject.ff_mf, subject.ff_mf, subject.ff_es]  # R-ES, R-MF, L-MF, L-ES
@@ -445,7 +472,7 @@ def render_scan(spec: DatasetSpec, subject: Subject, fields: SubjectFields, pose
                 part = base[rl:rh, cl:ch].copy()
                 canvas.paint(part, cross_section(subject, zz, fields.tubes), rl, cl)
                 acc += block_fractions(part, f)
-            frac[rl // f:rh // f, cl // f:ch // f] = acc / n_sub
+            frac[rl // f : rh // f, cl // f : ch // f] = acc / n_sub
         muscle = frac[..., lab]
         background = 1.0 - muscle.sum(-1, keepdims=True)
         label[k] = np.argmax(np.concatenate([background, muscle], -1), -1).astype(np.uint8)
@@ -470,7 +497,12 @@ def _bias_field(grid: Grid, strength: float, rng: np.random.Generator) -> np.nda
     x = (np.arange(grid.nx) - grid.nx / 2)[None, None, :] * grid.spacing[0] / 120.0
     log_bias = strength * y + 0.05 * float(rng.uniform(-1, 1)) * x
     for _ in range(3):  # a few long-wavelength ripples
-        kx, ky, kz, phase = rng.uniform(-1.2, 1.2), rng.uniform(-1.2, 1.2), rng.uniform(-0.6, 0.6), rng.uniform(0, 2 * np.pi)
+        kx, ky, kz, phase = (
+            rng.uniform(-1.2, 1.2),
+            rng.uniform(-1.2, 1.2),
+            rng.uniform(-0.6, 0.6),
+            rng.uniform(0, 2 * np.pi),
+        )
         log_bias = log_bias + 0.04 * np.cos(kx * x + ky * y + kz * z + phase)
     return np.exp(log_bias).astype(np.float32)
 
@@ -507,18 +539,28 @@ def to_image(array: np.ndarray, grid: Grid, direction: tuple[int, int, int]) -> 
 def truth_rows(dataset: str, case_id: str, subject: str, timepoint: int, scan: ScanArrays, ct: bool) -> list[dict]:
     """Tidy truth of one scan in the L3/L4-L5/S1 region (both disc slices included)."""
     lo, hi = sorted((scan.discs["L5S1"], scan.discs["L3L4"]))
-    lab = scan.label[lo:hi + 1]
-    ff = scan.fat_fraction[lo:hi + 1]
-    hu = scan.channels["image"][lo:hi + 1] if ct else None
+    lab = scan.label[lo : hi + 1]
+    ff = scan.fat_fraction[lo : hi + 1]
+    hu = scan.channels["image"][lo : hi + 1] if ct else None
     voxel_ml = float(np.prod(scan.grid.spacing)) / 1000.0
     groups = [(1, "LPM", (1, 2)), (2, "LPM", (3, 4))] + [
-        (1 if value in (1, 2) else 2, name, (value,)) for value, name in enumerate(MUSCLE_NAMES, start=1)]
+        (1 if value in (1, 2) else 2, name, (value,)) for value, name in enumerate(MUSCLE_NAMES, start=1)
+    ]
     rows = []
     for cls, muscle, values in groups:
         mask = np.isin(lab, values)
         n = int(mask.sum())
-        rows.append({"dataset": dataset, "case": case_id, "subject": subject, "timepoint": timepoint, "class": cls,
-                     "muscle": muscle, "volume_ml": round(n * voxel_ml, 4),
-                     "fat_fraction": round(float(ff[mask].mean()), 5) if n else float("nan"),
-                     "hu_mean": (round(float(hu[mask].mean()), 3) if n else float("nan")) if ct else None})
+        rows.append(
+            {
+                "dataset": dataset,
+                "case": case_id,
+                "subject": subject,
+                "timepoint": timepoint,
+                "class": cls,
+                "muscle": muscle,
+                "volume_ml": round(n * voxel_ml, 4),
+                "fat_fraction": round(float(ff[mask].mean()), 5) if n else float("nan"),
+                "hu_mean": (round(float(hu[mask].mean()), 3) if n else float("nan")) if ct else None,
+            }
+        )
     return rows

@@ -16,6 +16,7 @@
 
 This module is imported by nnU-Net by file path, so it uses absolute imports only.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,8 +43,14 @@ def rotation_range(degrees: float) -> tuple[float, float]:
 class nnUNetTrainer_nnsam2(nnUNetTrainer):
     """nnU-Net trainer without mirroring, with a budget from the environment."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),  # noqa: B008 (nnU-Net's own signature)
+    ):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = _env_int("NNSAM2_EPOCHS", self.num_epochs)
         self.num_iterations_per_epoch = _env_int("NNSAM2_ITERATIONS", self.num_iterations_per_epoch)
@@ -56,11 +63,14 @@ class nnUNetTrainer_nnsam2(nnUNetTrainer):
         if degrees:
             rotation = rotation_range(float(degrees))
             dim = len(self.configuration_manager.patch_size)
-            initial_patch_size = get_patch_size(self.configuration_manager.patch_size[-dim:], rotation, rotation,
-                                                rotation, (0.85, 1.25))
+            initial_patch_size = get_patch_size(
+                self.configuration_manager.patch_size[-dim:], rotation, rotation, rotation, (0.85, 1.25)
+            )
             if dummy_2d:
                 initial_patch_size[0] = self.configuration_manager.patch_size[0]
-            self.print_to_log_file(f"nnsam2: augmentation rotation limited to +/-{float(degrees)} degrees")  # ASCII: nnU-Net writes its log in the locale encoding
+            self.print_to_log_file(
+                f"nnsam2: augmentation rotation limited to +/-{float(degrees)} degrees"
+            )  # ASCII: nnU-Net writes its log in the locale encoding
         self.inference_allowed_mirroring_axes = None
         return rotation, dummy_2d, initial_patch_size, None
 

@@ -25,3 +25,8 @@ class CheckpointError(Nnsam2Error):
 
 class ConfigError(Nnsam2Error):
     """A run profile is missing, malformed or asks for something unavailable."""
+
+
+def validation_problems(exc) -> str:
+    """A pydantic ValidationError as ``key.path: message; …`` (the keys as the user wrote them)."""
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors())

@@ -143,7 +143,7 @@ def test_missing_root_is_one_problem_with_how_to_get(copy, tmp_path):
     problems = check_manifest(copy)
     assert kinds(problems) == ["missing"]
     assert "data root of 'backpain_t2w' not found" in problems[0].what
-    assert "nnsam2_utils.data.synthetic.cohort" in problems[0].fix  # the manifest's source.how_to_get
+    assert "nnsam2 demo generate" in problems[0].fix  # the manifest's source.how_to_get
 
 
 def test_dicom_folder_checksum_is_stable(tmp_path):

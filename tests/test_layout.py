@@ -137,3 +137,33 @@ def test_notebook_code_cells_are_short():
             if cell["cell_type"] == "code":
                 lines = "".join(cell["source"]).splitlines()
                 assert len(lines) <= 15, f"{path.name} cell {i}: {len(lines)} lines"
+
+
+def test_each_step_declares_the_code_it_runs():
+    """A step's run key hashes its modules (workflow/code_deps.py): every module its step function reaches is listed."""
+    from nnsam2_utils.workflow.code_deps import step_files, view_files
+
+    known = modules()
+    for step in (
+        "cohort",
+        "prepare",
+        "stage0",
+        "refine",
+        "supervised",
+        "repeat",
+        "oneshot",
+        "results",
+        "own_scans",
+        "agreement",
+    ):
+        todo, seen = [f"nnsam2_utils.steps.{step}"], set()
+        while todo:
+            name = todo.pop()
+            if name in seen or name not in known:
+                continue
+            seen.add(name)
+            todo += [m if m in known else m.rsplit(".", 1)[0] for m in imports_of(known[name])]
+        listed = {str(p.relative_to(PACKAGE)) for p in step_files(step) + view_files(step)}
+        missing = sorted(str(known[n].relative_to(PACKAGE)) for n in seen)
+        missing = [m for m in missing if m not in listed and not m.endswith("__init__.py")]
+        assert not missing, f"step {step} runs {missing}, not in workflow/code_deps.py"

@@ -48,7 +48,7 @@ def test_step_code_fingerprints_depend_only_on_their_modules():
     from nnsam2_utils.workflow import code_deps as steps
 
     prepare_files = {p.name for p in steps.step_files("prepare")}
-    assert "prepare.py" in prepare_files and "nnunet.py" not in prepare_files
+    assert {"dataset.py", "model_input.py", "geometry.py"} <= prepare_files and "nnunet.py" not in prepare_files
     assert "litemedsam.py" in {p.name for p in steps.step_files("stage0")}
     assert runlog.code_fingerprint("prepare") != runlog.code_fingerprint("refine")
     assert set(steps.STEP_CODE) >= {"cohort", "prepare", "stage0", "refine", "results"}

@@ -90,6 +90,7 @@ def built_book(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("workflow")
     book = tmp / "book"
     shutil.copytree(ROOT / "book", book, ignore=shutil.ignore_patterns("_build", "generated"))
+    shutil.copytree(ROOT / "docs", tmp / "docs")  # the Method page includes ../docs/method.md
     config = tiny_as_demo(tmp / "config")
     profile = yaml.safe_load((config / "demo.yaml").read_text())
     profile["manifests"] = [str(unlabelled_user_dataset(tmp / "user_data"))]

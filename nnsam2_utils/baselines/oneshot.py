@@ -18,7 +18,7 @@ millimetres (spacings of reference and target may differ — CT fields of view f
 patient), the output is already on the grid of the manual label (no resize round trip), and
 the tiny/default cohorts' native slices (128² / 256²) are no larger than the model input.
 
-Conventions (see :mod:`nnsam2_utils.prepare`): stacks are ``(slice, row, column)`` ordered
+Conventions (see :mod:`nnsam2_utils.data.geometry`): stacks are ``(slice, row, column)`` ordered
 superior → inferior, rows anterior → posterior, columns patient right → left (radiological
 view), classes 0 background, 1 right LPM, 2 left LPM.
 
@@ -139,6 +139,19 @@ def _method(
     return method
 
 
+def _gradient_descent(method: sitk.ImageRegistrationMethod, iterations: int, max_step_mm: float) -> None:
+    """Gradient descent with its learning rate estimated each iteration, scales from physical shift."""
+    method.SetOptimizerAsGradientDescent(
+        learningRate=1.0,
+        numberOfIterations=iterations,
+        convergenceMinimumValue=1e-6,
+        convergenceWindowSize=10,
+        estimateLearningRate=method.EachIteration,
+        maximumStepSizeInPhysicalUnits=max_step_mm,
+    )
+    method.SetOptimizerScalesFromPhysicalShift()
+
+
 def _search(fixed: sitk.Image, moving: sitk.Image, settings: RegistrationSettings) -> sitk.Euler2DTransform:
     """Moments-centred start refined by an exhaustive search over in-plane shifts (all pixels)."""
     start = sitk.CenteredTransformInitializer(
@@ -167,15 +180,7 @@ def _affine(fixed: sitk.Image, moving: sitk.Image, settings: RegistrationSetting
     affine.SetCenter(start.GetCenter())
     affine.SetTranslation(start.GetTranslation())
     method = _method(settings, settings.affine_shrink, settings.affine_smoothing_mm, _extra_shrink(fixed, settings))
-    method.SetOptimizerAsGradientDescent(
-        learningRate=1.0,
-        numberOfIterations=settings.affine_iterations,
-        convergenceMinimumValue=1e-6,
-        convergenceWindowSize=10,
-        estimateLearningRate=method.EachIteration,
-        maximumStepSizeInPhysicalUnits=2.0,
-    )
-    method.SetOptimizerScalesFromPhysicalShift()
+    _gradient_descent(method, settings.affine_iterations, max_step_mm=2.0)
     method.SetInitialTransform(affine, inPlace=True)
     method.Execute(fixed, moving)
     return affine
@@ -189,15 +194,7 @@ def _bspline(
     mesh = [max(1, int(round(e / settings.bspline_grid_mm))) for e in extent]
     bspline = sitk.BSplineTransformInitializer(fixed, mesh, order=3)
     method = _method(settings, settings.bspline_shrink, settings.bspline_smoothing_mm, _extra_shrink(fixed, settings))
-    method.SetOptimizerAsGradientDescent(
-        learningRate=1.0,
-        numberOfIterations=settings.bspline_iterations,
-        convergenceMinimumValue=1e-6,
-        convergenceWindowSize=10,
-        estimateLearningRate=method.EachIteration,
-        maximumStepSizeInPhysicalUnits=1.0,
-    )
-    method.SetOptimizerScalesFromPhysicalShift()
+    _gradient_descent(method, settings.bspline_iterations, max_step_mm=1.0)
     method.SetMovingInitialTransform(affine)
     method.SetInitialTransform(bspline, inPlace=True)
     method.Execute(fixed, moving)

@@ -75,11 +75,19 @@ def write_if_changed(path: str | os.PathLike, write) -> str:
     engine sees nothing new.
     """
     path = Path(path)
-    with atomic_path(path) as tmp:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{''.join(path.suffixes)}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
         write(tmp)
         if path.exists() and sha256(path) == sha256(tmp):
             return "unchanged"
-    return "written"
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+        return "written"
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -26,7 +26,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nnsam2_utils.errors import ManifestError
+from nnsam2_utils.errors import ManifestError, validation_problems
 
 CLASSES: dict[int, str] = {1: "right_lpm", 2: "left_lpm"}
 MUSCLES: tuple[str, ...] = ("R-ES", "R-MF", "L-MF", "L-ES")
@@ -235,10 +235,9 @@ def _validate(raw: dict, path: Path) -> DatasetManifest:
     try:
         return DatasetManifest.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors())
         raise ManifestError(
-            f"{path}: invalid manifest: {problems}. Correct the fields named "
-            "(each field and its type: nnsam2_utils/manifest.py, class DatasetManifest)."
+            f"{path}: invalid manifest: {validation_problems(exc)}. Correct the fields named "
+            "(each field and its type: nnsam2_utils/data/manifest.py, class DatasetManifest)."
         ) from exc
 
 

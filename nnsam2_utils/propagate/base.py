@@ -1,6 +1,6 @@
 """The propagation contract shared by every promptable backend (SAM2, LiteMedSAM).
 
-All arrays are model-space stacks (see :mod:`nnsam2_utils.prepare`): ``(slice, 256, 256)``
+All arrays are model-space stacks (see :mod:`nnsam2_utils.data.geometry`): ``(slice, 256, 256)``
 uint8 images ordered superior → inferior, and uint8 class masks with 0 background,
 1 right LPM, 2 left LPM.
 """
@@ -56,6 +56,22 @@ class Propagator(Protocol):
     ) -> PropagationResult:
         """Propagate the annotation of ``reference[annotated_slice]`` through ``target``."""
         ...
+
+
+CONFIDENCE_DTYPES = {
+    "case": "str",
+    "slice": "int64",
+    "class": "int64",
+    "iou": "float64",
+    "object_score": "float64",
+    "area": "int64",
+    "prompted": "bool",
+}
+
+
+def confidence_frame(rows: list[dict]) -> pd.DataFrame:
+    """Rows → the tidy confidence table of :data:`CONFIDENCE_COLUMNS` with stable dtypes."""
+    return pd.DataFrame(rows, columns=list(CONFIDENCE_COLUMNS)).astype(CONFIDENCE_DTYPES)
 
 
 def empty_confidence() -> pd.DataFrame:

@@ -41,7 +41,12 @@ import torch
 
 from nnsam2_utils.data.checkpoints import verify_checkpoint
 from nnsam2_utils.errors import DataError
-from nnsam2_utils.propagate.base import CLASS_IDS, CONFIDENCE_COLUMNS, PropagationResult, empty_confidence
+from nnsam2_utils.propagate.base import (
+    CLASS_IDS,
+    PropagationResult,
+    confidence_frame,
+    empty_confidence,
+)
 from nnsam2_utils.propagate.postprocess import clean_pseudo_label, largest_component
 
 log = logging.getLogger(__name__)
@@ -370,17 +375,4 @@ def confidence_table(case_id: str, labels: np.ndarray, iou: np.ndarray, prompted
                     "prompted": k == prompted_slice,
                 }
             )
-    if not rows:
-        return empty_confidence()
-    table = pd.DataFrame(rows, columns=list(CONFIDENCE_COLUMNS))
-    return table.astype(
-        {
-            "case": "str",
-            "slice": "int64",
-            "class": "int64",
-            "iou": "float64",
-            "object_score": "float64",
-            "area": "int64",
-            "prompted": "bool",
-        }
-    )
+    return confidence_frame(rows) if rows else empty_confidence()

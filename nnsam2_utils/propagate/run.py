@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +22,30 @@ from nnsam2_utils.propagate.base import Propagator
 log = logging.getLogger(__name__)
 
 
+class PreparedStacks(Mapping):
+    """The model-input stacks of a prepared dataset's scans, each read from disk only when asked for."""
+
+    def __init__(self, prepared_dir: Path, cases: list[str]):
+        self.prepared_dir, self.cases = Path(prepared_dir), list(cases)
+
+    def __getitem__(self, case: str) -> np.ndarray:
+        if case not in self.cases:
+            raise KeyError(case)
+        return load_model_input(self.prepared_dir / case)
+
+    def __iter__(self):
+        return iter(self.cases)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+
 def select_reference(propagator: Propagator, prepared_dir: Path, cases: list[str]) -> tuple[str, pd.DataFrame]:
     """The medoid scan of a dataset by the backend's image-encoder embeddings (docs/method.md §3)."""
-    from nnsam2_utils.propagate.reference import medoid, scan_embedding
+    from nnsam2_utils.propagate.reference import choose_reference
 
-    embeddings = {case: scan_embedding(propagator, load_model_input(prepared_dir / case)) for case in cases}
-    return medoid(embeddings)
+    choice = choose_reference(propagator, PreparedStacks(prepared_dir, cases), progress=False)
+    return choice.case, choice.distances
 
 
 def annotated_slice_mask(

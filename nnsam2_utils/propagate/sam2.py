@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from sam2.sam2_video_predictor import SAM2VideoPredictor
@@ -39,7 +38,7 @@ from sam2.sam2_video_predictor import SAM2VideoPredictor
 from nnsam2_utils.data.checkpoints import verify_checkpoint
 from nnsam2_utils.data.io import sha256 as file_sha256
 from nnsam2_utils.errors import CheckpointError
-from nnsam2_utils.propagate.base import CLASS_IDS, CONFIDENCE_COLUMNS, PropagationResult
+from nnsam2_utils.propagate.base import CLASS_IDS, PropagationResult, confidence_frame
 from nnsam2_utils.propagate.postprocess import clean_pseudo_label
 
 log = logging.getLogger(__name__)
@@ -119,22 +118,6 @@ def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def confidence_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Rows → the tidy confidence table of :data:`CONFIDENCE_COLUMNS` with stable dtypes."""
-    frame = pd.DataFrame(rows, columns=list(CONFIDENCE_COLUMNS))
-    return frame.astype(
-        {
-            "case": "str",
-            "slice": "int64",
-            "class": "int64",
-            "iou": "float64",
-            "object_score": "float64",
-            "area": "int64",
-            "prompted": "bool",
-        }
-    )
 
 
 # --------------------------------------------------------------------------- SAM2 adapter
@@ -380,7 +363,7 @@ class SAM2Propagator:
                         "prompted": prompted,
                     }
                 )
-        return PropagationResult(masks=masks, confidence=confidence_table(rows), frame_order=order)
+        return PropagationResult(masks=masks, confidence=confidence_frame(rows), frame_order=order)
 
 
 def _check_inputs(

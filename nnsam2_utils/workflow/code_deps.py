@@ -10,20 +10,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]  # nnsam2_utils/
 
 COMMON = (
     "__init__.py",
     "errors.py",
     "data/__init__.py",
     "data/io.py",
+    "data/dicom.py",
     "data/manifest.py",
     "workflow/*.py",
     "steps/__init__.py",
 )
 
 #: Shared building blocks of several steps.
-_GRID = ("data/geometry.py", "data/labels.py")
+_GRID = ("data/geometry.py", "data/labels.py", "data/annotation.py")
 _STAGE0 = (
     *_GRID,
     "data/checkpoints.py",

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from nnsam2_utils.errors import ConfigError
+from nnsam2_utils.errors import ConfigError, validation_problems
 from nnsam2_utils.workflow.workspace import repo_root
 
 PROFILE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
@@ -153,10 +153,6 @@ def profile_path(profile: str | Path, root: str | Path | None = None) -> Path:
     return path if path.suffix else config_dir(root) / f"{profile}.yaml"
 
 
-def _where(location: tuple) -> str:
-    return ".".join(str(part) for part in location) or "(top)"
-
-
 def load_profile(profile: str | Path, root: str | Path | None = None) -> RunProfile:
     """Load and validate a run profile by name (``<config dir>/<name>.yaml``) or by path."""
     path = profile_path(profile, root)
@@ -173,9 +169,8 @@ def load_profile(profile: str | Path, root: str | Path | None = None) -> RunProf
     try:
         loaded = RunProfile.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{_where(e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ConfigError(
-            f"{path}: invalid run profile: {problems}. Each key and its type: "
+            f"{path}: invalid run profile: {validation_problems(exc)}. Each key and its type: "
             "nnsam2_utils/workflow/profile.py, class RunProfile."
         ) from exc
     if not Path(profile).suffix and loaded.profile != Path(profile).name:

@@ -2,7 +2,11 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_stages.py [--profile demo] [--work WORK]
+    .venv/bin/python benchmarks/bench_stages.py [--profile demo] [--work WORK] [--previous OTHER_RUN]
+
+``--previous`` names another run folder (``<work>/<profile>`` of an earlier build, or a copy of one)
+and adds a table of seconds per stage now, then, and their ratio (the book's time budget is tracked
+as this ratio: the machine is shared, so absolute seconds drift between builds).
 
 Reads only the run's records: ``<work>/<profile>/runlog/<step>__<dataset>.json`` (written by
 :func:`nnsam2_utils.workflow.runlog.step_record`: seconds, peak resident MB, parameters, …) and, for
@@ -85,6 +89,23 @@ def stage0_speed(steps: pd.DataFrame, stage0_root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["dataset", "device", "scans", "slices", "seconds", "slices_per_s", "resumed"])
 
 
+def wall_minutes(steps: pd.DataFrame) -> float:
+    """Minutes from the first step's start to the last step's end (steps overlap when run side by side)."""
+    started = pd.to_datetime(steps["started"], utc=True)
+    ends = started + pd.to_timedelta(steps["seconds"], unit="s")
+    return float((ends.max() - started.min()).total_seconds() / 60.0) if len(steps) else math.nan
+
+
+def compare_runs(now: pd.DataFrame, before: pd.DataFrame) -> pd.DataFrame:
+    """Seconds per stage in two runs and their ratio (now / before)."""
+    a, b = stage_totals(now).set_index("stage")["seconds"], stage_totals(before).set_index("stage")["seconds"]
+    table = pd.DataFrame({"now_s": a, "before_s": b})
+    table.loc["all steps"] = [a.sum(), b.sum()]
+    table.loc["wall (minutes)"] = [wall_minutes(now), wall_minutes(before)]
+    table["ratio"] = table["now_s"] / table["before_s"]
+    return table.reset_index(names="stage")
+
+
 def default_work() -> Path:
     """``$NNSAM2_WORK`` or the repository's ``work/`` folder."""
     base = os.environ.get("NNSAM2_WORK")
@@ -96,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="demo")
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--previous", type=Path, default=None, help="an earlier run folder to compare with")
     args = parser.parse_args(argv)
     run = (args.work or default_work()) / args.profile
     runlog = run / "runlog"
@@ -112,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     print(steps.drop(columns=["started"]).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print("\nper stage")
     print(stage_totals(steps).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print(f"\nwall time, first step start to last step end: {wall_minutes(steps):.1f} min")
+    if args.previous:
+        print(f"\nper stage, this run vs {args.previous}")
+        before = step_table(args.previous / "runlog")
+        print(compare_runs(steps, before).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     speed = stage0_speed(steps, run / "stage0")
     print("\nstage 0 (reference selection + propagation), slices labelled per second")
     print(speed.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

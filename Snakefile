@@ -25,6 +25,9 @@ BASELINES = P.enabled_baselines
 COMPARE = P.compared_backends  # stage 0 alone with other backends, for the results table
 GPU_STAGE0 = 1 if P.propagation.device == "cuda" else 0
 GPU_REFINE = 1 if P.refine.device == "cuda" else 0
+# CPU threads of one nnU-Net job (refine.threads): one thread each lets nnU-Net 1 and the supervised bound
+# train side by side on two cores, faster together than one after the other with two threads each.
+TRAIN_THREADS = P.refine.threads or workflow.cores
 
 wildcard_constraints:
     dataset="|".join(DATASETS) or "(?!)",
@@ -170,7 +173,7 @@ rule refine:
         code("refine"),
     output:
         f"{G}/03_refine_{{stage}}.ipynb",
-    threads: workflow.cores
+    threads: TRAIN_THREADS
     resources:
         gpu=GPU_REFINE,
         **res("refine", mem_mb=8000, runtime=120),
@@ -196,7 +199,7 @@ rule repeat:
         code("repeat"),
     output:
         f"{G}/05_repeat.ipynb",
-    threads: workflow.cores
+    threads: TRAIN_THREADS
     resources:
         gpu=GPU_REFINE,
         **res("refine", mem_mb=8000, runtime=120),
@@ -211,7 +214,7 @@ rule supervised:
         code("supervised"),
     output:
         f"{G}/05_supervised.ipynb",
-    threads: workflow.cores
+    threads: TRAIN_THREADS
     resources:
         gpu=GPU_REFINE,
         **res("supervised", mem_mb=8000, runtime=120),

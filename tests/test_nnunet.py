@@ -7,6 +7,9 @@ import pytest
 from conftest import make_image
 
 from nnsam2_utils.refine import nnunet
+from nnsam2_utils.refine.stages import DATASET_IDS
+
+FIRST, SECOND, THIRD = (DATASET_IDS[f"nnunet{k}"] for k in (1, 2, 3))
 
 
 def blob_case(i: int, rng, nz: int = 1) -> nnunet.TrainingCase:
@@ -25,8 +28,8 @@ def trained(tmp_path_factory):
     rng = np.random.default_rng(0)
     root = tmp_path_factory.mktemp("nnunet")
     budget = nnunet.Budget(epochs=3, iterations_per_epoch=8, val_iterations=1, batch_size=4, target_spacing_mm=2.0)
-    folder = nnunet.fit(root, 501, "blobs", [blob_case(i, rng) for i in range(6)], budget)
-    plans = json.loads((root / "preprocessed" / "Dataset501_blobs" / "nnUNetPlans.json").read_text())
+    folder = nnunet.fit(root, FIRST, "blobs", [blob_case(i, rng) for i in range(6)], budget)
+    plans = json.loads((root / "preprocessed" / f"Dataset{FIRST}_blobs" / "nnUNetPlans.json").read_text())
     return root, budget, plans, folder
 
 
@@ -65,8 +68,8 @@ def test_prediction_keeps_the_image_grid_and_left_right(trained):
 def test_a_finished_model_is_not_trained_again(trained):
     root, budget, _, folder = trained
     stamp = (folder / "fold_all" / "checkpoint_final.pth").stat().st_mtime_ns
-    assert nnunet.is_trained(root, 501, "blobs", budget)
-    assert nnunet.fit(root, 501, "blobs", [], budget) == folder
+    assert nnunet.is_trained(root, FIRST, "blobs", budget)
+    assert nnunet.fit(root, FIRST, "blobs", [], budget) == folder
     assert (folder / "fold_all" / "checkpoint_final.pth").stat().st_mtime_ns == stamp
 
 
@@ -107,10 +110,10 @@ def test_a_warm_start_reuses_the_earlier_plan_and_weights(trained):
         warm_start=True,
     )
     cases = [blob_case(i, rng, nz=2) for i in range(4)]
-    second = nnunet.fit(root, 502, "blobs2", cases, warm, start_from=folder)
-    plans2 = json.loads((root / "preprocessed" / "Dataset502_blobs2" / "nnUNetPlans.json").read_text())
+    second = nnunet.fit(root, SECOND, "blobs2", cases, warm, start_from=folder)
+    plans2 = json.loads((root / "preprocessed" / f"Dataset{SECOND}_blobs2" / "nnUNetPlans.json").read_text())
     assert plans2["configurations"]["2d"] == plans["configurations"]["2d"]  # not re-planned (3.0 mm ignored)
-    assert plans2["dataset_name"] == "Dataset502_blobs2"
+    assert plans2["dataset_name"] == f"Dataset{SECOND}_blobs2"
     log = next((second / "fold_all").glob("training_log_*.txt")).read_text()
     assert "rotation limited to +/-10.0 degrees" in log
     first = torch.load(folder / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
@@ -135,7 +138,7 @@ def test_a_warm_start_reuses_the_earlier_plan_and_weights(trained):
         < 0.2
     )
     with pytest.raises(FileNotFoundError, match="earlier stage's model"):
-        nnunet.fit(root, 503, "blobs3", cases, warm, start_from=root / "missing")
+        nnunet.fit(root, THIRD, "blobs3", cases, warm, start_from=root / "missing")
 
 
 def test_rotation_range_is_validated():
@@ -157,7 +160,7 @@ def test_a_checkpoint_changed_after_training_is_refused(trained, tmp_path):
     _, budget, _, folder = trained
     digest = folder / "fold_all" / "checkpoint_final.pth.sha256"
     assert digest.read_text().split()[0] == sha256(folder / "fold_all" / "checkpoint_final.pth")
-    copy = tmp_path / "results" / "Dataset501_blobs" / folder.name
+    copy = tmp_path / "results" / f"Dataset{FIRST}_blobs" / folder.name
     shutil.copytree(folder, copy)
     with open(copy / "fold_all" / "checkpoint_final.pth", "ab") as f:
         f.write(b"\0")
@@ -168,11 +171,31 @@ def test_a_checkpoint_changed_after_training_is_refused(trained, tmp_path):
         nnunet.load_predictor(copy, budget)
 
 
-def test_training_with_augmentation_in_the_main_process(tmp_path):
-    """augmentation_workers=0 (no worker processes) plans with one thread and trains."""
-    rng = np.random.default_rng(3)
-    budget = nnunet.Budget(
-        epochs=1, iterations_per_epoch=2, val_iterations=1, batch_size=2, target_spacing_mm=2.0, augmentation_workers=0
-    )
-    folder = nnunet.fit(tmp_path, 504, "inprocess", [blob_case(i, rng) for i in range(3)], budget)
-    assert (folder / "fold_all" / "checkpoint_final.pth").exists()
+@pytest.mark.slow
+def test_in_process_augmentation_trains_the_same_model_twice(tmp_path):
+    """augmentation_workers=0 (augmentation in the main process) plans with one thread and trains; with the
+    same seed and threads two trainings from scratch end with identical weights and identical predictions."""
+    import torch
+
+    def train(root):
+        rng = np.random.default_rng(3)
+        budget = nnunet.Budget(
+            epochs=2,
+            iterations_per_epoch=3,
+            val_iterations=1,
+            batch_size=2,
+            target_spacing_mm=2.0,
+            augmentation_workers=0,
+            seed=5,
+        )
+        cases = [blob_case(i, rng) for i in range(3)]
+        folder = nnunet.fit(root, DATASET_IDS["nnunet1"], "inprocess", cases, budget)
+        weights = torch.load(folder / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+        predicted = nnunet.predict_image(nnunet.load_predictor(folder, budget), cases[0].image)
+        return weights["network_weights"], predicted
+
+    first_weights, first_labels = train(tmp_path / "a")
+    second_weights, second_labels = train(tmp_path / "b")
+    assert first_weights.keys() == second_weights.keys()
+    assert all(torch.equal(first_weights[k], second_weights[k]) for k in first_weights)
+    assert np.array_equal(first_labels, second_labels)

@@ -12,7 +12,8 @@ import yaml
 
 matplotlib.use("Agg")
 
-from nnsam2_utils.errors import ConfigError  # noqa: E402
+from nnsam2_utils.errors import ConfigError
+from nnsam2_utils.refine.stages import DATASET_IDS  # noqa: E402
 from nnsam2_utils.report import method_figure, provenance  # noqa: E402
 from nnsam2_utils.workflow import profile as config  # noqa: E402
 from nnsam2_utils.workflow import runlog, session
@@ -53,7 +54,14 @@ def test_page_provenance_reads_profile_manifests_checkpoints_and_step_records(ti
         pass
     with runlog.step_record(ws.runlog, "measure", "pooled"):
         pass
-    model = ws.stage("nnunet1") / "nnunet" / "results" / "Dataset501" / "fold_all" / "checkpoint_final.pth"
+    model = (
+        ws.stage("nnunet1")
+        / "nnunet"
+        / "results"
+        / f"Dataset{DATASET_IDS['nnunet1']}"
+        / "fold_all"
+        / "checkpoint_final.pth"
+    )
     model.parent.mkdir(parents=True)
     model.write_bytes(b"weights of nnU-Net 1")
 

@@ -28,6 +28,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnsam2_utils.data.io import is_temporary
+from nnsam2_utils.refine.stages import DATASET_IDS
 
 
 def run_stage0(prepared: str | Path, out: str | Path) -> None:
@@ -75,7 +76,7 @@ def train_blobs(root: str | Path) -> None:
     from nnsam2_utils.refine import nnunet
 
     rng = np.random.default_rng(0)
-    nnunet.fit(Path(root), 502, "blobs", [blob_case(i, rng) for i in range(4)], budget())
+    nnunet.fit(Path(root), DATASET_IDS["nnunet2"], "blobs", [blob_case(i, rng) for i in range(4)], budget())
 
 
 SCRIPT = "import sys; sys.path.insert(0, {tests!r}); import test_resume; test_resume.{function}(*sys.argv[1:])"
@@ -223,7 +224,7 @@ def test_nnunet_training_killed_after_a_checkpoint_resumes_and_finishes(tmp_path
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train_blobs(straight)  # the uninterrupted run (in this process)
 
-    fold = nnunet.model_folder(resumed, 502, "blobs", plan) / "fold_all"
+    fold = nnunet.model_folder(resumed, DATASET_IDS["nnunet2"], "blobs", plan) / "fold_all"
     run = start("train_blobs", resumed, log=log)
     kill_when(run, lambda: _loadable(fold / "checkpoint_latest.pth"), lambda: None)
     assert not (fold / "checkpoint_final.pth").exists(), "the kill did not interrupt the training"
@@ -232,7 +233,9 @@ def test_nnunet_training_killed_after_a_checkpoint_resumes_and_finishes(tmp_path
     assert 1 <= killed_at < plan.epochs
 
     finish(start("train_blobs", resumed, log=log), log)
-    a = _checkpoint(nnunet.model_folder(straight, 502, "blobs", plan) / "fold_all" / "checkpoint_final.pth")
+    a = _checkpoint(
+        nnunet.model_folder(straight, DATASET_IDS["nnunet2"], "blobs", plan) / "fold_all" / "checkpoint_final.pth"
+    )
     b = _checkpoint(fold / "checkpoint_final.pth")
     assert a["current_epoch"] == b["current_epoch"] == plan.epochs
     # the resumed run continued the killed one's log rather than starting over
@@ -250,7 +253,7 @@ def test_nnunet_training_killed_after_a_checkpoint_resumes_and_finishes(tmp_path
     case = blob_case(9, np.random.default_rng(5))
     seg = {
         name: nnunet.predict_image(
-            nnunet.load_predictor(nnunet.model_folder(root, 502, "blobs", plan), plan), case.image
+            nnunet.load_predictor(nnunet.model_folder(root, DATASET_IDS["nnunet2"], "blobs", plan), plan), case.image
         )
         for name, root in (("uninterrupted", straight), ("resumed", resumed))
     }

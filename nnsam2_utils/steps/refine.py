@@ -12,7 +12,7 @@ from nnsam2_utils.evaluate.scans import stage_dsc
 from nnsam2_utils.refine.nnunet import Budget
 from nnsam2_utils.refine.stages import fit_stage, predict_all, stage_budget, stage_names
 from nnsam2_utils.refine.training_set import training_set
-from nnsam2_utils.workflow.runlog import claim_folder, run_key, step_record
+from nnsam2_utils.workflow.runlog import captured_output, claim_folder, run_key, step_record
 from nnsam2_utils.workflow.session import Run
 
 
@@ -39,11 +39,10 @@ def refine(run: Run, stage: int) -> RefineResult:
     claim_folder(ws.stage(name), run_key({"stage": stage, **settings}, upstream, step="refine"))
     selection, cases = training_set(ws, run.datasets, stage, settings)
     write_csv(selection, ws.stage(name) / "selection.csv")
-    with step_record(
-        ws.runlog, f"{name}_train", "pooled", {**settings, "budget": budget.__dict__, "cases": len(cases)}
-    ):
+    parameters = {**settings, "budget": budget.__dict__, "cases": len(cases)}
+    with step_record(ws.runlog, f"{name}_train", "pooled", parameters), captured_output(ws.logs / f"{name}.log"):
         model = fit_stage(ws, stage, cases, budget, settings)
-    with step_record(ws.runlog, f"{name}_predict", "pooled"):
+    with step_record(ws.runlog, f"{name}_predict", "pooled"), captured_output(ws.logs / f"{name}.log"):
         predict_all(model, budget, run.datasets, ws, name)
     dsc = stage_dsc(ws, run.datasets, name)
     write_csv(dsc, ws.stage(name) / "dsc.csv")

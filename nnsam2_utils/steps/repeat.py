@@ -14,7 +14,7 @@ from nnsam2_utils.propagate import make_propagator
 from nnsam2_utils.propagate.run import rerun_stage0_case
 from nnsam2_utils.refine.stages import fit_stage, predict_all, stage_budget, stage_names
 from nnsam2_utils.refine.training_set import training_set
-from nnsam2_utils.workflow.runlog import claim_folder, run_key, step_record
+from nnsam2_utils.workflow.runlog import captured_output, claim_folder, run_key, step_record
 from nnsam2_utils.workflow.session import Run
 
 
@@ -54,9 +54,11 @@ def repeat(run: Run) -> RepeatResult:
             f"the filter kept other pseudo-labels than {name}'s first training: not a repeat. "
             f"Re-run the {name} step first."
         )
-    with step_record(ws.runlog, "repeat_train", "pooled", {**settings, "budget": budget.__dict__, "cases": len(cases)}):
+    parameters = {**settings, "budget": budget.__dict__, "cases": len(cases)}
+    log = ws.logs / f"{REPEAT_STAGE}.log"
+    with step_record(ws.runlog, "repeat_train", "pooled", parameters), captured_output(log):
         model = fit_stage(ws, final, cases, budget, settings, name=REPEAT_STAGE)
-    with step_record(ws.runlog, "repeat_predict", "pooled"):
+    with step_record(ws.runlog, "repeat_predict", "pooled"), captured_output(log):
         predict_all(model, budget, run.datasets, ws, REPEAT_STAGE)
     dsc = stage_dsc(ws, run.datasets, REPEAT_STAGE)
     write_csv(dsc, ws.stage(REPEAT_STAGE) / "dsc.csv")

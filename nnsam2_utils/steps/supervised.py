@@ -9,7 +9,7 @@ from nnsam2_utils.evaluate.scans import stage_dsc
 from nnsam2_utils.refine.nnunet import Budget, fit
 from nnsam2_utils.refine.stages import dataset_id, predict_all
 from nnsam2_utils.refine.training_set import supervised_cases
-from nnsam2_utils.workflow.runlog import claim_folder, run_key, step_record
+from nnsam2_utils.workflow.runlog import captured_output, claim_folder, run_key, step_record
 from nnsam2_utils.workflow.session import Run
 
 STAGE = "supervised"
@@ -25,9 +25,10 @@ def supervised(run: Run) -> tuple[int, pd.DataFrame]:
         run_key({"supervised": True, **settings}, [ws.prepared(d) for d in run.datasets], step="supervised"),
     )
     cases = supervised_cases(ws, run.datasets)
-    with step_record(ws.runlog, "supervised_train", "pooled", {**settings, "cases": len(cases)}):
+    log = ws.logs / f"{STAGE}.log"
+    with step_record(ws.runlog, "supervised_train", "pooled", {**settings, "cases": len(cases)}), captured_output(log):
         model = fit(ws.stage(STAGE) / "nnunet", dataset_id(STAGE), STAGE, cases, budget)
-    with step_record(ws.runlog, "supervised_predict", "pooled"):
+    with step_record(ws.runlog, "supervised_predict", "pooled"), captured_output(log):
         predict_all(model, budget, run.datasets, ws, STAGE)
     dsc = stage_dsc(ws, run.datasets, STAGE)
     write_csv(dsc, ws.stage(STAGE) / "dsc.csv")

@@ -69,7 +69,8 @@ class Refine(_Section):
     rotation_deg: float | None = None
     warm_start: bool = False
     device: str = "cpu"
-    augmentation_workers: int | None = None
+    augmentation_workers: int | None = None  # 0: augmentation in the training process (deterministic)
+    threads: int | None = Field(None, ge=1)  # CPU threads per training job; None: every core Snakemake has
     confidence_percentile: float = Field(90.0, gt=0, lt=100)
     slice_fraction: float = Field(0.02, gt=0, le=1)
     sparse_mode: Literal["slices", "ignore_label"] = "slices"

@@ -79,6 +79,25 @@ def step_record(folder: str | Path, step: str, dataset: str, parameters: dict | 
     write_json(record, Path(folder) / f"{step}__{dataset}.json")
 
 
+@contextlib.contextmanager
+def captured_output(path: str | Path) -> Iterator[Path]:
+    """Send what the block prints (nnU-Net's training log, progress lines) to ``path``, not to the page.
+
+    Appends, so a resumed step keeps the earlier part of its log; the book links the file.
+    """
+    import sys
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as stream:
+        saved = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = stream
+        try:
+            yield path
+        finally:
+            sys.stdout, sys.stderr = saved
+
+
 def collect_records(folder: str | Path) -> list[dict]:
     """Every step record of a run, sorted by start time."""
     records = [read_json(p) for p in sorted(Path(folder).glob("*__*.json"))]

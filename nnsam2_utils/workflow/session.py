@@ -93,4 +93,5 @@ def start(profile: str = "demo", work_dir: str | Path | None = None, level: int 
     logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("matplotlib", "PIL", "fontTools"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.captureWarnings(True)  # library warnings (tqdm, pandas, nnU-Net) go to the log file, not the page
     return run

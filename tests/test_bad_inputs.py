@@ -248,6 +248,59 @@ def _checkpoint_missing(root: Path):
     return (lambda: verify_checkpoint(path, "0" * 64, "Download sam2.1_hiera_large.pt.")), path
 
 
+def _text_manifest(edit: Callable[[str], str]):
+    """A manifest whose text is edited (what YAML cannot say after a load: repeated keys, leading zeros)."""
+
+    def build(root: Path):
+        path = write_dataset(root)
+        path.write_text(edit(path.read_text()))
+        return run_prepare(path), path
+
+    return build
+
+
+def _latin1_manifest(root: Path):
+    path = write_dataset(root)
+    path.write_bytes((path.read_text(encoding="utf-8") + "description: Patientin Müller\n").encode("latin-1"))
+    return run_prepare(path), path
+
+
+def _folder_as_manifest(root: Path):
+    from nnsam2_utils.data.manifest import load_manifest
+
+    write_dataset(root)
+    return (lambda: load_manifest(root / "d")), root / "d"
+
+
+def _label_as(array: np.ndarray):
+    def build(root: Path):
+        path = write_dataset(root, label=_image(array))
+        return run_prepare(path), root / "d" / "seg.nii.gz"
+
+    return build
+
+
+def _complex_image(root: Path):
+    path = write_dataset(root, image=_image((scan_array() + 1j).astype(np.complex64)))
+    return run_prepare(path), root / "d" / "img.nii.gz"
+
+
+def _fat_with_nan(root: Path):
+    """A Dixon fat image in NRRD (not NIfTI) with one NaN voxel."""
+    from nnsam2_utils.data.io import write_image
+
+    fat = scan_array().astype(np.float32)
+    fat[4, 2, 2] = np.nan
+    path = write_dataset(root, case={"fat": "fat.nrrd"}, top={"sequence": "Dixon"})
+    write_image(_image(fat), root / "d" / "fat.nrrd", compress=False)
+    return run_prepare(path), root / "d" / "fat.nrrd"
+
+
+_FLOAT_LABEL = label_array().astype(np.float32) * 0.9999
+_NEGATIVE_LABEL = label_array().astype(np.int16)
+_NEGATIVE_LABEL[0, 0, 0] = -1
+
+
 CATALOGUE: list[Bad] = [
     Bad(
         "missing-manifest",
@@ -473,6 +526,78 @@ CATALOGUE: list[Bad] = [
         CheckpointError,
         "checkpoint not found",
         "Put the checkpoint file at",
+    ),
+    Bad(
+        "manifest-repeated-key",
+        "label_map with the key 1 given twice (the last would win, sides swapped)",
+        "prepare",
+        _text_manifest(lambda s: s.replace("label_map:\n", "label_map:\n  1: 2\n", 1)),
+        ManifestError,
+        "key 1 is given twice",
+        "Fix the syntax",
+    ),
+    Bad(
+        "manifest-leading-zero",
+        "disc level written 08 (YAML 1.1 reads a leading zero as octal)",
+        "prepare",
+        _text_manifest(lambda s: s.replace("L3L4: 8", "L3L4: 010", 1)),
+        ManifestError,
+        "has a leading zero",
+        "write it without",
+    ),
+    Bad(
+        "manifest-latin1",
+        "manifest saved as Latin-1",
+        "prepare",
+        _latin1_manifest,
+        ManifestError,
+        "not UTF-8 text",
+        "Save the file as UTF-8",
+    ),
+    Bad(
+        "manifest-folder",
+        "a folder given as the manifest",
+        "load_manifest",
+        _folder_as_manifest,
+        ManifestError,
+        "is a folder",
+        "give the YAML file itself",
+    ),
+    Bad(
+        "label-float",
+        "label volume stored as float 0.9999 / 1.9998",
+        "prepare",
+        _label_as(_FLOAT_LABEL),
+        DataError,
+        "label values are not whole numbers",
+        "integer label map",
+    ),
+    Bad(
+        "label-negative",
+        "label value -1",
+        "prepare",
+        _label_as(_NEGATIVE_LABEL),
+        DataError,
+        "label value -1 is negative",
+        "class numbers >= 0",
+    ),
+    Bad(
+        "image-complex",
+        "complex-valued image",
+        "prepare",
+        _complex_image,
+        DataError,
+        "complex-valued voxels",
+        "Export the magnitude image",
+    ),
+    Bad(
+        "fat-nan-nrrd",
+        "Dixon fat image (NRRD) with a NaN voxel",
+        "prepare",
+        _fat_with_nan,
+        DataError,
+        "holds 1 NaN or Inf voxels",
+        "Replace them",
     ),
 ]
 

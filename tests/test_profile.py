@@ -51,7 +51,7 @@ def test_a_profile_name_with_a_space_is_refused(config_dir):
 
 def test_broken_yaml_is_a_message_not_a_traceback(config_dir):
     write(config_dir, "mine", "profile: mine\nrefine: [unclosed\n")
-    with pytest.raises(ConfigError, match=r"mine\.yaml: not a readable YAML file"):
+    with pytest.raises(ConfigError, match=r"mine\.yaml: not valid YAML"):
         load_profile("mine")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "nnsam2_utils"
@@ -94,6 +95,9 @@ def test_yaml_is_only_loaded_with_safe_load_and_nothing_is_unpickled_or_evaluate
         if name in banned and not (name == "__import__" and n.args and isinstance(n.args[0], ast.Constant))
     ]
     assert not found, found
+    from nnsam2_utils.data.io import _StrictLoader
+
+    assert issubclass(_StrictLoader, yaml.SafeLoader)  # the one YAML reader builds plain data only
     pickled = [
         f"{p.relative_to(ROOT)}:{n.lineno}"
         for p, name, n in package_calls()

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
+import yaml
 
 from nnsam2_utils.errors import DataError
 
@@ -129,6 +130,20 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
             f"{path}: expected one channel, found {image.GetNumberOfComponentsPerPixel()}. Store each channel (e.g. "
             "Dixon water, fat) as its own file."
         )
+    if "complex" in image.GetPixelIDTypeAsString():
+        raise DataError(f"{path}: complex-valued voxels. Export the magnitude image (one real value per voxel).")
+    return image
+
+
+def check_finite(image: sitk.Image, path: str | os.PathLike) -> sitk.Image:
+    """An image with only finite voxels, or a DataError naming the file (any format, any channel)."""
+    array = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.complexfloating):
+        bad = int(np.size(array) - np.isfinite(array).sum())
+        if bad:
+            raise DataError(
+                f"{path}: holds {bad} NaN or Inf voxels. Replace them (e.g. with the background value) before running."
+            )
     return image
 
 
@@ -234,3 +249,61 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML as users mean it: a key given twice, or a number written with a leading zero, is an error."""
+
+
+def _strict_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"key {key!r} is given twice (line {seen[key] + 1} and line {key_node.start_mark.line + 1})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+def _strict_int(loader: _StrictLoader, node: yaml.ScalarNode) -> int:
+    text = str(node.value).lstrip("+-")
+    if len(text) > 1 and text.startswith("0") and text[1:].isdigit():
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"number {node.value!r} has a leading zero (YAML would read it as octal): write it without",
+            node.start_mark,
+        )
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _strict_mapping)
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _strict_int)
+
+
+def read_yaml(path: str | os.PathLike, error: type[Exception] = DataError) -> Any:
+    """Read a YAML file strictly (UTF-8, no repeated key, no leading-zero number); errors name the file."""
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{path}: is a folder; give the YAML file itself.")
+    if not path.exists():
+        raise error(f"{path}: file not found.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (byte {exc.start}). Save the file as UTF-8.") from exc
+    try:
+        loader = _StrictLoader(text)  # a SafeLoader: plain data only, no Python objects
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        raise error(
+            f"{path}: not valid YAML ({' '.join(str(exc).split())}). Fix the syntax at the position shown."
+        ) from exc

@@ -3,9 +3,37 @@
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
 
 from nnsam2_utils.data.manifest import MUSCLES
 from nnsam2_utils.errors import DataError
+
+
+def integer_labels(label: sitk.Image, where: str) -> sitk.Image:
+    """A label volume as non-negative integers, or a DataError: never a lossy cast.
+
+    Labels stored as floats (some exporters do) are accepted only where every value is a whole
+    number; 0.9999 or -1 would otherwise be turned silently into another class.
+    """
+    array = sitk.GetArrayViewFromImage(label)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise DataError(f"{where}: the label volume holds NaN or Inf. Save the label as integers (0 = background).")
+        off = np.abs(array - np.round(array))
+        if off.max() > 0:
+            bad = float(array.flat[int(np.argmax(off))])
+            raise DataError(
+                f"{where}: label values are not whole numbers (e.g. {bad!r}); a label volume holds class numbers. "
+                "Export the segmentation as an integer label map (ITK-SNAP, 3D Slicer: labelmap)."
+            )
+    if array.size and array.min() < 0:
+        raise DataError(
+            f"{where}: label value {int(array.min())} is negative. Label values are class numbers >= 0 (0 = "
+            "background)."
+        )
+    if array.size and array.max() > 65535:
+        raise DataError(f"{where}: label value {int(array.max())} is above 65535. Renumber the labels.")
+    return sitk.Cast(sitk.Round(label) if np.issubdtype(array.dtype, np.floating) else label, sitk.sitkUInt16)
 
 
 def map_labels(label: np.ndarray, label_map: dict[int, int], where: str) -> np.ndarray:

@@ -26,6 +26,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from nnsam2_utils.data.io import read_yaml
 from nnsam2_utils.errors import ManifestError, validation_problems
 
 CLASSES: dict[int, str] = {1: "right_lpm", 2: "left_lpm"}
@@ -317,10 +318,7 @@ def load_manifest(path: str | os.PathLike, cases_csv: bool = True) -> DatasetMan
     path = Path(path)
     if not path.exists():
         raise ManifestError(f"{path}: manifest not found. Create it from data_manifest/TEMPLATE.yaml.")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"{path}: not valid YAML ({exc}). Fix the syntax at the position shown.") from exc
+    raw = read_yaml(path, ManifestError)
     if not isinstance(raw, dict):
         raise ManifestError(f"{path}: expected a mapping at the top level, found {type(raw).__name__}.")
     raw["manifest_path"] = str(path.resolve())

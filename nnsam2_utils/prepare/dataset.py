@@ -7,13 +7,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
 from nnsam2_utils.data.geometry import check_same_grid, region_crop
-from nnsam2_utils.data.io import array_to_image
-from nnsam2_utils.data.labels import map_labels, map_muscles
+from nnsam2_utils.data.io import array_to_image, check_finite
+from nnsam2_utils.data.labels import integer_labels, map_labels, map_muscles
 from nnsam2_utils.data.manifest import Case, DatasetManifest
 from nnsam2_utils.errors import DataError
 from nnsam2_utils.prepare.model_input import model_input
@@ -55,12 +54,7 @@ def prepare_case(manifest: DatasetManifest, case: Case) -> PreparedCase:
 
     image_path = manifest.resolve(case.image)
     verify_sha256(image_path, case.sha256.image, "sha256.image", manifest)
-    image = read_image(image_path)
-    array = sitk.GetArrayViewFromImage(image)
-    if not np.isfinite(array).all():
-        raise DataError(
-            f"{image_path}: holds NaN or Inf voxels. Replace them (e.g. with the background value) before running."
-        )
+    image = check_finite(read_image(image_path), image_path)
     _prep, step = region_crop(manifest, case, image, image_path)
 
     label = muscles = fat = None
@@ -69,7 +63,7 @@ def prepare_case(manifest: DatasetManifest, case: Case) -> PreparedCase:
         verify_sha256(label_path, case.sha256.label, "sha256.label", manifest)
         source = read_image(label_path)
         check_same_grid(image, source, str(image_path), str(label_path))
-        source = _prep(sitk.Cast(source, sitk.sitkUInt16))
+        source = _prep(integer_labels(source, str(label_path)))
         source_array = sitk.GetArrayFromImage(source)
         label = array_to_image(map_labels(source_array, manifest.label_map, str(label_path)), source)
         if manifest.muscle_map:
@@ -77,7 +71,7 @@ def prepare_case(manifest: DatasetManifest, case: Case) -> PreparedCase:
     if case.fat:
         fat_path = manifest.resolve(case.fat)
         verify_sha256(fat_path, case.sha256.fat, "sha256.fat", manifest)
-        fat_image = read_image(fat_path)
+        fat_image = check_finite(read_image(fat_path), fat_path)
         check_same_grid(image, fat_image, str(image_path), str(fat_path))
         fat = _prep(fat_image)
     return PreparedCase(manifest.name, case.id, _prep(image), label, muscles, fat, step)

@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from nnsam2_utils.data.io import read_yaml
 from nnsam2_utils.errors import ConfigError, validation_problems
 from nnsam2_utils.workflow.workspace import repo_root
 
@@ -161,10 +161,7 @@ def load_profile(profile: str | Path, root: str | Path | None = None) -> RunProf
         known = sorted(p.stem for p in config_dir(root).glob("*.yaml"))
         where = " (NNSAM2_CONFIG_DIR is set)" if os.environ.get("NNSAM2_CONFIG_DIR") else ""
         raise ConfigError(f"{path}: run profile not found{where}. Known profiles: {known}.")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not a readable YAML file ({exc}). Fix the syntax at the position shown.") from exc
+    data = read_yaml(path, ConfigError)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a run profile must be a mapping of keys (profile, seed, cohort, ...).")
     try:

@@ -199,3 +199,40 @@ def test_in_process_augmentation_trains_the_same_model_twice(tmp_path):
     assert first_weights.keys() == second_weights.keys()
     assert all(torch.equal(first_weights[k], second_weights[k]) for k in first_weights)
     assert np.array_equal(first_labels, second_labels)
+
+
+class _Payload:
+    """Unpickling this runs code: it would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _plant(path, marker):
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"network_weights": {}, "payload": _Payload(marker)}, path)
+
+
+def test_a_planted_checkpoint_never_runs_code(trained, tmp_path):
+    """A checkpoint placed in a model folder is refused: unrecorded, it is not adopted; recorded (or resumed from),
+    it is read as plain data and its code never runs."""
+    from nnsam2_utils.errors import CheckpointError
+
+    root, budget, _, folder = trained
+    marker = tmp_path / "code_ran"
+    planted = nnunet.model_folder(tmp_path, THIRD, "planted", budget) / "fold_all"
+    _plant(planted / "checkpoint_final.pth", marker)
+    with pytest.raises(CheckpointError, match="no SHA-256 recorded"):
+        nnunet.train(tmp_path, THIRD, "planted", budget)
+    nnunet.record_checkpoint_digest(planted / "checkpoint_final.pth")  # even with a digest written beside it
+    with pytest.raises(CheckpointError, match="not a plain nnU-Net checkpoint"):
+        nnunet.load_predictor(planted.parent, budget)
+    _plant(planted / "checkpoint_latest.pth", marker)
+    with pytest.raises(CheckpointError, match="not a plain nnU-Net checkpoint"):
+        nnunet.read_checkpoint(planted / "checkpoint_latest.pth")
+    assert not marker.exists()

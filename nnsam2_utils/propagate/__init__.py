@@ -17,7 +17,9 @@ def make_propagator(settings: dict[str, Any]) -> Propagator:
     if backend == "litemedsam":
         from nnsam2_utils.propagate.litemedsam import LiteMedSAMPropagator
 
-        return LiteMedSAMPropagator(device=device)
+        return LiteMedSAMPropagator(
+            device=device, encoder=settings.get("encoder", "torch"), encoder_cache=settings.get("encoder_cache")
+        )
     if backend == "sam2":
         from nnsam2_utils.propagate.sam2 import SAM2Propagator
 

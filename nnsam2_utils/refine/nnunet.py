@@ -254,15 +254,15 @@ def train(root: str | Path, dataset_id: int, name: str, budget: Budget, pretrain
     ``pretrained``: a checkpoint whose weights initialise the network of a new training (not a
     resumed one, which continues from its own latest checkpoint).
     """
-    from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
+    from nnunetv2.run.run_training import get_trainer_from_args
 
     folder = model_folder(root, dataset_id, name, budget)
     fold_dir = folder / f"fold_{budget.fold}"
     if (fold_dir / "checkpoint_final.pth").exists():
         log.info("nnU-Net already trained: %s", fold_dir)
-        if not (fold_dir / "checkpoint_final.pth.sha256").exists():  # killed between the final save and the digest
-            log.warning("%s: recording the SHA-256 of the finished training's checkpoint", fold_dir)
-            record_checkpoint_digest(fold_dir / "checkpoint_final.pth")
+        verify_trained_checkpoint(
+            fold_dir / "checkpoint_final.pth"
+        )  # a final checkpoint this run did not record: refused
         return folder
     budget_env = {
         "NNSAM2_EPOCHS": budget.epochs,
@@ -281,14 +281,34 @@ def train(root: str | Path, dataset_id: int, name: str, budget: Budget, pretrain
         resume = (fold_dir / "checkpoint_latest.pth").exists()
         if resume:
             log.info("resuming nnU-Net training from %s", fold_dir / "checkpoint_latest.pth")
-        if resume or pretrained is None:
-            maybe_load_checkpoint(trainer, resume, False, None)
+        if resume:
+            trainer.load_checkpoint(read_checkpoint(fold_dir / "checkpoint_latest.pth"))  # plain data, never code
         else:
             trainer.initialize()
-            load_network_weights(trainer, pretrained)
+            if pretrained is not None:
+                load_network_weights(trainer, pretrained)
         trainer.run_training()
     record_checkpoint_digest(fold_dir / "checkpoint_final.pth")
     return folder
+
+
+def read_checkpoint(checkpoint: str | Path) -> dict:
+    """An nnU-Net checkpoint as plain data: ``torch.load(weights_only=True)``, never unpickling code.
+
+    nnU-Net's own loaders (trainer resume, predictor) unpickle with ``weights_only=False``, so a
+    checkpoint planted in a model folder could run code; every load of this pipeline goes through
+    here instead. Besides tensors a checkpoint holds its training log (NumPy scalars) and the
+    trainer's arguments (plain dicts, a ``torch.device``): those are the only other types allowed.
+    """
+    allowed = [np._core.multiarray.scalar, np.dtype] + [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64)]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle refuses other globals with UnpicklingError; a damaged file raises others
+        raise CheckpointError(
+            f"{checkpoint}: not a plain nnU-Net checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+            "Only tensors, numbers and settings are loaded, never code; retrain the stage (delete its folder)."
+        ) from exc
 
 
 def load_network_weights(trainer, checkpoint: str | Path) -> None:
@@ -300,9 +320,7 @@ def load_network_weights(trainer, checkpoint: str | Path) -> None:
     (strict: any missing or unexpected weight is an error). Read with ``weights_only=True``; the
     checkpoint's training log holds NumPy scalars, the only other types allowed.
     """
-    allowed = [np._core.multiarray.scalar, np.dtype] + [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64)]
-    with torch.serialization.safe_globals(allowed):
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["network_weights"]
+    state = read_checkpoint(checkpoint)["network_weights"]
     network = trainer.network
     network = getattr(network, "module", network)  # DistributedDataParallel
     network = getattr(network, "_orig_mod", network)  # torch.compile
@@ -360,12 +378,33 @@ def load_predictor(folder: str | Path, budget: Budget):
         verbose_preprocessing=False,
         allow_tqdm=False,
     )
-    verify_trained_checkpoint(Path(folder) / f"fold_{budget.fold}" / "checkpoint_final.pth")
+    checkpoint = verify_trained_checkpoint(Path(folder) / f"fold_{budget.fold}" / "checkpoint_final.pth")
     with nnunet_environment(Path(folder).parents[2], budget.augmentation_workers):
-        predictor.initialize_from_trained_model_folder(
-            str(folder), use_folds=(budget.fold,), checkpoint_name="checkpoint_final.pth"
-        )
+        _initialise_predictor(predictor, Path(folder), read_checkpoint(checkpoint))
     return predictor
+
+
+def _initialise_predictor(predictor, folder: Path, checkpoint: dict) -> None:
+    """What nnU-Net's ``initialize_from_trained_model_folder`` does, from a checkpoint read as plain data."""
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnsam2_utils.refine.trainers.nnsam2_trainer import nnUNetTrainer_nnsam2
+
+    dataset_json = read_json(folder / "dataset.json")
+    plans_manager = PlansManager(read_json(folder / "plans.json"))
+    configuration = plans_manager.get_configuration(checkpoint["init_args"]["configuration"])
+    network = nnUNetTrainer_nnsam2.build_network_architecture(
+        plans_manager,
+        configuration,
+        determine_num_input_channels(plans_manager, configuration, dataset_json),
+        plans_manager.get_label_manager(dataset_json).num_segmentation_heads,
+        enable_deep_supervision=False,
+    )
+    network.load_state_dict(checkpoint["network_weights"])
+    predictor.manual_initialization(
+        network, plans_manager, configuration, [checkpoint["network_weights"]], dataset_json, TRAINER, None
+    )
 
 
 def predict_image(predictor, image: sitk.Image) -> np.ndarray:

@@ -36,6 +36,9 @@ class Propagation(_Section):
 
     backend: Literal["litemedsam", "sam2"] = "litemedsam"
     device: str = "cpu"
+    # LiteMedSAM's image encoder: eager torch, or exported to OpenVINO (exact fp32, built once and cached under
+    # work/_models with the weights' SHA-256); bf16 only on CPUs with native bf16 (docs/method.md §4.1)
+    encoder: Literal["torch", "openvino", "openvino-bf16"] = "torch"
     sam2_config: str = "configs/sam2.1/sam2.1_hiera_l.yaml"
     sam2_checkpoint: str | None = None
     sam2_sha256: str | None = None

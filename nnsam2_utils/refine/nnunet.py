@@ -282,7 +282,7 @@ def train(root: str | Path, dataset_id: int, name: str, budget: Budget, pretrain
         if resume:
             log.info("resuming nnU-Net training from %s", fold_dir / "checkpoint_latest.pth")
         if resume:
-            trainer.load_checkpoint(read_checkpoint(fold_dir / "checkpoint_latest.pth"))  # plain data, never code
+            trainer.load_checkpoint(str(fold_dir / "checkpoint_latest.pth"))  # nnsam2's trainer: plain data, never code
         else:
             trainer.initialize()
             if pretrained is not None:

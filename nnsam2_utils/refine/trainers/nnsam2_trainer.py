@@ -13,6 +13,7 @@
 * A checkpoint after every epoch (``checkpoint_latest.pth``, ``save_every = 1``) so an
   interrupted run resumes from the last finished epoch.
 * nnU-Net's end-of-training validation is skipped: nnsam2 predicts every scan itself.
+* A resumed training reads its checkpoint as plain data (``weights_only=True``), never by unpickling code.
 
 This module is imported by nnU-Net by file path, so it uses absolute imports only.
 """
@@ -73,6 +74,33 @@ class nnUNetTrainer_nnsam2(nnUNetTrainer):
             )  # ASCII: nnU-Net writes its log in the locale encoding
         self.inference_allowed_mirroring_axes = None
         return rotation, dummy_2d, initial_patch_size, None
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        """Resume from a checkpoint read as plain data (``weights_only=True``), never by unpickling code.
+
+        nnU-Net's own loader unpickles with ``weights_only=False``; this one restores the same state
+        (network, optimizer, epoch, training log) from :func:`nnsam2_utils.refine.nnunet.read_checkpoint`.
+        """
+        from nnsam2_utils.refine.nnunet import read_checkpoint
+
+        checkpoint = filename_or_checkpoint
+        if not isinstance(checkpoint, dict):
+            checkpoint = read_checkpoint(checkpoint)
+        if not self.was_initialized:
+            self.initialize()
+        network = self.network.module if self.is_ddp else self.network
+        network = getattr(network, "_orig_mod", network)
+        network.load_state_dict({k.removeprefix("module."): v for k, v in checkpoint["network_weights"].items()})
+        self.my_init_kwargs = checkpoint["init_args"]
+        self.current_epoch = checkpoint["current_epoch"]
+        self.logger.load_checkpoint(checkpoint["logging"])
+        self._best_ema = checkpoint["_best_ema"]
+        self.inference_allowed_mirroring_axes = checkpoint.get(
+            "inference_allowed_mirroring_axes", self.inference_allowed_mirroring_axes
+        )
+        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
+            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
 
     def save_checkpoint(self, filename: str) -> None:
         """nnU-Net's checkpoint, written to a temporary name and renamed into place."""

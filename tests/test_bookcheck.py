@@ -175,10 +175,13 @@ def test_browse_blocks_external_requests_as_warnings(tmp_path: Path) -> None:
 @needs_chromium
 def test_cli_exit_status(good_tree: Path, bad_tree: Path, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "bookcheck"]
-    good = subprocess.run(command + [str(good_tree), "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    here = Path(__file__).resolve().parent  # bookcheck is a test helper: it lives in tests/
+    good = subprocess.run(
+        command + [str(good_tree), "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=here
+    )
     assert good.returncode == 0, good.stdout + good.stderr
     assert good.stdout.strip().endswith("OK")
-    bad = subprocess.run(command + [str(bad_tree), "--no-browser"], capture_output=True, text=True)
+    bad = subprocess.run(command + [str(bad_tree), "--no-browser"], capture_output=True, text=True, cwd=here)
     assert bad.returncode == 1
     assert "ERROR broken-link: intro.html [href='missing.html']" in bad.stdout
 

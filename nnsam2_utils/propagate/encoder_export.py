@@ -242,11 +242,11 @@ def cached_ir(
 
 
 def _model_for(weights_sha256: str, model: torch.nn.Module | None) -> torch.nn.Module:
-    """``model`` (checked against ``weights_sha256``), or LiteMedSAM's shipped weights loaded on the CPU."""
+    """``model`` checked against ``weights_sha256`` (the caller loads it: this module imports no backend)."""
     if model is None:
-        from nnsam2_utils.propagate.litemedsam import load_model
-
-        model = load_model("cpu")
+        raise CheckpointError(
+            f"exporting the OpenVINO encoder for weights {weights_sha256} needs the loaded model; pass model=."
+        )
     if str(model.checkpoint_sha256).lower() != weights_sha256:
         raise CheckpointError(
             f"cannot export the OpenVINO encoder for weights {weights_sha256}: the model holds weights "

@@ -79,9 +79,9 @@ class nnUNetTrainer_nnsam2(nnUNetTrainer):
         """Resume from a checkpoint read as plain data (``weights_only=True``), never by unpickling code.
 
         nnU-Net's own loader unpickles with ``weights_only=False``; this one restores the same state
-        (network, optimizer, epoch, training log) from :func:`nnsam2_utils.refine.nnunet.read_checkpoint`.
+        (network, optimizer, epoch, training log) from :func:`nnsam2_utils.refine.checkpoint.read_checkpoint`.
         """
-        from nnsam2_utils.refine.nnunet import read_checkpoint
+        from nnsam2_utils.refine.checkpoint import read_checkpoint
 
         checkpoint = filename_or_checkpoint
         if not isinstance(checkpoint, dict):

@@ -174,6 +174,7 @@ rule refine:
     output:
         f"{G}/03_refine_{{stage}}.ipynb",
     threads: TRAIN_THREADS
+    priority: 10  # the critical path (nnU-Net 1 -> 2 -> 3 -> repeat): before the baselines when cores are short
     resources:
         gpu=GPU_REFINE,
         **res("refine", mem_mb=8000, runtime=120),

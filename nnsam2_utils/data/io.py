@@ -37,22 +37,25 @@ def _umask() -> int:
     return mask
 
 
+def _temporary_path(path: Path, suffix: str | None = None) -> Path:
+    """A new empty file next to ``path`` under a name :func:`is_temporary` knows, with the usual permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = suffix if suffix is not None else "".join(path.suffixes)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    os.chmod(name, 0o666 & ~_umask())  # mkstemp makes 0600; a finished output gets the usual permissions
+    return Path(name)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = suffix if suffix is not None else "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; a finished output gets the usual permissions
+    tmp_path = _temporary_path(Path(path), suffix)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        tmp_path.unlink(missing_ok=True)
 
 
 def is_temporary(path: str | os.PathLike) -> bool:
@@ -76,15 +79,11 @@ def write_if_changed(path: str | os.PathLike, write) -> str:
     engine sees nothing new.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{''.join(path.suffixes)}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _temporary_path(path)
     try:
         write(tmp)
         if path.exists() and sha256(path) == sha256(tmp):
             return "unchanged"
-        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
         return "written"
     finally:

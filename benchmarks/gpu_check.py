@@ -343,7 +343,7 @@ def epoch_times(fold_dir: Path) -> list[float]:
     """Epoch durations (s) from nnU-Net's training log(s) of one fold."""
     times: list[float] = []
     for log_file in sorted(fold_dir.glob("training_log_*.txt")):
-        times += [float(v) for v in re.findall(r"Epoch time: ([0-9.]+) s", log_file.read_text())]
+        times += [float(v) for v in re.findall(r"Epoch time: ([0-9.]+) s", log_file.read_text(encoding="utf-8"))]
     return times
 
 
@@ -379,7 +379,7 @@ def check_nnunet(device: torch.device, quick: bool, root: Path) -> Outcome:
     predict_s = time.perf_counter() - start
     predict_peak = peak_memory(device)
     dsc = dice_per_class(seg, test.label) if seg.shape == test.label.shape else {1: float("nan"), 2: float("nan")}
-    logs = "".join(p.read_text() for p in (folder / f"fold_{budget.fold}").glob("training_log_*.txt"))
+    logs = "".join(p.read_text(encoding="utf-8") for p in (folder / f"fold_{budget.fold}").glob("training_log_*.txt"))
     outcome.numbers = {
         "image": f"{size}x{size}",
         "cases": len(cases),

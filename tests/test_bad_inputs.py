@@ -184,7 +184,7 @@ def _discs(discs: dict):
 def _manifest(mutate: Callable[[dict], None]):
     def build(root: Path):
         path = write_dataset(root)
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
         mutate(data)
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return run_prepare(path), path
@@ -253,7 +253,7 @@ def _text_manifest(edit: Callable[[str], str]):
 
     def build(root: Path):
         path = write_dataset(root)
-        path.write_text(edit(path.read_text()))
+        path.write_text(edit(path.read_text(encoding="utf-8")))
         return run_prepare(path), path
 
     return build
@@ -664,7 +664,7 @@ def test_the_catalogue_covers_every_item_of_the_issue():
 def test_the_good_dataset_of_the_catalogue_prepares(tmp_path):
     """The builder's unmodified dataset passes, so each failure above comes from its one defect."""
     path = write_dataset(tmp_path)
-    data = yaml.safe_load(path.read_text())
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
     data["cases"][0]["sha256"] = {"image": folder_digest(tmp_path / "d")["img.nii.gz"]}
     path.write_text(yaml.safe_dump(data))
     table = run_prepare(path)()

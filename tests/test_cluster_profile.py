@@ -34,7 +34,7 @@ def dry_run_jobs(profile: str) -> list[tuple[str, dict[str, str]]]:
 
 
 def test_paper_profile_dry_run_puts_gpu_rules_on_the_gpu_partition():
-    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text(encoding="utf-8"))
     jobs = dry_run_jobs("paper")
     count = lambda rule: sum(r == rule for r, _ in jobs)  # noqa: E731
     assert count("stage0") == len(paper["manifests"])
@@ -58,7 +58,7 @@ def test_demo_profile_asks_for_no_gpu():
 def test_a_compared_sam2_backend_without_its_checkpoint_is_named_before_the_run(tmp_path, monkeypatch):
     from nnsam2_utils.workflow.preflight import missing_for_profile
 
-    demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text(encoding="utf-8"))
     assert not missing_for_profile("demo")
     demo["propagation"]["compare_backends"] = ["sam2"]
     (tmp_path / "demo.yaml").write_text(yaml.safe_dump(demo))

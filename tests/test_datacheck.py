@@ -32,9 +32,9 @@ def copy(clean, tmp_path) -> Path:
 
 
 def edit(manifest: Path, change) -> None:
-    data = yaml.safe_load(manifest.read_text())
+    data = yaml.safe_load(manifest.read_text(encoding="utf-8"))
     change(data)
-    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
+    manifest.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 
 
 def kinds(problems) -> list[str]:

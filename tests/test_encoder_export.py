@@ -95,7 +95,7 @@ def test_exported_once_with_named_files(ov_propagator, cache_folder):
     name = paths["xml"].name
     assert ov_propagator.checkpoint_sha256 in name and "f32" in name
     assert f"ov{ee.openvino_version().split('-')[0]}" in name
-    record = json.loads(paths["json"].read_text())
+    record = json.loads(paths["json"].read_text(encoding="utf-8"))
     assert record["weights_sha256"] == ov_propagator.checkpoint_sha256
     assert record["openvino"] == ee.openvino_version() and record["precision"] == "f32"
 
@@ -176,11 +176,11 @@ def test_changed_weights_digest_re_exports(tiny, tmp_path):
     paths = ee.ir_paths(tmp_path, TINY_SHA, "f32")
     ee.load_encoder(tmp_path, TINY_SHA, model=tiny)
     before = identity(paths["xml"])
-    record = json.loads(paths["json"].read_text())
+    record = json.loads(paths["json"].read_text(encoding="utf-8"))
     paths["json"].write_text(json.dumps({**record, "weights_sha256": "f" * 64}))
     assert run_tiny(ee.load_encoder(tmp_path, TINY_SHA, model=tiny), tiny) < 1e-5
     assert identity(paths["xml"]) != before
-    assert json.loads(paths["json"].read_text())["weights_sha256"] == TINY_SHA
+    assert json.loads(paths["json"].read_text(encoding="utf-8"))["weights_sha256"] == TINY_SHA
 
 
 def test_other_weights_get_their_own_ir(tiny, tmp_path):
@@ -206,14 +206,14 @@ def test_damaged_cache_is_rebuilt(tiny, tmp_path, damage):
         data[len(data) // 2] ^= 0xFF
         paths["bin"].write_bytes(bytes(data))
     elif damage == "edit_xml":
-        paths["xml"].write_text(paths["xml"].read_text().replace("<layers>", "<layers> "))
+        paths["xml"].write_text(paths["xml"].read_text(encoding="utf-8").replace("<layers>", "<layers> "))
     elif damage == "delete_bin":
         paths["bin"].unlink()
     else:
         paths["json"].write_text("{not json")
     assert run_tiny(ee.load_encoder(tmp_path, TINY_SHA, model=tiny), tiny) < 1e-5
     assert identity(paths["xml"]) != before
-    record = json.loads(paths["json"].read_text())
+    record = json.loads(paths["json"].read_text(encoding="utf-8"))
     assert ee._sha256(paths["bin"].read_bytes()) == record["bin_sha256"]
     assert ee._sha256(paths["xml"].read_bytes()) == record["xml_sha256"]
 

@@ -43,7 +43,7 @@ def dataset(tmp_path_factory, tiny_cohort):
     manifest = load_manifest(path)
     shifted = manifest.cases[0].id
     write_predictions(manifest, manifest.root_path / "tool", {shifted: 6})
-    raw = yaml.safe_load(path.read_text())
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     raw["external"] = [
         {
             "name": "Tool v1",
@@ -96,7 +96,7 @@ def test_missing_or_misaligned_external_prediction_names_the_file(dataset):
 def test_external_label_map_must_target_the_classes(tiny_cohort, tmp_path):
     from nnsam2_utils.errors import ManifestError
 
-    raw = yaml.safe_load((tiny_cohort / "backpain_t2w.yaml").read_text())
+    raw = yaml.safe_load((tiny_cohort / "backpain_t2w.yaml").read_text(encoding="utf-8"))
     raw["root"] = str(load_manifest(tiny_cohort / "backpain_t2w.yaml").root_path)
     raw["external"] = [{"name": "bad", "pattern": "{id}.nii.gz", "label_map": {1: 5}}]
     path = tmp_path / "bad.yaml"

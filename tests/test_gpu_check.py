@@ -31,7 +31,7 @@ def test_gpu_check_quick_on_cpu(tmp_path):
     for name in ("litemedsam", "sam2", "nnunet"):
         assert any(line.startswith(f"PASS {name}:") for line in lines), run.stdout[-3000:]
     assert lines[-1].startswith("SUMMARY: 3/3 checks passed on device cpu")
-    outcomes = {o["name"]: o for o in json.loads(out.read_text())}
+    outcomes = {o["name"]: o for o in json.loads(out.read_text(encoding="utf-8"))}
     assert outcomes["litemedsam"]["numbers"]["dsc_class1"] >= 0.99  # the same device twice agrees
     assert outcomes["sam2"]["numbers"]["masks"] == "(2, 256, 256)/uint8"
     assert outcomes["nnunet"]["numbers"]["epochs"] == 1 and outcomes["nnunet"]["numbers"]["it_per_s_last_epoch"] > 0

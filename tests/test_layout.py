@@ -84,13 +84,15 @@ def test_every_module_serves_the_product():
         used |= {m for m in imports_of(path) if m != module_name(path)}
     for path in (ROOT / "notebooks").glob("*.ipynb"):
         code = "\n".join(
-            "".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"
+            "".join(c["source"])
+            for c in json.loads(path.read_text(encoding="utf-8"))["cells"]
+            if c["cell_type"] == "code"
         )
         used |= {m for m in imports_of_text(code)}
-    used |= set(re.findall(r"nnsam2_utils(?:\.\w+)+", (ROOT / "Snakefile").read_text()))
+    used |= set(re.findall(r"nnsam2_utils(?:\.\w+)+", (ROOT / "Snakefile").read_text(encoding="utf-8")))
     text_refs = set()
     for path in PACKAGE.rglob("*.py"):
-        text_refs |= set(re.findall(r"nnsam2_utils(?:\.\w+)+", path.read_text()))
+        text_refs |= set(re.findall(r"nnsam2_utils(?:\.\w+)+", path.read_text(encoding="utf-8")))
     unused = [
         n
         for n in known
@@ -125,7 +127,9 @@ def test_method_citations_point_into_the_repository():
         ROOT / "README.md",
     ]:
         assert "METHOD.md" not in path.read_text(encoding="utf-8"), path
-    sections = set(re.findall(r"^#{2,3} (\d+(?:\.\d+)?)", (ROOT / "docs" / "method.md").read_text(), re.M))
+    sections = set(
+        re.findall(r"^#{2,3} (\d+(?:\.\d+)?)", (ROOT / "docs" / "method.md").read_text(encoding="utf-8"), re.M)
+    )
     for path in [*PACKAGE.rglob("*.py"), *(ROOT / "notebooks").glob("*.ipynb")]:
         for cited in re.findall(r"docs/method\.md §(\d+(?:\.\d+)?)", path.read_text(encoding="utf-8")):
             assert cited in sections, f"{path.relative_to(ROOT)} cites §{cited}, not a section of docs/method.md"
@@ -133,7 +137,7 @@ def test_method_citations_point_into_the_repository():
 
 def test_notebook_code_cells_are_short():
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+        for i, cell in enumerate(json.loads(path.read_text(encoding="utf-8"))["cells"]):
             if cell["cell_type"] == "code":
                 lines = "".join(cell["source"]).splitlines()
                 assert len(lines) <= 15, f"{path.name} cell {i}: {len(lines)} lines"

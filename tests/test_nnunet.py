@@ -29,7 +29,9 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("nnunet")
     budget = nnunet.Budget(epochs=3, iterations_per_epoch=8, val_iterations=1, batch_size=4, target_spacing_mm=2.0)
     folder = nnunet.fit(root, FIRST, "blobs", [blob_case(i, rng) for i in range(6)], budget)
-    plans = json.loads((root / "preprocessed" / f"Dataset{FIRST}_blobs" / "nnUNetPlans.json").read_text())
+    plans = json.loads(
+        (root / "preprocessed" / f"Dataset{FIRST}_blobs" / "nnUNetPlans.json").read_text(encoding="utf-8")
+    )
     return root, budget, plans, folder
 
 
@@ -49,7 +51,7 @@ def test_training_writes_a_final_checkpoint_without_mirroring(trained):
     assert checkpoint["inference_allowed_mirroring_axes"] is None
     assert checkpoint["current_epoch"] == 3
     assert not list((folder / "fold_all").glob(".*.tmp*"))  # checkpoints are renamed into place
-    assert json.loads((folder / "dataset.json").read_text())["labels"]["left_lpm"] == 2
+    assert json.loads((folder / "dataset.json").read_text(encoding="utf-8"))["labels"]["left_lpm"] == 2
 
 
 def test_prediction_keeps_the_image_grid_and_left_right(trained):
@@ -111,10 +113,12 @@ def test_a_warm_start_reuses_the_earlier_plan_and_weights(trained):
     )
     cases = [blob_case(i, rng, nz=2) for i in range(4)]
     second = nnunet.fit(root, SECOND, "blobs2", cases, warm, start_from=folder)
-    plans2 = json.loads((root / "preprocessed" / f"Dataset{SECOND}_blobs2" / "nnUNetPlans.json").read_text())
+    plans2 = json.loads(
+        (root / "preprocessed" / f"Dataset{SECOND}_blobs2" / "nnUNetPlans.json").read_text(encoding="utf-8")
+    )
     assert plans2["configurations"]["2d"] == plans["configurations"]["2d"]  # not re-planned (3.0 mm ignored)
     assert plans2["dataset_name"] == f"Dataset{SECOND}_blobs2"
-    log = next((second / "fold_all").glob("training_log_*.txt")).read_text()
+    log = next((second / "fold_all").glob("training_log_*.txt")).read_text(encoding="utf-8")
     assert "rotation limited to +/-10.0 degrees" in log
     first = torch.load(folder / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     after = torch.load(second / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
@@ -159,7 +163,7 @@ def test_a_checkpoint_changed_after_training_is_refused(trained, tmp_path):
 
     _, budget, _, folder = trained
     digest = folder / "fold_all" / "checkpoint_final.pth.sha256"
-    assert digest.read_text().split()[0] == sha256(folder / "fold_all" / "checkpoint_final.pth")
+    assert digest.read_text(encoding="utf-8").split()[0] == sha256(folder / "fold_all" / "checkpoint_final.pth")
     copy = tmp_path / "results" / f"Dataset{FIRST}_blobs" / folder.name
     shutil.copytree(folder, copy)
     with open(copy / "fold_all" / "checkpoint_final.pth", "ab") as f:
@@ -172,9 +176,10 @@ def test_a_checkpoint_changed_after_training_is_refused(trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_in_process_augmentation_trains_the_same_model_twice(tmp_path):
-    """augmentation_workers=0 (augmentation in the main process) plans with one thread and trains; with the
-    same seed and threads two trainings from scratch end with identical weights and identical predictions."""
+@pytest.mark.parametrize("workers", [0, 2], ids=["in_process", "two_worker_processes"])
+def test_augmentation_trains_the_same_model_twice(tmp_path, workers):
+    """With the same seed and threads, two trainings from scratch end with identical weights and identical
+    predictions: augmentation in the main process, and in worker processes (seeded, batches in a fixed order)."""
     import torch
 
     def train(root):
@@ -185,7 +190,7 @@ def test_in_process_augmentation_trains_the_same_model_twice(tmp_path):
             val_iterations=1,
             batch_size=2,
             target_spacing_mm=2.0,
-            augmentation_workers=0,
+            augmentation_workers=workers,
             seed=5,
         )
         cases = [blob_case(i, rng) for i in range(3)]

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def tiny_run(tmp_path, monkeypatch, tiny_cohort):
     """The tiny profile under the name "demo" in a temporary profile folder and work folder, cohort in place."""
-    profile = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text()) | {"profile": "demo"}
+    profile = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text(encoding="utf-8")) | {"profile": "demo"}
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "demo.yaml").write_text(yaml.safe_dump(profile))
     monkeypatch.setenv("NNSAM2_CONFIG_DIR", str(tmp_path / "config"))

@@ -97,7 +97,7 @@ def start(function: str, *args: str | Path, log: Path) -> subprocess.Popen:
 
 
 def finish(process: subprocess.Popen, log: Path, timeout: float = 900) -> None:
-    assert process.wait(timeout=timeout) == 0, log.read_text()[-3000:]
+    assert process.wait(timeout=timeout) == 0, log.read_text(encoding="utf-8")[-3000:]
 
 
 def final_files(folder: Path, pattern: str) -> list[Path]:
@@ -114,7 +114,7 @@ def read_whole(path: Path) -> None:
     elif path.suffix == ".csv":
         assert len(pd.read_csv(path)) > 0, path
     elif path.suffix == ".json":
-        json.loads(path.read_text())
+        json.loads(path.read_text(encoding="utf-8"))
 
 
 def kill_when(process: subprocess.Popen, ready, watch, timeout: float = 900) -> int:
@@ -193,8 +193,8 @@ def test_stage0_killed_and_resumed_equals_an_uninterrupted_run(prepared, tmp_pat
     pd.testing.assert_frame_equal(
         pd.read_csv(reference / "confidence.csv"), pd.read_csv(resumed / "confidence.csv"), check_exact=True
     )
-    assert json.loads((reference / "annotation.json").read_text()) == json.loads(
-        (resumed / "annotation.json").read_text()
+    assert json.loads((reference / "annotation.json").read_text(encoding="utf-8")) == json.loads(
+        (resumed / "annotation.json").read_text(encoding="utf-8")
     )
 
 

@@ -6,7 +6,7 @@ from nnsam2_utils.workflow import runlog
 def test_step_record_writes_seconds_memory_and_versions(tmp_path):
     with runlog.step_record(tmp_path, "prepare", "ds", {"a": 1}) as extra:
         extra["reference_case"] = "c1"
-    record = json.loads((tmp_path / "prepare__ds.json").read_text())
+    record = json.loads((tmp_path / "prepare__ds.json").read_text(encoding="utf-8"))
     assert record["seconds"] >= 0 and record["peak_mb"] > 0
     assert record["parameters"] == {"a": 1} and record["reference_case"] == "c1"
     assert record["packages"]["numpy"] != "not installed"

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow  # end to end: the whole tiny book (minutes)
 
 def tiny_as_demo(folder: Path) -> Path:
     """A profile folder holding the tiny profile under the name ``demo`` (see NNSAM2_CONFIG_DIR)."""
-    profile = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text())
+    profile = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text(encoding="utf-8"))
     profile["profile"] = "demo"
     folder.mkdir()
     (folder / "demo.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
@@ -39,7 +39,7 @@ def unlabelled_user_dataset(folder: Path) -> Path:
     from nnsam2_utils.data.synthetic.cohort import generate_cohort
 
     source = generate_cohort(folder, size="tiny", seed=0, datasets=["athletes_mri"])[0]
-    manifest = yaml.safe_load(source.read_text())
+    manifest = yaml.safe_load(source.read_text(encoding="utf-8"))
     root = source.parent / manifest["root"]
     first = manifest["cases"][0]
     label = sitk.ReadImage(str(root / first["label"]))
@@ -92,7 +92,7 @@ def built_book(tmp_path_factory):
     shutil.copytree(ROOT / "book", book, ignore=shutil.ignore_patterns("_build", "generated"))
     shutil.copytree(ROOT / "docs", tmp / "docs")  # the Method page includes ../docs/method.md
     config = tiny_as_demo(tmp / "config")
-    profile = yaml.safe_load((config / "demo.yaml").read_text())
+    profile = yaml.safe_load((config / "demo.yaml").read_text(encoding="utf-8"))
     profile["manifests"] = [str(unlabelled_user_dataset(tmp / "user_data"))]
     sam2 = {
         "sam2_config": "configs/sam2.1/sam2.1_hiera_t.yaml",
@@ -136,15 +136,15 @@ def test_book_holds_the_dsc_table_of_this_run(built_book):
         "threshold",
     }
     assert set(dsc.dataset) == {"backpain_t2w", "totalseg_ct"}  # clinic_no_labels has no expert labels: no DSC
-    results = (book / "_build" / "html" / "generated" / "04_results.html").read_text()
+    results = (book / "_build" / "html" / "generated" / "04_results.html").read_text(encoding="utf-8")
     mean_stage0 = dsc[dsc.stage == "stage0"].groupby(["dataset", "case"]).dsc.mean().groupby("dataset").mean()
     for value in mean_stage0:
         assert f"{value:.3f}" in results
-    html = index.read_text()
+    html = index.read_text(encoding="utf-8")
     assert "Stage 0" in html and "mean DSC" in html
     assert "Stage 0 (SAM2)" in results  # the compared backend's column
     assert (book / "_build" / "html" / "generated" / "02_stage0_backpain_t2w__sam2.html").exists()
-    sam2 = json.loads((tmp / "work" / "demo" / "runlog" / "stage0_sam2__backpain_t2w.json").read_text())
+    sam2 = json.loads((tmp / "work" / "demo" / "runlog" / "stage0_sam2__backpain_t2w.json").read_text(encoding="utf-8"))
     assert sam2["parameters"]["backend"] == "sam2" and sam2["parameters"]["sam2_checkpoint"].endswith("sam2_random.pt")
 
 
@@ -178,13 +178,13 @@ def test_a_dataset_without_expert_labels_goes_through_every_stage_and_is_measure
     work = tmp / "work" / "demo"
     cases = pd.read_csv(work / "prepared" / "clinic_no_labels" / "cases.csv")
     assert len(cases) == 3 and not cases.has_label.astype(bool).any()
-    annotation = json.loads((work / "stage0" / "clinic_no_labels" / "annotation.json").read_text())
+    annotation = json.loads((work / "stage0" / "clinic_no_labels" / "annotation.json").read_text(encoding="utf-8"))
     assert annotation["annotation_volume"] == "annotation"  # the user's slice, not an expert label
     for stage in ("nnunet1", "nnunet2", "nnunet3", "repeat"):
         assert sorted(p.name for p in (work / stage / "clinic_no_labels" / "labels").glob("*.nii.gz")) == sorted(
             f"{c}.nii.gz" for c in cases.case
         ), stage
-    supervised = json.loads((work / "runlog" / "supervised_train__pooled.json").read_text())
+    supervised = json.loads((work / "runlog" / "supervised_train__pooled.json").read_text(encoding="utf-8"))
     assert supervised["parameters"]["cases"] == 6  # expert labels only: 2 datasets x 3 scans
     measurements = pd.read_csv(work / "tables" / "measurements.csv")
     own = measurements[measurements.dataset == "clinic_no_labels"]
@@ -196,8 +196,10 @@ def test_a_dataset_without_expert_labels_goes_through_every_stage_and_is_measure
     shown = summary[summary.measure == "volume_ml"].set_index(summary["class"].astype(str))["mean"]
     assert shown.round(3).to_dict() == volumes.round(3).to_dict()
     html = book / "_build" / "html" / "generated"
-    assert "No expert labels, so no DSC, for: clinic_no_labels" in (html / "04_results.html").read_text()
-    assert "clinic_no_labels" in (html / "06_agreement.html").read_text()
+    assert "No expert labels, so no DSC, for: clinic_no_labels" in (html / "04_results.html").read_text(
+        encoding="utf-8"
+    )
+    assert "clinic_no_labels" in (html / "06_agreement.html").read_text(encoding="utf-8")
 
 
 def test_run_to_run_variation_of_training_is_measured_and_shown_beside_the_margins(built_book):
@@ -274,7 +276,7 @@ def test_every_table_links_to_its_csv_and_every_results_page_states_its_provenan
     work = tmp / "work" / "demo"
     profile_sha = hashlib.sha256((Path(env["NNSAM2_CONFIG_DIR"]) / "demo.yaml").read_bytes()).hexdigest()
     for page in RESULTS_PAGES + ["08_run_record"]:
-        html = (html_root / "generated" / f"{page}.html").read_text()
+        html = (html_root / "generated" / f"{page}.html").read_text(encoding="utf-8")
         links = downloads(html)
         assert html.count('class="dataframe') <= html.count("Download as CSV"), page  # every table has its link
         for name, href in links.items():  # each link is the CSV the run wrote
@@ -283,18 +285,18 @@ def test_every_table_links_to_its_csv_and_every_results_page_states_its_provenan
             assert served.read_bytes() == (book / "generated" / "tables" / name).read_bytes()
         if page != "08_run_record":
             assert "Provenance of this page" in html and profile_sha[:12] in html, page
-    results = (html_root / "generated" / "04_results.html").read_text()
+    results = (html_root / "generated" / "04_results.html").read_text(encoding="utf-8")
     served = (html_root / "generated" / downloads(results)["dsc.csv"]).resolve()
     assert served.read_bytes() == (work / "tables" / "dsc.csv").read_bytes()
     checkpoint = next((work / "nnunet1" / "nnunet" / "results").rglob("checkpoint_final.pth"))
     assert hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:12] in results
-    record = json.loads((work / "runlog" / "nnunet1_train__pooled.json").read_text())
+    record = json.loads((work / "runlog" / "nnunet1_train__pooled.json").read_text(encoding="utf-8"))
     assert record["started"].replace("T", " ")[:19] in results
 
 
 def test_the_landing_page_shows_the_method_figure_and_an_abstract_glued_from_the_run(built_book):
     tmp, book, _, _ = built_book
-    html = (book / "_build" / "html" / "intro.html").read_text()
+    html = (book / "_build" / "html" / "intro.html").read_text(encoding="utf-8")
     assert (
         'src="_images/method.png"' in html
         and (book / "_build" / "html" / "_images" / "method.png").stat().st_size > 20_000
@@ -344,7 +346,7 @@ def test_every_notebook_runs_top_to_bottom_with_its_defaults(built_book, monkeyp
             again = glued(nb)
             assert again["stage0_mean_dsc"] == papermill_glue["stage0_mean_dsc"]
             assert again["final_stage"] == papermill_glue["final_stage"]
-    records = [json.loads(p.read_text()) for p in (tmp / "work" / "demo" / "runlog").glob("*.json")]
+    records = [json.loads(p.read_text(encoding="utf-8")) for p in (tmp / "work" / "demo" / "runlog").glob("*.json")]
     rerun = {r["step"] for r in records if r["started"] >= before}
     assert {"cohort", "prepare", "stage0", "nnunet1_train", "supervised_train", "oneshot_baselines", "measure"} <= rerun
 

@@ -381,7 +381,7 @@ def run_dataset_baselines(workspace, dataset: str, modality: str, sequence: str)
     from nnsam2_utils.evaluate.metrics import dsc_rows
     from nnsam2_utils.prepare.model_input import load_stack
 
-    note = json.loads((workspace.stage("stage0", dataset) / "annotation.json").read_text())
+    note = json.loads((workspace.stage("stage0", dataset) / "annotation.json").read_text(encoding="utf-8"))
     ref_image, ref_itk = load_stack(workspace.prepared(dataset, note["reference_case"]))
     ref_label, _ = load_stack(
         workspace.prepared(dataset, note["reference_case"]), note.get("annotation_volume", "label")

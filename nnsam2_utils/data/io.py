@@ -27,7 +27,7 @@ from nnsam2_utils.errors import DataError
 def _umask() -> int:
     """The process's file-creation mask (read without changing it, from /proc where available)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
             if line.startswith("Umask:"):
                 return int(line.split()[1], 8)
     except OSError:
@@ -209,7 +209,7 @@ def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found. Run the stage that writes it first.")
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:

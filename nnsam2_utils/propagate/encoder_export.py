@@ -192,7 +192,7 @@ def _verified_ir(folder: Path, weights_sha256: str, precision: str) -> tuple[byt
         log.info("no cached OpenVINO encoder at %s", paths["xml"])
         return None
     try:
-        record = json.loads(paths["json"].read_text())
+        record = json.loads(paths["json"].read_text(encoding="utf-8"))
         xml, weights = paths["xml"].read_bytes(), paths["bin"].read_bytes()
     except (OSError, ValueError) as exc:
         log.warning("%s is unreadable (%s); the OpenVINO encoder is rebuilt", paths["json"], exc)

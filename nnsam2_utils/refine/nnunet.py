@@ -269,6 +269,7 @@ def train(root: str | Path, dataset_id: int, name: str, budget: Budget, pretrain
         "NNSAM2_ITERATIONS": budget.iterations_per_epoch,
         "NNSAM2_VAL_ITERATIONS": budget.val_iterations,
         "NNSAM2_ROTATION_DEG": budget.rotation_deg,
+        "NNSAM2_SEED": budget.seed,
     }
     with (
         temporary_environ({k: None if v is None else str(v) for k, v in budget_env.items()}),

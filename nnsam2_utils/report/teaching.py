@@ -16,7 +16,7 @@ from nnsam2_utils.workflow.workspace import Workspace
 
 def annotation_of(workspace: Workspace, dataset: str) -> dict:
     """The stage-0 annotation record of a dataset (reference scan, annotated slice, backend)."""
-    return json.loads((workspace.stage("stage0", dataset) / "annotation.json").read_text())
+    return json.loads((workspace.stage("stage0", dataset) / "annotation.json").read_text(encoding="utf-8"))
 
 
 def annotated_slice_figure(workspace: Workspace, dataset: str):

@@ -137,7 +137,7 @@ def run_key(parameters: dict, upstream: list[str | Path] = (), step: str | None 
 def read_key(folder: str | Path) -> str | None:
     """The run key stored in a step's output folder (None if there is none)."""
     path = Path(folder) / ".runkey"
-    return path.read_text().strip() if path.exists() else None
+    return path.read_text(encoding="utf-8").strip() if path.exists() else None
 
 
 def claim_folder(folder: str | Path, key: str) -> bool:

@@ -14,6 +14,10 @@
   interrupted run resumes from the last finished epoch.
 * nnU-Net's end-of-training validation is skipped: nnsam2 predicts every scan itself.
 * A resumed training reads its checkpoint as plain data (``weights_only=True``), never by unpickling code.
+* Augmentation in worker processes is deterministic: batchgenerators' ``MultiThreadedAugmenter`` (workers
+  seeded from ``NNSAM2_SEED``, batches taken in turn from each worker) replaces nnU-Net's
+  ``NonDetMultiThreadedAugmenter``, whose batch order depends on which worker finishes first. Same
+  seed, thread count and machine: the same weights.
 
 This module is imported by nnU-Net by file path, so it uses absolute imports only.
 """
@@ -26,6 +30,41 @@ import os
 import torch
 from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+
+def worker_seeds(seed: int, stream: int, workers: int) -> list[int]:
+    """Seeds of the augmentation workers of one stream (0 training, 1 validation) of a training."""
+    return [int(seed) * 1000 + stream * 100 + i for i in range(workers)]
+
+
+class SeededWorkerLoader:
+    """A data loader as one augmentation worker process sees it: one torch thread and torch seeded per worker.
+
+    ``MultiThreadedAugmenter`` calls ``set_thread_id`` first thing in each worker process. A forked
+    worker that kept torch's thread pool of its parent can hang in its first parallel operation
+    (nnU-Net's own augmenter sets one thread for this reason), and would share the parent's torch
+    random stream with its sibling workers.
+    """
+
+    def __init__(self, loader, seeds: list[int]):
+        self.loader, self.seeds = loader, list(seeds)
+
+    def set_thread_id(self, thread_id: int) -> None:
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(1)
+        threadpool_limits(1)
+        torch.manual_seed(self.seeds[thread_id])
+        self.loader.set_thread_id(thread_id)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self.loader)
+
+    def __getattr__(self, name: str):
+        return getattr(self.loader, name)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -74,6 +113,32 @@ class nnUNetTrainer_nnsam2(nnUNetTrainer):
             )  # ASCII: nnU-Net writes its log in the locale encoding
         self.inference_allowed_mirroring_axes = None
         return rotation, dummy_2d, initial_patch_size, None
+
+    def get_dataloaders(self):
+        """nnU-Net's data loaders, with seeded worker processes whose batches arrive in a fixed order."""
+        import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as base
+        from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+
+        seed, streams = _env_int("NNSAM2_SEED", 0), iter(range(2))
+
+        def augmenter(data_loader, transform, num_processes, num_cached, seeds, pin_memory, wait_time):
+            seeds = worker_seeds(seed, next(streams), num_processes)
+            return MultiThreadedAugmenter(
+                SeededWorkerLoader(data_loader, seeds),
+                transform,
+                num_processes,
+                num_cached_per_queue=max(2, num_cached // num_processes),
+                seeds=seeds,
+                pin_memory=pin_memory,
+                wait_time=wait_time,
+            )
+
+        original = base.NonDetMultiThreadedAugmenter
+        base.NonDetMultiThreadedAugmenter = augmenter  # nnU-Net builds its augmenters by this module-level name
+        try:
+            return super().get_dataloaders()
+        finally:
+            base.NonDetMultiThreadedAugmenter = original
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         """Resume from a checkpoint read as plain data (``weights_only=True``), never by unpickling code.

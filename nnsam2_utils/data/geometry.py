@@ -136,3 +136,26 @@ def from_stack(stack: np.ndarray, reference: sitk.Image) -> sitk.Image:
     """Inverse of :func:`to_stack`, in the geometry of ``reference``."""
     image = array_to_image(np.ascontiguousarray(stack[::-1]), reference)
     return image
+
+
+def to_input_grid(labels: sitk.Image, scan: sitk.Image) -> sitk.Image:
+    """Labels of a prepared (LPS, cropped, maybe decimated) volume on the grid and orientation of the scan it
+    came from: each voxel of ``scan`` takes the label at its physical point (nearest neighbour, so classes stay
+    classes; reorientation and cropping move no voxel centre), 0 outside the prepared region. Between the
+    slices that a decimated CT kept, a voxel takes the nearest kept slice's label."""
+    restored = sitk.Resample(labels, scan, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    axis, last = slice_axis(scan), labels.GetSize()[2] - 1
+    ends = [
+        scan.TransformPhysicalPointToContinuousIndex(labels.TransformIndexToPhysicalPoint((0, 0, k)))[axis]
+        for k in (0, last)
+    ]
+    low, high = round(min(ends)), round(max(ends))
+    array = sitk.GetArrayViewFromImage(restored).copy()
+    outside = [slice(None)] * 3
+    numpy_axis = 2 - axis  # (z, y, x) arrays
+    for part in (slice(None, max(low, 0)), slice(high + 1, None)):  # beyond the region's end slices
+        outside[numpy_axis] = part
+        array[tuple(outside)] = 0
+    result = sitk.GetImageFromArray(array)
+    result.CopyInformation(restored)
+    return result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -34,17 +36,21 @@ def scan_measurements(workspace, dataset: str, modality: str, case: str, stage: 
     return rows
 
 
-def measurements(workspace, run, stage: str) -> pd.DataFrame:
-    """The run's tidy measurements table (dataset, case, subject, class, measure, source, value)."""
+def measurements(workspace, run, stage: str | Mapping[str, str]) -> pd.DataFrame:
+    """The run's tidy measurements table (dataset, case, subject, class, measure, source, value, stage).
+
+    ``stage``: one stage for every dataset, or the stage of each dataset (the delivered ones).
+    """
     rows = []
     for dataset in run.datasets:
+        measured = stage if isinstance(stage, str) else stage[dataset]
         manifest = run.manifest(dataset)
         cases = workspace.case_table(dataset)
         subjects = dict(zip(cases["case"], cases["subject"].astype(str)))
         for case in tqdm(list(cases["case"]), desc=f"measure {dataset}", leave=False):
-            for row in scan_measurements(workspace, dataset, manifest.modality, case, stage):
-                rows.append({**row, "subject": subjects[case]})
-    columns = ["dataset", "case", "subject", "class", "measure", "source", "value"]
+            for row in scan_measurements(workspace, dataset, manifest.modality, case, measured):
+                rows.append({**row, "subject": subjects[case], "stage": measured if row["source"] == "auto" else ""})
+    columns = ["dataset", "case", "subject", "class", "measure", "source", "value", "stage"]
     return pd.DataFrame(rows)[columns]
 
 

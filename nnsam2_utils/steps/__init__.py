@@ -14,6 +14,7 @@ supervised bound      :func:`supervised`                         ``supervised/``
 one-shot baselines    :func:`oneshot`                            ``registration/``, ``threshold/``
 repeat                :func:`repeat`                             ``repeat/``, ``tables/repeatability.csv``
 results               :func:`results`                            ``tables/dsc.csv``
+deliver               :func:`deliver`                            ``delivered/``, ``tables/quality.csv``
 measure, agreement    :func:`measure`, :func:`agreement`         ``tables/measurements.csv``, ``agreement.csv``
 own scans (example)   :func:`own_scans_example`                  ``own_scans/``
 ====================  =========================================  ==========================
@@ -21,6 +22,7 @@ own scans (example)   :func:`own_scans_example`                  ``own_scans/``
 
 from nnsam2_utils.steps.agreement import agreement, measure
 from nnsam2_utils.steps.cohort import cohort
+from nnsam2_utils.steps.deliver import deliver
 from nnsam2_utils.steps.oneshot import oneshot
 from nnsam2_utils.steps.own_scans import own_scans_example
 from nnsam2_utils.steps.prepare import prepare, prepare_manifest
@@ -31,6 +33,7 @@ from nnsam2_utils.steps.stage0 import propagate_manifest, stage0
 from nnsam2_utils.steps.supervised import supervised
 
 __all__ = [
+    "deliver",
     "agreement",
     "cohort",
     "measure",

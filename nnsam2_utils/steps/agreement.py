@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pandas as pd
 
-from nnsam2_utils.data.io import read_csv, write_csv
+from nnsam2_utils.data.io import write_csv
 from nnsam2_utils.evaluate.scans import dataset_group, measurements
 from nnsam2_utils.evaluate.statistics import agreement_table
-from nnsam2_utils.report.results import final_stage
+from nnsam2_utils.steps.deliver import delivered_stages
 from nnsam2_utils.workflow.runlog import step_record
 from nnsam2_utils.workflow.session import Run
 
 
-def measured_stage(run: Run, stage: str | None = None) -> str:
-    """The stage whose masks are measured: ``stage``, or the run's final refinement stage."""
-    return stage or final_stage(read_csv(run.workspace.tables / "dsc.csv"))
+def measured_stage(run: Run, stage: str | None = None) -> dict[str, str]:
+    """The stage whose masks are measured, per dataset: ``stage`` for all, or each dataset's delivered stage."""
+    if stage:
+        return dict.fromkeys(run.datasets, stage)
+    return delivered_stages(run)
 
 
 def groups(run: Run) -> dict[str, str]:
@@ -22,7 +26,7 @@ def groups(run: Run) -> dict[str, str]:
     return {d: dataset_group(run.manifest(d).modality, run.manifest(d).sequence) for d in run.datasets}
 
 
-def measure(run: Run, stage: str) -> pd.DataFrame:
+def measure(run: Run, stage: str | Mapping[str, str]) -> pd.DataFrame:
     """Volume, Dixon fat ratio and CT attenuation of every scan, automated and expert: ``tables/measurements.csv``."""
     with step_record(run.workspace.runlog, "measure", "pooled", {"stage": stage}):
         table = measurements(run.workspace, run, stage)

@@ -63,6 +63,9 @@ STEP_CODE: dict[str, tuple[str, ...]] = {
         "steps/oneshot.py",
     ),
     "results": (
+        "evaluate/quality.py",
+        "report/delivery.py",
+        "steps/deliver.py",
         "report/results.py",
         "report/plots.py",
         "evaluate/metrics.py",
@@ -86,6 +89,7 @@ STEP_CODE: dict[str, tuple[str, ...]] = {
         "prepare/model_input.py",
         *_GRID,
         "steps/agreement.py",
+        "steps/deliver.py",
     ),
 }
 

@@ -82,6 +82,16 @@ class Refine(_Section):
     stage3: StageOverrides | None = None
 
 
+class Deliver(_Section):
+    """Which stage's labels the run delivers per dataset (docs/method.md §7.1)."""
+
+    rule: str = Field("evidence", pattern=r"^(evidence|final|stage0|nnunet[1-3])$")  # final: the paper's last nnU-Net
+    min_confident_agreement: float = Field(0.85, ge=0, le=1)  # DSC with stage 0 on its confident slices
+    min_annotated_dsc: float = Field(0.7, ge=0, le=1)  # DSC on the annotated slice, never trained on
+    confident_quantile: float = Field(0.5, ge=0, lt=1)  # stage-0 slices at or above this quantile are confident
+    review_slices: int = Field(10, ge=0)  # slices per dataset in the review list
+
+
 class Baselines(_Section):
     """Which comparisons run beside nnsam2 (docs/method.md §10)."""
 
@@ -107,9 +117,10 @@ class RunProfile(_Section):
     propagation: Propagation = Field(default_factory=Propagation)
     refine: Refine = Field(default_factory=Refine)
     baselines: Baselines = Field(default_factory=Baselines)
+    deliver: Deliver = Field(default_factory=Deliver)
     resources: dict[str, Resources] = Field(default_factory=dict)
 
-    @field_validator("manifests", "cohort", "propagation", "refine", "baselines", "resources", mode="before")
+    @field_validator("manifests", "cohort", "propagation", "refine", "baselines", "deliver", "resources", mode="before")
     @classmethod
     def _none_is_empty(cls, value: Any, info: ValidationInfo) -> Any:
         """An empty YAML key (``manifests:``) means the default, not an error."""

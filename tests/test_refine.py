@@ -143,3 +143,38 @@ def test_scan_filter_ties_are_broken_by_case_id():
     scans = pd.DataFrame({"dataset": "d", "case": ["b", "a", "c"], "agreement": 0.95, "smooth": True})
     out = scan_filter(scans, min_scans=2)
     assert out[out.kept].case.tolist() == ["a", "b"]
+
+
+def test_scan_filter_fills_only_up_to_the_minimum_not_the_quota():
+    scans = pd.DataFrame(
+        {"dataset": "d", "case": [f"c{i:02d}" for i in range(30)], "agreement": [0.95] + [0.5] * 29, "smooth": True}
+    )
+    out = scan_filter(scans, min_agreement=0.90, fraction=0.20, min_scans=2)  # quota 6, one eligible
+    assert out["quota"].iloc[0] == 6
+    assert out[out.kept].case.tolist() == ["c00", "c01"]
+    assert out.set_index("case").loc["c01", "reason"] == "filled to minimum"
+
+
+def test_stage1_floor_per_scan_keeps_a_few_scans_trainable():
+    """Two scans of 20 slices: the paper's filter keeps 1 slice per position of the top decile (4 frames);
+    a floor of 5 per scan adds each scan's most confident remaining frames above the median, no others."""
+    rng = np.random.default_rng(1)
+    rows = [
+        {"dataset": "d", "case": case, "slice": z, "class": cls, "iou": float(v), "prompted": False}
+        for case in ("a", "b")
+        for z, v in enumerate(rng.uniform(0.2, 1.0, 20))
+        for cls in (1, 2)
+    ]
+    table = pd.DataFrame(rows)
+    paper = stage1_filter(table, 90, 0.02)
+    floored = stage1_filter(table, 90, 0.02, min_per_scan=5)
+    assert floored.groupby("case")["kept"].sum().tolist() == [5, 5]
+    assert (floored.loc[paper.kept, "kept"]).all()  # the paper's choice stays
+    added = floored.loc[floored.kept & ~paper.kept]
+    assert (added["reason"] == "floor per scan").all()
+    assert (added["confidence"] >= floored["confidence"].median()).all()
+    for case, rows_ in floored.groupby("case"):  # the most confident of the scan's unkept frames
+        rest = rows_.loc[~paper.loc[rows_.index, "kept"]]
+        assert set(rest.nlargest(5 - int(paper.loc[rows_.index, "kept"].sum()), "confidence").slice) == set(
+            added.loc[added.case == case].slice
+        )

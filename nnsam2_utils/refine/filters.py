@@ -23,14 +23,19 @@ def frame_confidence(confidence: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def stage1_filter(confidence: pd.DataFrame, percentile: float = 90.0, slice_fraction: float = 0.02) -> pd.DataFrame:
+def stage1_filter(
+    confidence: pd.DataFrame, percentile: float = 90.0, slice_fraction: float = 0.02, min_per_scan: int = 0
+) -> pd.DataFrame:
     """Stage-1 selection of pseudo-labelled frames, per dataset.
 
     1. keep target frames whose confidence is ≥ the dataset's ``percentile``-th percentile
        (ties at the threshold are all kept);
     2. then, per slice position (index counted from the superior end), keep the top
        ``max(1, floor(slice_fraction · n))`` of them, n = the number of target frames of the
-       dataset at that position (ties broken by case id for determinism).
+       dataset at that position (ties broken by case id for determinism);
+    3. **(ours)** a scan left with fewer than ``min_per_scan`` kept frames gets its most confident
+       remaining frames at or above the dataset's median confidence, up to ``min_per_scan``
+       (reason ``floor per scan``): a dataset of a few scans keeps enough to train on (0: the paper).
 
     Returns every frame with its confidence, the dataset threshold, its rank at its position
     and ``kept`` (bool) with ``reason``.
@@ -52,12 +57,28 @@ def stage1_filter(confidence: pd.DataFrame, percentile: float = 90.0, slice_frac
             "below dataset percentile",
             np.where(ranked["kept"], "kept", "over the per-position quota"),
         )
-        out.append(ranked)
+        out.append(_floor_per_scan(ranked, min_per_scan))
     if not out:
         return frames.assign(threshold=np.nan, kept=False, reason="")
     table = pd.concat(out, ignore_index=True)
     table["rank_at_position"] = table["rank_at_position"].astype("Int64")
     return table.sort_values(["dataset", "case", "slice"], ignore_index=True)
+
+
+def _floor_per_scan(frames: pd.DataFrame, min_per_scan: int) -> pd.DataFrame:
+    """Add each scan's most confident unkept frames (≥ the dataset median) until it has ``min_per_scan`` kept."""
+    if min_per_scan <= 0:
+        return frames
+    median = float(frames["confidence"].median())
+    ordered = frames.sort_values(["case", "confidence", "slice"], ascending=[True, False, True], kind="stable")
+    candidates = ordered.loc[~ordered["kept"] & (ordered["confidence"] >= median)]
+    missing = (min_per_scan - ordered.groupby("case")["kept"].sum()).clip(lower=0)
+    rank = candidates.groupby("case").cumcount()
+    added = candidates.index[rank.to_numpy() < candidates["case"].map(missing).to_numpy()]
+    frames = frames.copy()
+    frames.loc[added, "kept"] = True
+    frames.loc[added, "reason"] = "floor per scan"
+    return frames
 
 
 def area_profile(labels: np.ndarray, cls: int) -> np.ndarray:
@@ -95,9 +116,9 @@ def scan_filter(
     ``scans`` has one row per scan: dataset, case, agreement (mean class DSC of this stage's
     output against the previous stage's label) and smooth (bool). Eligible scans agree above
     ``min_agreement`` and are smooth; per dataset the top ``max(min_scans, floor(fraction · n))``
-    eligible scans by agreement are kept (n = the dataset's scans). **(ours)** When fewer are
-    eligible, the quota is filled with the best remaining scans by agreement, marked
-    ``filled to minimum``, so that every dataset contributes ``min_scans`` scans.
+    eligible scans by agreement are kept (n = the dataset's scans). **(ours)** When fewer than
+    ``min_scans`` are eligible, the best remaining scans by agreement fill up to ``min_scans`` (not
+    up to the quota), marked ``filled to minimum``, so that every dataset contributes ``min_scans``.
     """
     out = []
     for _, group in scans.groupby("dataset", sort=True):
@@ -106,7 +127,7 @@ def scan_filter(
         group["eligible"] = (group["agreement"] > min_agreement) & group["smooth"].astype(bool)
         group["quota"] = quota
         eligible = group.index[group["eligible"]][:quota]
-        filler = group.index[~group["eligible"]][: max(0, quota - len(eligible))]
+        filler = group.index[~group["eligible"]][: max(0, min(min_scans, len(group)) - len(eligible))]
         group["kept"] = group.index.isin(eligible) | group.index.isin(filler)
         group["reason"] = [
             _scan_reason(i in eligible, i in filler, row.eligible, row.agreement > min_agreement)

@@ -92,7 +92,10 @@ def training_set(workspace, datasets: list[str], stage: int, settings: dict) -> 
             [read_csv(workspace.stage("stage0", d) / "confidence.csv") for d in datasets], ignore_index=True
         )
         selection = stage1_filter(
-            confidence, settings.get("confidence_percentile", 90.0), settings.get("slice_fraction", 0.02)
+            confidence,
+            settings.get("confidence_percentile", 90.0),
+            settings.get("slice_fraction", 0.02),
+            settings.get("min_slices_per_scan", 0),
         )
         return selection, sparse_training_cases(
             selection, label_path, image_path, settings.get("sparse_mode", "slices")

@@ -76,6 +76,7 @@ class Refine(_Section):
     threads: int | None = Field(None, ge=1)  # CPU threads per training job; None: every core Snakemake has
     confidence_percentile: float = Field(90.0, gt=0, lt=100)
     slice_fraction: float = Field(0.02, gt=0, le=1)
+    min_slices_per_scan: int = Field(0, ge=0)  # stage-1 floor per scan (0: the paper's filter alone)
     sparse_mode: Literal["slices", "ignore_label"] = "slices"
     stage1: StageOverrides | None = None
     stage2: StageOverrides | None = None

@@ -1,0 +1,150 @@
+"""What the results show, in sentences decided by the run's own numbers (the landing and results pages open
+with them), so the text stays true when the data, the profile or the code change.
+
+Every function takes tables the run wrote and returns plain sentences; none holds a number of its own
+except the thresholds named in its signature.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from nnsam2_utils.report.plots import STAGE_LABELS
+
+
+def scan_means(dsc: pd.DataFrame) -> pd.DataFrame:
+    """Per stage, dataset and scan: the mean class DSC."""
+    return dsc.groupby(["stage", "dataset", "case"], as_index=False)["dsc"].mean()
+
+
+def stage_means(dsc: pd.DataFrame) -> pd.Series:
+    """Per stage: the mean over scans of the per-scan mean class DSC."""
+    return scan_means(dsc).groupby("stage")["dsc"].mean()
+
+
+def dataset_means(dsc: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset (rows) and stage (columns): mean DSC over scans."""
+    return scan_means(dsc).pivot_table(index="dataset", columns="stage", values="dsc")
+
+
+def _label(stage: str) -> str:
+    return STAGE_LABELS.get(stage, stage)
+
+
+def refinement_finding(dsc: pd.DataFrame, margin: float = 0.01) -> str:
+    """Does refinement beat stage 0, overall and per dataset?"""
+    means, per_dataset = stage_means(dsc), dataset_means(dsc)
+    refined = [s for s in means.index if s.startswith("nnunet")]
+    if "stage0" not in means or not refined:
+        return "No refinement stage was scored against expert labels in this run."
+    first = min(refined)
+    change = means[first] - means["stage0"]
+    better = per_dataset.index[per_dataset[first] > per_dataset["stage0"] + margin].tolist()
+    worse = per_dataset.index[per_dataset[first] < per_dataset["stage0"] - margin].tolist()
+    verb = "raises" if change > margin else "lowers" if change < -margin else "leaves"
+    text = (
+        f"{_label(first)} {verb} the mean DSC from {means['stage0']:.3f} (stage 0) to {means[first]:.3f}; "
+        f"it is better by more than {margin:.2f} in {len(better)} of {len(per_dataset)} datasets"
+    )
+    return text + (f" and worse in {', '.join(worse)}." if worse else ", worse in none.")
+
+
+def later_stages_finding(dsc: pd.DataFrame) -> str:
+    """Do stages 2–3 improve on stage 1, measured against the final stage's seed-to-seed difference?"""
+    means = stage_means(dsc)
+    refined = sorted(s for s in means.index if s.startswith("nnunet"))
+    if len(refined) < 2:
+        return ""
+    first, last = refined[0], refined[-1]
+    change = means[last] - means[first]
+    seed = abs(means["repeat"] - means[last]) if "repeat" in means else None
+    trail = " → ".join(f"{means[s]:.3f}" for s in refined)
+    if seed is None:
+        return f"From {_label(first)} to {_label(last)} the mean DSC goes {trail} (no repeat training to compare with)."
+    if abs(change) <= seed:
+        return (
+            f"Stages after the first change the mean DSC by {change:+.3f} ({trail}), no more than the final stage "
+            f"differs from itself trained with another seed ({seed:.3f}): here they neither help nor hurt measurably."
+        )
+    direction = "improve on" if change > 0 else "fall below"
+    return (
+        f"Stages after the first {direction} {_label(first)} by {change:+.3f} ({trail}), more than the final stage "
+        f"differs from itself trained with another seed ({seed:.3f})."
+    )
+
+
+def baseline_finding(dsc: pd.DataFrame) -> str:
+    """How the one-shot registration baseline and the supervised bound compare with the stages."""
+    means = stage_means(dsc)
+    sentences = []
+    if "registration" in means and "stage0" in means:
+        ahead = means["registration"] > means["stage0"]
+        sentences.append(
+            f"Registering the annotated slice to every scan (one-shot baseline, {means['registration']:.3f}) "
+            + (
+                f"beats stage 0 ({means['stage0']:.3f}): on this cohort the promptable model alone is not the better "
+                "way to spread one slice; the refinement is what pays."
+                if ahead
+                else f"stays below stage 0 ({means['stage0']:.3f})."
+            )
+        )
+    if "supervised" in means:
+        sentences.append(
+            f"nnU-Net trained on every expert label reaches {means['supervised']:.3f}, scored on the scans it "
+            "was trained on, so an optimistic upper bound rather than a fair competitor."
+        )
+    return " ".join(sentences)
+
+
+def delivered_finding(delivered: pd.DataFrame) -> str:
+    """Which stage the run delivers, and where stage 0 is kept because refinement looked worse."""
+    kept0 = delivered.loc[delivered["delivered"] == "stage0", "dataset"].tolist()
+    counts = delivered["delivered"].map(_label).value_counts()
+    listed = ", ".join(f"{stage} for {n}" for stage, n in counts.items())
+    text = f"The run delivers {listed} of {len(delivered)} datasets (chosen without expert labels)"
+    return text + (f"; stage 0 is kept for {', '.join(kept0)}." if kept0 else ".")
+
+
+def results_findings(dsc: pd.DataFrame, delivered: pd.DataFrame | None = None) -> str:
+    """The 'what this shows' paragraph of the results and landing pages (Markdown bullet list)."""
+    parts = [refinement_finding(dsc), later_stages_finding(dsc), baseline_finding(dsc)]
+    if delivered is not None and len(delivered):
+        parts.append(delivered_finding(delivered))
+    return "\n".join(f"- {p}" for p in parts if p)
+
+
+MEASURES = {"volume_ml": "volume", "fat_ratio": "Dixon fat ratio", "hu_mean": "CT attenuation"}
+
+
+def _name(row) -> str:
+    return f"{MEASURES.get(row.measure, row.measure)} ({row.group})"
+
+
+def agreement_finding(agreement: pd.DataFrame, alpha: float = 0.05, min_icc: float = 0.5, few: int = 10) -> str:
+    """Which measures are equivalent to the expert's, which are not (with their bias), and which pass TOST
+    while the automated values do not track the expert's (ICC below ``min_icc``); small samples flagged."""
+    tested = agreement.dropna(subset=["tost_p"])
+    if tested.empty:
+        return "- No measure could be tested for equivalence (no expert labels, or too few scans)."
+    bias = 100 * tested["bias"] / tested["expert_mean"]
+    equivalent = tested["tost_p"] < alpha
+    lines = [
+        f"- {int(equivalent.sum())} of {len(tested)} measure × group comparisons are equivalent (TOST, p < {alpha})."
+    ]
+    rows = zip(tested.itertuples(), bias)
+    failing = [f"{_name(r)}: bias {b:+.1f} % of the expert mean" for r, b in rows if r.tost_p >= alpha]
+    if failing:
+        lines.append("- Not equivalent: " + "; ".join(failing) + ".")
+    loose = [f"{_name(r)} (ICC {r.icc:.2f})" for r in tested.itertuples() if r.tost_p < alpha and r.icc < min_icc]
+    if loose:
+        lines.append(
+            "- Equivalent on average but not scan by scan: " + ", ".join(loose) + f". An ICC below {min_icc} means "
+            "the automated values do not rank scans as the expert's do; the mean agrees, the individual values do not."
+        )
+    small = [f"{_name(r)}: n = {r.n}" for r in tested.itertuples() if r.n < few]
+    if small:
+        lines.append(
+            f"- Fewer than {few} paired values ({'; '.join(small)}): confidence intervals this wide decide little; "
+            "treat these rows as a demonstration of the analysis, not as evidence."
+        )
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""The findings text is decided by the numbers: change the numbers and the sentences change with them."""
+
+import numpy as np
+import pandas as pd
+
+from nnsam2_utils.report import findings
+
+
+def dsc_table(means: dict[str, list[float]]) -> pd.DataFrame:
+    """Two datasets × two scans × two classes; ``means[stage]`` = the per-dataset DSC."""
+    rows = []
+    for stage, values in means.items():
+        for dataset, value in zip(("d1", "d2"), values):
+            for case in ("a", "b"):
+                rows += [{"dataset": dataset, "case": case, "class": c, "stage": stage, "dsc": value} for c in (1, 2)]
+    return pd.DataFrame(rows)
+
+
+FLAT = {
+    "stage0": [0.75, 0.76],
+    "nnunet1": [0.92, 0.92],
+    "nnunet2": [0.921, 0.92],
+    "nnunet3": [0.922, 0.92],
+    "repeat": [0.91, 0.91],
+    "registration": [0.80, 0.81],
+}
+
+
+def test_later_stages_within_the_seed_variation_are_called_so():
+    text = findings.later_stages_finding(dsc_table(FLAT))
+    assert "neither help nor hurt measurably" in text and "+0.001" in text
+
+
+def test_a_clear_gain_of_stage_3_is_reported_as_one():
+    gained = {**FLAT, "nnunet3": [0.96, 0.96], "repeat": [0.955, 0.955]}
+    text = findings.later_stages_finding(dsc_table(gained))
+    assert "improve on nnU-Net 1 by +0.040" in text and "neither" not in text
+
+
+def test_refinement_worse_than_stage0_names_the_dataset():
+    worse = {**FLAT, "nnunet1": [0.92, 0.70]}
+    text = findings.refinement_finding(dsc_table(worse))
+    assert text.endswith("worse in d2.") and "better by more than 0.01 in 1 of 2 datasets" in text
+    assert findings.refinement_finding(dsc_table(FLAT)).endswith("worse in none.")
+
+
+def test_registration_beating_stage0_is_said():
+    assert "beats stage 0" in findings.baseline_finding(dsc_table(FLAT))
+    behind = {**FLAT, "registration": [0.6, 0.6]}
+    assert "stays below stage 0" in findings.baseline_finding(dsc_table(behind))
+
+
+def agreement(rows):
+    columns = ["measure", "group", "n", "expert_mean", "icc", "tost_p", "bias"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def test_agreement_findings_name_failures_with_bias_and_loose_equivalence():
+    table = agreement(
+        [
+            ("volume_ml", "MRI", 24, 100.0, 0.95, 0.001, 3.0),
+            ("fat_ratio", "Dixon", 6, 0.20, 0.80, 0.40, 0.042),
+            ("hu_mean", "CT", 12, 40.0, -0.07, 0.01, 1.0),
+        ]
+    )
+    text = findings.agreement_finding(table)
+    assert "2 of 3 measure × group comparisons are equivalent" in text
+    assert "Dixon fat ratio (Dixon): bias +21.0 % of the expert mean" in text
+    assert "CT attenuation (CT) (ICC -0.07)" in text
+    assert "Dixon fat ratio (Dixon): n = 6" in text
+    passing = table.assign(tost_p=0.001, icc=0.9, n=30)
+    text = findings.agreement_finding(passing)
+    assert "3 of 3" in text and "Not equivalent" not in text and "not scan by scan" not in text
+
+
+def test_delivered_finding_lists_stage0_datasets():
+    delivered = pd.DataFrame({"dataset": ["d1", "d2"], "delivered": ["nnunet3", "stage0"], "reason": ["", ""]})
+    text = findings.delivered_finding(delivered)
+    assert "stage 0 is kept for d2" in text and "of 2 datasets" in text
+    assert np.all([s in text for s in ("nnU-Net 3 (nnsam2) for 1", "Stage 0 (promptable) for 1")])

@@ -29,12 +29,18 @@ def test_parameters_are_yaml_scalars_never_code():
         notebooks.parse_parameters([("a b", "1")])
 
 
-def test_execute_injects_parameters_and_hides_the_injected_cell(tmp_path):
+def test_execute_shows_the_values_run_with_and_titles_the_page_with_them(tmp_path):
     source = make_notebook(tmp_path / "in.ipynb", "print(stage * 10, name)")
+    nb = nbformat.read(str(source), as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_markdown_cell("# Refinement\n\nOne stage."))
+    nbformat.write(nb, str(source))
     out = notebooks.execute(source, tmp_path / "out" / "run.ipynb", {"stage": 3, "name": "ct"})
     nb = nbformat.read(str(out), as_version=4)
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert injected and "remove-input" in injected[0].metadata["tags"]
+    defaults = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert injected and "stage = 3" in injected[0].source and "remove-input" not in injected[0].metadata["tags"]
+    assert "remove-cell" in defaults[0].metadata["tags"]  # `stage = 1` (the default) is not on the page
+    assert nb.cells[0].source == "# Refinement: stage 3\n\nOne stage."
     assert "30 ct" in nb.cells[-1].outputs[0]["text"]
 
 

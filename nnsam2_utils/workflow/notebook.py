@@ -5,6 +5,10 @@ cell ran, so a failed or killed run never leaves a notebook that looks finished.
 are data (YAML scalars), never code. The cell papermill injects with the parameters is tagged
 ``remove-input`` so the book shows its outputs (none) but readers see the values in the
 run's provenance instead of a code cell.
+
+The executed notebook shows the values it ran with: the notebook's default parameters cell is removed
+from the page and papermill's injected cell (the values given) is shown instead; the page title names
+the run's own parameters (``# Stage 0: backpain_t1w``), so six pages of one notebook have six titles.
 """
 
 from __future__ import annotations
@@ -34,13 +38,29 @@ def parse_parameters(pairs: list[tuple[str, str]]) -> dict[str, Any]:
     return out
 
 
-def tag_injected_cells(path: str | Path) -> None:
-    """Hide the input of papermill's injected-parameters cell in the rendered book."""
+#: Parameters a page title names (the profile is the same on every page of a book).
+TITLED = ("dataset", "stage", "backend")
+
+
+def page_title(title: str, parameters: dict[str, Any]) -> str:
+    """``"# Stage 0"`` + ``{"dataset": "ct"}`` → ``"# Stage 0: ct"`` (``stage`` is written ``stage 2``)."""
+    named = [f"stage {v}" if k == "stage" else str(v) for k, v in parameters.items() if k in TITLED and v is not None]
+    return f"{title}: {', '.join(named)}" if named else title
+
+
+def show_values_run_with(path: str | Path, parameters: dict[str, Any] | None = None) -> None:
+    """Show the injected parameters (the values run with) instead of the defaults, and title the page with them."""
     notebook = nbformat.read(str(path), as_version=4)
+    injected = any("injected-parameters" in c.get("metadata", {}).get("tags", []) for c in notebook.cells)
     for cell in notebook.cells:
-        tags = cell.get("metadata", {}).get("tags", [])
-        if "injected-parameters" in tags and "remove-input" not in tags:
-            tags.append("remove-input")
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if injected and "parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown" and cell.source.startswith("# "):
+            first, _, rest = cell.source.partition("\n")
+            cell.source = page_title(first, parameters or {}) + (("\n" + rest) if rest else "")
+            break
     nbformat.write(notebook, str(path))
 
 
@@ -65,6 +85,6 @@ def execute(
             log_output=False,
             cwd=str(cwd) if cwd else None,
         )
-        tag_injected_cells(tmp)
+        show_values_run_with(tmp, parameters)
     log.info("executed %s → %s", notebook, output)
     return output

@@ -354,7 +354,7 @@ CATALOGUE: list[Bad] = [
         _geometry,
         GeometryError,
         "does not match the grid",
-        "Resample the label onto the image grid",
+        "copy the header of the file that is right",
     ),
     Bad(
         "label-values",

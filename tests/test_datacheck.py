@@ -75,7 +75,7 @@ def test_mismatched_geometry(copy):
     assert kinds(problems) == ["geometry"]
     assert problems[0].file == str(label_path)
     assert "does not match the grid" in problems[0].what and "spacing" in problems[0].what
-    assert "Resample the label onto the image grid" in problems[0].what
+    assert "resample it onto the image grid" in problems[0].what
 
 
 def test_label_outside_the_map(copy):
@@ -258,3 +258,66 @@ def test_fetch_verifies_and_never_overwrites(tmp_path):
     with pytest.raises(DataError, match="sha256 mismatch"):
         fetch_manifest(manifest)
     assert (tmp_path / "data" / "archive.zip").read_bytes() == b"edited by the user"  # never overwritten
+
+
+@pytest.fixture(scope="module")
+def dixon(tmp_path_factory) -> Path:
+    """The tiny phantom's Dixon dataset: water image, fat image and label per scan."""
+    from nnsam2_utils.data.synthetic.cohort import generate_cohort
+
+    return generate_cohort(tmp_path_factory.mktemp("dixon"), size="tiny", seed=0, datasets=["bedrest_dixon"])[0]
+
+
+@pytest.fixture
+def dixon_copy(dixon, tmp_path) -> Path:
+    shutil.copytree(dixon.parent / "bedrest_dixon", tmp_path / "bedrest_dixon")
+    return Path(shutil.copy(dixon, tmp_path / dixon.name))
+
+
+def case_files(manifest: Path, index: int = 0) -> dict[str, Path]:
+    data = yaml.safe_load(manifest.read_text(encoding="utf-8"))
+    case = data["cases"][index]
+    return {k: manifest.parent / data.get("root", ".") / case[k] for k in ("image", "label", "fat")}
+
+
+def test_a_water_image_that_lost_its_origin_is_named_and_its_header_fix_given(dixon_copy):
+    """Seen on real files: the water image's origin was lost while fat image and label kept theirs. The water
+    image is the file to fix (by copying the header), not the label or the fat image."""
+    files = case_files(dixon_copy)
+    water = read_image(files["image"])
+    water.SetOrigin((0.0, 0.0, 0.0))
+    write_image(water, files["image"])
+    problems = check_manifest(dixon_copy, checksums=False)
+    assert [(p.kind, p.file) for p in problems] == [("geometry", str(files["image"]))]
+    assert "The image is the file to fix" in problems[0].what and "origin" in problems[0].what
+    assert "CopyInformation" in problems[0].fix and str(files["label"]) in problems[0].fix
+
+
+def test_a_one_millimetre_origin_shift_is_a_different_grid(dixon_copy):
+    files = case_files(dixon_copy)
+    label = read_image(files["label"])
+    origin = label.GetOrigin()
+    label.SetOrigin((origin[0] + 1.0, origin[1], origin[2]))
+    write_image(label, files["label"])
+    problems = check_manifest(dixon_copy, checksums=False)
+    assert [(p.kind, p.file) for p in problems] == [("geometry", str(files["label"]))]
+    assert "copy the header" in problems[0].what
+
+
+@pytest.mark.parametrize("where", ["everywhere", "inside_region"])
+def test_an_empty_label_or_fat_image_is_an_error(dixon_copy, where):
+    """Resampling a label across a shifted grid can leave it all zeros (or all outside the region): an error."""
+    files = case_files(dixon_copy)
+    for name in ("label", "fat"):
+        volume = read_image(files[name])
+        array = np.zeros_like(sitk.GetArrayFromImage(volume))
+        if where == "inside_region":
+            array[0, 2:4, 2:4] = 1  # one corner of the most inferior slice only: below L5/S1
+        empty = sitk.GetImageFromArray(array)
+        empty.CopyInformation(volume)
+        write_image(empty, files[name])
+    problems = check_manifest(dixon_copy, checksums=False)
+    assert kinds(problems) == ["empty", "empty"]
+    assert {p.file for p in problems} == {str(files["label"]), str(files["fat"])}
+    expected = "is empty (every voxel 0)" if where == "everywhere" else "empty inside the L3/L4–L5/S1 region"
+    assert all(expected in p.what for p in problems)

@@ -111,7 +111,9 @@ def _dataset(tmp_path, image, label, extra=None):
 
 def test_prepare_case_checks_geometry_and_values(tmp_path):
     image = make_image(ramp_volume().astype(np.float32))
-    label = make_image(np.zeros((10, 6, 8), np.uint8))
+    muscles = np.zeros((10, 6, 8), np.uint8)
+    muscles[:, 1:4, 1:3], muscles[:, 1:4, 5:7] = 1, 2
+    label = make_image(muscles)
     shifted = make_image(np.zeros((10, 6, 8), np.uint8), origin=(5.0, 0.0, 0.0))
     manifest = _dataset(tmp_path, image, shifted)
     with pytest.raises(GeometryError, match="origin"):
@@ -143,3 +145,32 @@ def test_prepare_dataset_resumes_and_never_touches_inputs(tmp_path):
     assert meta.stat().st_mtime_ns == stamp
     assert sha256(tmp_path / "d" / "img.nii.gz") == before
     assert load_model_input(tmp_path / "out" / "c1").shape == (8, 256, 256)
+
+
+def test_prepare_refuses_a_label_empty_inside_the_region(tmp_path):
+    """A label whose voxels all lie outside L3/L4–L5/S1 would train and score against nothing: an error naming it."""
+    import shutil
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from nnsam2_utils.data.io import read_image, write_image
+    from nnsam2_utils.data.manifest import load_manifest
+    from nnsam2_utils.data.synthetic.cohort import generate_cohort
+    from nnsam2_utils.errors import DataError
+    from nnsam2_utils.prepare.dataset import prepare_case
+
+    manifest = load_manifest(generate_cohort(tmp_path, size="tiny", seed=0, datasets=["backpain_t2w"])[0])
+    case = manifest.cases[0]
+    path = manifest.resolve(case.label)
+    label = read_image(path)
+    array = np.zeros_like(sitk.GetArrayFromImage(label))
+    array[0, 2:4, 2:4] = 1  # the most inferior stored slice only, below L5/S1
+    empty = sitk.GetImageFromArray(array)
+    empty.CopyInformation(label)
+    write_image(empty, path)
+    before = path.read_bytes()
+    with pytest.raises(DataError, match="empty inside the L3/L4–L5/S1 region") as caught:
+        prepare_case(manifest, case.model_copy(update={"sha256": case.sha256.model_copy(update={"label": None})}))
+    assert str(path) in str(caught.value) and path.read_bytes() == before
+    shutil.rmtree(tmp_path)

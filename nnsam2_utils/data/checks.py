@@ -26,7 +26,7 @@ from nnsam2_utils.errors import DataError, GeometryError, ManifestError
 
 log = logging.getLogger(__name__)
 
-KINDS = ("manifest", "missing", "checksum", "unreadable", "geometry", "label-values", "discs", "annotation")
+KINDS = ("manifest", "missing", "checksum", "unreadable", "geometry", "label-values", "empty", "discs", "annotation")
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,12 @@ def path_sha256(path: str | os.PathLike) -> str:
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         digest.update(f"{file.relative_to(path).as_posix()} {sha256(file)}\n".encode())
     return digest.hexdigest()
+
+
+EMPTY_FIX = (
+    "export it again from the annotation tool; if it was resampled onto another grid, undo that and copy the "
+    "header instead (resampling across a shifted grid moves every voxel outside)"
+)
 
 
 def _strip_path(message: str, path: Path) -> str:
@@ -176,19 +182,57 @@ class _Checker:
     def case(self, case) -> None:
         m = self.manifest
         image = self.file(case.image, case.sha256.image, "image")
-        image_path = m.resolve(case.image) if image is not None else None
-        if case.label:
-            label = self.file(case.label, case.sha256.label, "label")
-            if image is not None and label is not None:
-                label_path = m.resolve(case.label)
-                if self.grid(image, label, image_path, label_path, "label"):
-                    self.label_values(label, label_path)
-        if case.fat:
-            fat = self.file(case.fat, case.sha256.fat, "fat image")
-            if image is not None and fat is not None:
-                self.grid(image, fat, image_path, m.resolve(case.fat), "fat image")
-        if image is not None:
-            self.discs(case, image, image_path)
+        label = self.file(case.label, case.sha256.label, "label") if case.label else None
+        fat = self.file(case.fat, case.sha256.fat, "fat image") if case.fat else None
+        if image is None:
+            return
+        image_path = m.resolve(case.image)
+        if self.odd_image_out(image, label, fat, image_path, case):
+            return
+        if label is not None:
+            label_path = m.resolve(case.label)
+            if self.grid(image, label, image_path, label_path, "label"):
+                self.label_values(label, label_path)
+                self.not_empty(case, image, label, image_path, label_path, "expert label")
+        if fat is not None and self.grid(image, fat, image_path, m.resolve(case.fat), "fat image"):
+            self.not_empty(case, image, fat, image_path, m.resolve(case.fat), "fat image")
+        self.discs(case, image, image_path)
+
+    def odd_image_out(self, image, label, fat, image_path: Path, case) -> bool:
+        """When the label and the fat image agree with each other and not with the image, blame the image."""
+        from nnsam2_utils.data.geometry import HEADER_FIX, grid_differences, grid_fix, odd_grid_out
+
+        if label is None or fat is None or odd_grid_out({"image": image, "label": label, "fat": fat}) != "image":
+            return False
+        problems = grid_differences(label, image)
+        self.add(
+            "geometry",
+            image_path,
+            f"case {case.id}: the image's grid differs from its label's and its fat image's, which agree with each "
+            f"other: {'; '.join(problems)} (label vs image). The image is the file to fix.",
+            (grid_fix(problems) if grid_fix(problems) != HEADER_FIX else HEADER_FIX.replace("the other", "the image"))
+            + f" (right_path: {self.manifest.resolve(case.label)}).",
+        )
+        return True
+
+    def not_empty(self, case, image, volume, image_path: Path, path: Path, role: str) -> None:
+        """An expert label or fat image with nothing in it, or nothing inside the L3/L4–L5/S1 region, is an error."""
+        from nnsam2_utils.data.geometry import region_crop
+
+        if not sitk.GetArrayViewFromImage(volume).any():
+            self.add("empty", path, f"case {case.id}: the {role} is empty (every voxel 0).", EMPTY_FIX)
+            return
+        try:
+            crop, _ = region_crop(self.manifest, case, image, image_path)
+        except GeometryError:
+            return  # reported by the disc check
+        if not sitk.GetArrayFromImage(crop(volume)).any():  # a copy: a view would outlive its image
+            self.add(
+                "empty",
+                path,
+                f"case {case.id}: the {role} is empty inside the L3/L4–L5/S1 region (its voxels lie elsewhere).",
+                "check the disc slice numbers of this case, and that the file belongs to this scan.",
+            )
 
     def annotation(self) -> None:
         from nnsam2_utils.data.annotation import prepare_annotation

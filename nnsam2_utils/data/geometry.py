@@ -93,23 +93,65 @@ def crop_z(image: sitk.Image, z_low: int, z_high: int, step: int = 1) -> sitk.Im
     return cropped
 
 
-def check_same_grid(a: sitk.Image, b: sitk.Image, name_a: str, name_b: str, tol: float = 1e-3) -> None:
-    """Raise GeometryError if two images do not share size, spacing, origin and direction."""
+def grid_differences(a: sitk.Image, b: sitk.Image) -> list[str]:
+    """How two images' grids differ (empty when they share one).
+
+    Size must be equal; spacing within 0.1 % ; direction within 1e-4; origin within 5 % of the smallest
+    voxel spacing (an absolute tolerance: a 1 mm shift of a 1 mm grid is a different grid, wherever the
+    origin lies).
+    """
     problems = []
     if a.GetSize() != b.GetSize():
         problems.append(f"size {a.GetSize()} vs {b.GetSize()}")
-    for what, va, vb in (
-        ("spacing", a.GetSpacing(), b.GetSpacing()),
-        ("origin", a.GetOrigin(), b.GetOrigin()),
-        ("direction", a.GetDirection(), b.GetDirection()),
+    spacing = min(a.GetSpacing())
+    for what, va, vb, rtol, atol in (
+        ("spacing", a.GetSpacing(), b.GetSpacing(), 1e-3, 0.0),
+        ("origin", a.GetOrigin(), b.GetOrigin(), 0.0, 0.05 * spacing),
+        ("direction", a.GetDirection(), b.GetDirection(), 0.0, 1e-4),
     ):
-        if not np.allclose(va, vb, atol=tol * max(1.0, float(np.max(np.abs(va))))):
+        if not np.allclose(va, vb, rtol=rtol, atol=atol):
             problems.append(f"{what} {tuple(round(v, 4) for v in va)} vs {tuple(round(v, 4) for v in vb)}")
+    return problems
+
+
+HEADER_FIX = (
+    "the voxels line up, only the header differs: copy the header of the file that is right onto the other "
+    "(SimpleITK: `wrong = sitk.ReadImage(path); wrong.CopyInformation(sitk.ReadImage(right_path)); "
+    "sitk.WriteImage(wrong, new_path)`; 3D Slicer: Volumes > Volume Information, or the Transforms module), "
+    "write it to a new file and point the manifest at it"
+)
+RESAMPLE_FIX = (
+    "the grids differ in size or spacing: resample it onto the image grid (e.g. 3D Slicer, "
+    "Resample Scalar/Vector/DWI Volume; nearest neighbour for labels)"
+)
+
+
+def grid_fix(problems: list[str]) -> str:
+    """The fix for grid differences: copy the header when only origin/direction differ, else resample."""
+    return HEADER_FIX if all(p.startswith(("origin", "direction")) for p in problems) else RESAMPLE_FIX
+
+
+def check_same_grid(a: sitk.Image, b: sitk.Image, name_a: str, name_b: str) -> None:
+    """Raise GeometryError if two images do not share size, spacing, origin and direction (:func:`grid_differences`)."""
+    problems = grid_differences(a, b)
     if problems:
         raise GeometryError(
-            f"{name_b} does not match the grid of {name_a}: {'; '.join(problems)}. Resample the label onto the image "
-            "grid (e.g. in 3D Slicer) or fix the header."
+            f"{name_b} does not match the grid of {name_a}: {'; '.join(problems)}. Fix: {grid_fix(problems)}."
         )
+
+
+def odd_grid_out(images: dict[str, sitk.Image]) -> str | None:
+    """Of three or more images of one scan, the one whose grid differs from all the others while those
+    agree with each other (the file to blame); None otherwise."""
+    names = list(images)
+    if len(names) < 3:
+        return None
+    for odd in names:
+        rest = [n for n in names if n != odd]
+        agree = all(not grid_differences(images[rest[0]], images[n]) for n in rest[1:])
+        if agree and all(grid_differences(images[n], images[odd]) for n in rest):
+            return odd
+    return None
 
 
 def region_crop(manifest: DatasetManifest, case: Case, image: sitk.Image, image_path: str | Path):

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
@@ -48,6 +49,16 @@ def verify_sha256(path: Path, expected: str | None, field: str, manifest: Datase
         )
 
 
+def _not_empty(array: np.ndarray, path: Path, role: str) -> None:
+    """An expert label or fat image with no voxel inside the region is a mistake, never data."""
+    if not array.any():
+        raise DataError(
+            f"{path}: the {role} is empty inside the L3/L4–L5/S1 region. Check the disc slice numbers and that the "
+            "file belongs to this scan; a label resampled across a shifted grid can end up all zeros (copy the header "
+            "instead: nnsam2 data check says how)."
+        )
+
+
 def prepare_case(manifest: DatasetManifest, case: Case) -> PreparedCase:
     """Load one case, reorient to LPS, crop to the L3/L4–L5/S1 region, decimate CT."""
     from nnsam2_utils.data.io import read_image
@@ -65,6 +76,7 @@ def prepare_case(manifest: DatasetManifest, case: Case) -> PreparedCase:
         check_same_grid(image, source, str(image_path), str(label_path))
         source = _prep(integer_labels(source, str(label_path)))
         source_array = sitk.GetArrayFromImage(source)
+        _not_empty(source_array, label_path, "expert label")
         label = array_to_image(map_labels(source_array, manifest.label_map, str(label_path)), source)
         if manifest.muscle_map:
             muscles = array_to_image(map_muscles(source_array, manifest.muscle_map), source)
@@ -74,6 +86,7 @@ def prepare_case(manifest: DatasetManifest, case: Case) -> PreparedCase:
         fat_image = check_finite(read_image(fat_path), fat_path)
         check_same_grid(image, fat_image, str(image_path), str(fat_path))
         fat = _prep(fat_image)
+        _not_empty(sitk.GetArrayFromImage(fat), fat_path, "fat image")
     return PreparedCase(manifest.name, case.id, _prep(image), label, muscles, fat, step)
 
 

@@ -411,6 +411,15 @@ CATALOGUE: list[Bad] = [
         "Swap the two disc levels",
     ),
     Bad(
+        "region-implausible",
+        "L3L4 and L5S1 on neighbouring slices (4 mm apart)",
+        "prepare",
+        _discs({"L3L4": 2, "L5S1": 1}),
+        GeometryError,
+        "lie 4 mm apart; no lumbar spine spans L3/L4 to L5/S1 in less than 20",
+        "Check that the slice numbers are of these discs",
+    ),
+    Bad(
         "disc-out-of-range",
         "L3L4 beyond the last slice",
         "prepare",

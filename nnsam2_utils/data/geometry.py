@@ -59,6 +59,11 @@ def region_slices(image: sitk.Image, k_a: int, k_b: int) -> tuple[int, int]:
     return min(zs), max(zs)
 
 
+#: The plausible distance from the L3/L4 to the L5/S1 disc in mm: generous bounds around the adult 60–100 mm
+#: (the synthetic phantoms, 24–55 mm, are compressed in z), so only impossible regions are refused.
+REGION_MM = (20.0, 160.0)
+
+
 def case_region(image: sitk.Image, case: Case, image_path: str | Path) -> tuple[int, int]:
     """The LPS z-range (low, high) of a case's L3/L4–L5/S1 region; errors name the file and the case.
 
@@ -74,6 +79,14 @@ def case_region(image: sitk.Image, case: Case, image_path: str | Path) -> tuple[
             f"{image_path} (case {case.id}): disc L3L4 (slice {case.discs.L3L4}) lies inferior to "
             f"L5S1 (slice {case.discs.L5S1}) in the image's orientation. Swap the two disc levels in "
             "the manifest, or fix the image header's direction if the scan is stored upside down."
+        )
+    length = (z_top - z_bottom) * canonical(image).GetSpacing()[2]
+    if not REGION_MM[0] <= length <= REGION_MM[1]:
+        raise GeometryError(
+            f"{image_path} (case {case.id}): discs L3L4 (slice {case.discs.L3L4}) and L5S1 (slice "
+            f"{case.discs.L5S1}) lie {length:.0f} mm apart; no lumbar spine spans L3/L4 to L5/S1 in less than "
+            f"{REGION_MM[0]:.0f} or more than {REGION_MM[1]:.0f} mm (adults: about 60–100 mm). Check that the slice "
+            "numbers are of these discs (count in the viewer, first slice = 0) and the slice spacing in the header."
         )
     return z_bottom, z_top
 

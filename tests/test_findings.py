@@ -78,3 +78,13 @@ def test_delivered_finding_lists_stage0_datasets():
     text = findings.delivered_finding(delivered)
     assert "stage 0 is kept for d2" in text and "of 2 datasets" in text
     assert np.all([s in text for s in ("nnU-Net 3 (nnsam2) for 1", "Stage 0 (promptable) for 1")])
+
+
+def test_the_abstract_names_the_data_the_run_used():
+    from nnsam2_utils.data.describe import cohort_phrase
+
+    assert cohort_phrase(["a", "b"], []) == "the **synthetic demo cohort**"
+    assert cohort_phrase([], ["clinic"]) == "1 dataset of your own (clinic)"
+    assert "synthetic" in cohort_phrase(["a"], ["x", "y"]) and "2 datasets of your own" in cohort_phrase(
+        ["a"], ["x", "y"]
+    )

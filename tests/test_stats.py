@@ -302,7 +302,9 @@ def test_agreement_table_matches_direct_calls():
     assert mri["tost_p"] == pytest.approx(tost_paired(wide["auto"], wide["expert"]).p)
     assert mri["loa_high"] == pytest.approx(bland_altman(wide["auto"], wide["expert"]).loa_high)
     assert mri["smallest_margin"] == pytest.approx(smallest_equivalence_margin(wide["auto"], wide["expert"]))
-    assert math.isnan(mri["lmm_p"]) and mri["note"] == ""  # no repeated subjects: no mixed model
+    # both sides of each of 8 scans: 16 pairs from 8 subjects, so the mixed model runs and the note says why
+    assert mri["n_subjects"] == 8 and np.isfinite(mri["lmm_p"])
+    assert "16 pairs from 8 subjects" in mri["note"] and "mixed model: mixed model" not in mri["note"]
     by_class = agreement_table(table, None, classes=(1, 2, "R-ES"), by_class=True)
     assert (
         len(by_class) == 6 and set(by_class["class"]) == {"1", "2", "R-ES"} and set(by_class["group"]) == {"t2", "ct"}
@@ -332,7 +334,7 @@ def test_agreement_table_degenerate_groups():
     flat = table[table["dataset"] == "a"].assign(dataset="flat", value=5.0)  # zero variance
     tiny = table[(table["dataset"] == "a") & (table["case"] == "c0_0")].assign(dataset="tiny")  # 2 pairs
     out = agreement_table(pd.concat([table, flat, tiny]), {"a": "A", "flat": "F", "tiny": "T"}).set_index("group")
-    assert np.isfinite(out.loc["A", "icc"]) and out.loc["A", "note"] == ""
+    assert np.isfinite(out.loc["A", "icc"]) and out.loc["A", "note"].startswith("12 pairs from 6 subjects")
     assert math.isnan(out.loc["F", "icc"]) and "no variance" in out.loc["F", "note"]
     assert out.loc["F", "tost_p"] == 0.0 and out.loc["F", "bias"] == 0.0  # identical values: equivalent
     assert out.loc["T", "n"] == 2 and math.isnan(out.loc["T", "tost_p"]) and "at least 3" in out.loc["T", "note"]

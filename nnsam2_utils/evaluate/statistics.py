@@ -509,7 +509,8 @@ def _try(notes: list[str], what: str, function, *args, **kwargs):
     try:
         return function(*args, **kwargs)
     except StatsError as error:
-        notes.append(f"{what}: {error}")
+        message = str(error)
+        notes.append(message if message.lower().startswith(what.lower()) else f"{what}: {message}")
         return None
 
 
@@ -548,9 +549,9 @@ def _group_row(pairs: pd.DataFrame, margin_fraction: float, alpha: float) -> dic
     if smallest is not None:
         row["smallest_margin"] = smallest
     complete = pairs[finite]
-    scans = complete.groupby("subject_key")["case"].nunique()
-    row["n_subjects"] = int(scans.size)
-    if (scans > 1).any():
+    values = complete.groupby("subject_key").size()  # both sides of a scan, and every scan of a subject
+    row["n_subjects"] = int(values.size)
+    if (values > 1).any():
         long = complete.melt(
             id_vars=["subject_key"], value_vars=["auto", "expert"], var_name="source", value_name="value"
         )
@@ -559,6 +560,11 @@ def _group_row(pairs: pd.DataFrame, margin_fraction: float, alpha: float) -> dic
             row.update(lmm_p=mixed.p, lmm_estimate=mixed.estimate, lmm_icc=mixed.icc)
             if mixed.note or not mixed.converged:
                 notes.append(f"mixed model: {mixed.note or 'not converged'}")
+    if row["n"] and row["n"] > row["n_subjects"]:
+        notes.append(
+            f"{row['n']} pairs from {row['n_subjects']} subjects: the paired TOST and ICC treat them as independent, "
+            "the mixed model does not"
+        )
     row["note"] = "; ".join(notes)
     return row
 
@@ -581,7 +587,9 @@ def agreement_table(
     selects the classes pooled (compared as strings; default the two LPM classes; None =
     all). ``by_class=True`` adds a ``class`` column and one row per class.
 
-    The mixed model runs where a subject has more than one scan in a group; subjects come
+    The mixed model runs where a subject has more than one value in a group (its right and left
+    LPM, its repeated scans): a random intercept per subject keeps them from counting as
+    independent observations. Subjects come
     from a ``subject`` column, else ``subjects`` (mapping (dataset, case) or case → subject),
     else each case is its own subject. Statistics that cannot be computed are NaN, with the
     reason in ``note``; one row per measure × group is always returned.

@@ -260,6 +260,108 @@ def check_links(html_root: Path, pages: list[str] | None = None, allow: Iterable
 
 
 # ----------------------------------------------------------------------------------------
+# Content check: what a reader must not see on a page
+# ----------------------------------------------------------------------------------------
+
+#: Lines of one text output (a log, a progress bar) a page may show.
+MAX_OUTPUT_LINES = 20
+WARNING_PATTERN = re.compile(r"\b[A-Z][A-Za-z]*Warning\b(?::|\s*\()")
+TRACEBACK_PATTERN = re.compile(r"Traceback \(most recent call last\)|^\w*Error: ", re.MULTILINE)
+#: Machine paths: the filesystem roots a build machine writes under (a path in prose, such as ``work/demo``, is fine).
+MACHINE_PATH_PATTERN = re.compile(r"(?<![\w.~])/(?:home|root|tmp|work|Users|var/folders|opt)/[\w.-]+")
+
+
+class _ContentParser(HTMLParser):
+    """Text outputs of executed cells, visible text, sidebar titles and CSV links of one page."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.outputs: list[str] = []  # the text of each stream / stderr / plain-text output block
+        self.text: list[str] = []
+        self.sidebar: list[str] = []
+        self.csv_links: list[tuple[str, str]] = []  # (href, link text)
+        self._stack: list[tuple[str, str]] = []  # (tag, class)
+        self._output_depth: int | None = None
+        self._link: str | None = None
+        self._link_text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {k: v or "" for k, v in attrs}
+        cls = values.get("class", "")
+        if tag in ("br", "img", "meta", "link", "input", "hr"):
+            return
+        self._stack.append((tag, cls))
+        if self._output_depth is None and tag == "div" and re.search(r"\boutput\b.*\b(stream|stderr|text_plain)", cls):
+            self._output_depth = len(self._stack)
+            self.outputs.append("")
+        if tag == "a":
+            self._link, self._link_text = values.get("href", ""), []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self._link is not None:
+            text = " ".join("".join(self._link_text).split())
+            if self._inside("bd-sidebar-primary") and self._link_text:
+                self.sidebar.append(text)
+            if self._link.split("#")[0].endswith(".csv"):
+                self.csv_links.append((self._link, text))
+            self._link = None
+        while self._stack:
+            opened, _ = self._stack.pop()
+            if self._output_depth is not None and len(self._stack) < self._output_depth:
+                self._output_depth = None
+            if opened == tag:
+                break
+
+    def _inside(self, cls: str) -> bool:
+        return any(cls in c.split() for _, c in self._stack)
+
+    def handle_data(self, data: str) -> None:
+        if any(t in ("script", "style") for t, _ in self._stack):
+            return
+        if self._link is not None:
+            self._link_text.append(data)
+        if self._output_depth is not None:
+            self.outputs[-1] += data
+        if not self._inside("bd-sidebar-primary") and not self._inside("bd-header"):
+            self.text.append(data)
+
+
+def check_content(html_root: Path, pages: list[str] | None = None, allow: Iterable[str] = ()) -> list[Problem]:
+    """Per page: no Python warning or traceback, no text output longer than :data:`MAX_OUTPUT_LINES` lines,
+    no absolute path of the build machine, no two sidebar entries with one title, no two CSV links of
+    the page with different names pointing to one file."""
+    html_root = Path(html_root)
+    problems: list[Problem] = []
+    for page in pages if pages is not None else find_pages(html_root):
+        parser = _ContentParser()
+        parser.feed((html_root / page).read_text(encoding="utf-8", errors="replace"))
+        text = "".join(parser.text)
+        for kind, pattern in (("warning-shown", WARNING_PATTERN), ("traceback-shown", TRACEBACK_PATTERN)):
+            found = pattern.search("\n".join(parser.outputs))
+            if found:
+                problems.append(Problem(kind, page, f"an output shows {found.group(0).strip()!r}"))
+        for output in parser.outputs:
+            lines = output.strip().count("\n") + 1
+            if lines > MAX_OUTPUT_LINES:
+                first = output.strip().splitlines()[0][:80]
+                problems.append(Problem("long-output", page, f"an output of {lines} lines (first: {first!r})"))
+        machine = MACHINE_PATH_PATTERN.search(text)
+        if machine:
+            problems.append(Problem("machine-path", page, f"shows the build machine's path {machine.group(0)!r}"))
+        titles = [t for t in parser.sidebar if t]
+        repeated = sorted({t for t in titles if titles.count(t) > 1})
+        if repeated:
+            problems.append(Problem("sidebar-duplicate", page, f"sidebar entries with the same title: {repeated}"))
+        targets: dict[str, set[str]] = {}
+        for href, name in parser.csv_links:
+            targets.setdefault(href, set()).add(name)
+        for href, names in sorted(targets.items()):
+            if len(names) > 1:
+                problems.append(Problem("csv-link-duplicate", page, f"links {sorted(names)} all point to {href}"))
+    return downgrade(problems, allow)
+
+
+# ----------------------------------------------------------------------------------------
 # Browser check (Chrome DevTools Protocol over --remote-debugging-pipe)
 # ----------------------------------------------------------------------------------------
 
@@ -653,7 +755,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     links = check_links(args.html_root, allow=allow)
     _print_problems("links", links)
-    failed = bool(errors(links))
+    content = check_content(args.html_root, allow=allow)
+    _print_problems("content", content)
+    failed = bool(errors(links)) or bool(errors(content))
     if not args.no_browser:
         report = browse(args.html_root, args.out, chromium=args.chromium, allow=allow)
         _print_problems(f"browser ({len(report.pages)} pages, {report.seconds:.1f} s)", report.problems)

@@ -201,3 +201,38 @@ def test_real_book(tmp_path: Path) -> None:
     assert report.ok, "\n".join(map(str, report.errors))
     assert set(report.screenshots) == set(bookcheck.DEFAULT_SCREENSHOTS)
     assert report.seconds < 60
+
+
+def test_content_check_passes_a_clean_page_and_names_each_problem(tmp_path: Path):
+    sidebar = "<div class='bd-sidebar-primary'><a href='a.html'>Stage 0: ct</a><a href='b.html'>Stage 0: mri</a></div>"
+    out = (
+        "<div class='cell_output docutils container'>"
+        "<div class='output stream highlight-myst-ansi'><pre>{}</pre></div></div>"
+    )
+    clean = page(
+        sidebar
+        + "<p>Files under work/demo/tables.</p>"
+        + out.format("3 lines\nof\nlog")
+        + "<a href='../tables/dsc.csv'>dsc.csv</a><a href='../tables/dsc.csv'>dsc.csv</a>"
+    )
+    bad = page(
+        sidebar.replace("Stage 0: mri", "Stage 0: ct")
+        + out.format("\n".join(f"epoch {i}" for i in range(25)))
+        + out.format("/work/main/.venv/lib/python3.11/site-packages/x.py:3: FutureWarning: soon")
+        + out.format("Traceback (most recent call last):\n  boom")
+        + "<p>see /root/project/work/demo</p>"
+        + "<a href='../tables/a.csv'>dsc_summary.csv</a><a href='../tables/a.csv'>dsc.csv</a>"
+    )
+    root = write_tree(tmp_path / "book", {"clean.html": clean, "bad.html": bad})
+    assert bookcheck.check_content(root, ["clean.html"]) == []
+    found = {p.kind: p.message for p in bookcheck.check_content(root, ["bad.html"])}
+    assert set(found) == {
+        "warning-shown",
+        "traceback-shown",
+        "long-output",
+        "machine-path",
+        "sidebar-duplicate",
+        "csv-link-duplicate",
+    }
+    assert "25 lines" in found["long-output"] and "'Stage 0: ct'" in found["sidebar-duplicate"]
+    assert "FutureWarning" in found["warning-shown"] and "/root/project" in found["machine-path"]

@@ -81,11 +81,13 @@ def _data_check(args: argparse.Namespace) -> int:
 
 
 def _data_fetch(args: argparse.Namespace) -> int:
-    from nnsam2_utils.data.fetch import fetch_manifest
+    from nnsam2_utils.data.fetch import fetch_manifest, is_pinned
+    from nnsam2_utils.data.manifest import load_manifest
 
     fetched = fetch_manifest(Path(args.manifest))
-    for path in fetched:
-        print(path)
+    items = load_manifest(Path(args.manifest), cases_csv=False).source.downloads
+    for path, item in zip(fetched, items):
+        print(path if is_pinned(item) else f"{path}  UNVERIFIED: the manifest pins no sha256 for {item.url}")
     return 0
 
 

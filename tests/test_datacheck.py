@@ -321,3 +321,48 @@ def test_an_empty_label_or_fat_image_is_an_error(dixon_copy, where):
     assert {p.file for p in problems} == {str(files["label"]), str(files["fat"])}
     expected = "is empty (every voxel 0)" if where == "everywhere" else "empty inside the L3/L4–L5/S1 region"
     assert all(expected in p.what for p in problems)
+
+
+BARE = {"name": "x", "modality": "CT", "sequence": "CT", "root": "data", "cases_csv": {"file": "cases.csv"}}
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("http://example.org/a.zip", "uses http://; only https://"),
+        ("ftp://example.org/a.zip", "uses ftp://"),
+        ("a.zip", "uses no scheme://"),
+    ],
+)
+def test_fetch_refuses_links_other_than_https(tmp_path, url, message):
+    from nnsam2_utils.data.fetch import fetch_manifest
+    from nnsam2_utils.errors import DataError
+
+    manifest = tmp_path / "m.yaml"
+    downloads = [{"url": url, "path": "a.zip", "sha256": "0" * 64}]
+    manifest.write_text(yaml.safe_dump({**BARE, "source": {"downloads": downloads}}), encoding="utf-8")
+    with pytest.raises(DataError, match=message):
+        fetch_manifest(manifest)
+    assert not (tmp_path / "data").exists()
+
+
+def test_fetch_unreachable_link_folder_destination_and_unpinned_file(tmp_path, capsys):
+    payload = tmp_path / "served.bin"
+    payload.write_bytes(b"x" * 100)
+    manifest = tmp_path / "m.yaml"
+
+    def write(url, path, sha=None):
+        item = {"url": url, "path": path, **({"sha256": sha} if sha else {})}
+        data = {**BARE, "source": {"downloads": [item]}}
+        manifest.write_text(yaml.safe_dump(data), encoding="utf-8")
+
+    write((tmp_path / "nowhere.bin").as_uri(), "a.bin", "0" * 64)
+    assert main(["data", "fetch", str(manifest)]) != 0
+    assert "could not be downloaded" in capsys.readouterr().err and not (tmp_path / "data" / "a.bin").exists()
+    (tmp_path / "data" / "folder").mkdir(parents=True)
+    write(payload.as_uri(), "folder", "0" * 64)
+    assert main(["data", "fetch", str(manifest)]) != 0
+    assert "is a folder" in capsys.readouterr().err
+    write(payload.as_uri(), "b.bin")
+    assert main(["data", "fetch", str(manifest)]) == 0
+    assert "UNVERIFIED: the manifest pins no sha256" in capsys.readouterr().out

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,3 +66,37 @@ def test_a_compared_sam2_backend_without_its_checkpoint_is_named_before_the_run(
     monkeypatch.setenv("NNSAM2_CONFIG_DIR", str(tmp_path))
     missing = missing_for_profile("demo")
     assert len(missing) == 1 and "propagation.sam2_checkpoint is not set" in missing[0]
+
+
+def test_a_checkpoint_path_with_an_unset_variable_is_named_by_the_start_check_and_stage0_alike(tmp_path, monkeypatch):
+    """`${VAR}` in a checkpoint path: the start check and stage 0 expand it the same way, and an unset
+    variable is named by both (it used to pass the start check and fail in stage 0)."""
+    from nnsam2_utils.data.io import sha256
+    from nnsam2_utils.errors import CheckpointError
+    from nnsam2_utils.propagate import make_propagator
+    from nnsam2_utils.workflow.preflight import missing_for_profile
+
+    demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text(encoding="utf-8"))
+    demo["propagation"]["compare_backends"] = ["sam2"]
+    demo["propagation"]["sam2_checkpoint"] = "${NNSAM2_TEST_MODELS}/sam2.pt"
+    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(demo), encoding="utf-8")
+    monkeypatch.setenv("NNSAM2_CONFIG_DIR", str(tmp_path))
+    monkeypatch.delenv("NNSAM2_TEST_MODELS", raising=False)
+    missing = missing_for_profile("demo")
+    assert len(missing) == 1 and "environment variable NNSAM2_TEST_MODELS is not set" in missing[0]
+    settings = {**demo["propagation"], "backend": "sam2"}
+    with pytest.raises(CheckpointError, match="NNSAM2_TEST_MODELS is not set"):
+        make_propagator(settings)
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "sam2.pt").write_bytes(b"not a real checkpoint")
+    monkeypatch.setenv("NNSAM2_TEST_MODELS", str(models))
+    demo["propagation"]["sam2_sha256"] = "0" * 64
+    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(demo), encoding="utf-8")
+    missing = missing_for_profile("demo")  # found through the variable; its digest is checked
+    assert len(missing) == 1 and str(models / "sam2.pt") in missing[0] and "SHA-256 mismatch" in missing[0]
+    with pytest.raises(CheckpointError, match="SHA-256 mismatch"):
+        make_propagator(
+            {**settings, "sam2_checkpoint": demo["propagation"]["sam2_checkpoint"], "sam2_sha256": "0" * 64}
+        )
+    assert sha256(models / "sam2.pt")  # the file was only read

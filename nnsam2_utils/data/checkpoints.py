@@ -9,12 +9,30 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 from nnsam2_utils.data.io import sha256 as file_sha256
 from nnsam2_utils.errors import CheckpointError
 
 log = logging.getLogger(__name__)
+
+
+def expand_path(value: str | os.PathLike, base: Path, setting: str = "checkpoint") -> Path:
+    """A path setting as the run uses it: ``$VAR``/``${VAR}`` and ``~`` expanded, relative paths under ``base``.
+
+    A variable that is not set is an error naming it (instead of a path with ``$`` in it that fails later).
+    """
+    text = str(value)
+    expanded = os.path.expandvars(text)
+    unset = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", expanded)
+    if unset:
+        raise CheckpointError(
+            f"{setting} {text!r}: environment variable {', '.join(sorted(set(unset)))} is not set. Set it (export "
+            f"{unset[0]}=/path/to/folder) before the run, or write the path out in the profile."
+        )
+    path = Path(expanded).expanduser()
+    return path if path.is_absolute() else Path(base) / path
 
 
 def verify_checkpoint(path: str | os.PathLike, sha256: str | None, download_hint: str | None = None) -> Path:

@@ -21,11 +21,18 @@ def make_propagator(settings: dict[str, Any]) -> Propagator:
             device=device, encoder=settings.get("encoder", "torch"), encoder_cache=settings.get("encoder_cache")
         )
     if backend == "sam2":
+        from pathlib import Path
+
+        from nnsam2_utils.data.checkpoints import expand_path
+        from nnsam2_utils.propagate.encoder_export import find_repo_root
         from nnsam2_utils.propagate.sam2 import SAM2Propagator
 
+        checkpoint = settings.get("sam2_checkpoint")
+        if checkpoint:  # the same expansion as the start check (workflow.preflight)
+            checkpoint = expand_path(checkpoint, find_repo_root() or Path.cwd(), "propagation.sam2_checkpoint")
         return SAM2Propagator(
             config=settings.get("sam2_config", "configs/sam2.1/sam2.1_hiera_l.yaml"),
-            checkpoint=settings.get("sam2_checkpoint"),
+            checkpoint=checkpoint,
             sha256=settings.get("sam2_sha256"),
             device=device,
             image_size=settings.get("sam2_image_size"),

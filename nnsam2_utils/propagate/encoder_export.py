@@ -103,7 +103,7 @@ def check_precision(precision: str) -> None:
 
 
 # --------------------------------------------------------------------------- cache layout
-def _repo_root() -> Path | None:
+def find_repo_root() -> Path | None:
     """The first folder upwards from the working directory holding pyproject.toml and config/ (None if none)."""
     here = Path.cwd().resolve()
     for folder in (here, *here.parents):
@@ -115,7 +115,7 @@ def _repo_root() -> Path | None:
 def default_cache_folder() -> Path:
     """``$NNSAM2_WORK/_models/litemedsam_openvino`` if set, else ``<repo root or cwd>/work/_models/…``."""
     base = os.environ.get("NNSAM2_WORK")
-    work = Path(base) if base else (_repo_root() or Path.cwd()) / "work"
+    work = Path(base) if base else (find_repo_root() or Path.cwd()) / "work"
     return (work / CACHE_SUBFOLDER).resolve()
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from nnsam2_utils.data.checks import check_manifest
 from nnsam2_utils.errors import CheckpointError
 from nnsam2_utils.workflow.profile import load_profile
@@ -20,7 +17,7 @@ def missing_for_profile(profile: str) -> list[str]:
         missing += [str(p) for p in check_manifest(path, checksums=False, read=False)]
     settings = loaded.propagation
     if settings.backend == "sam2" or "sam2" in settings.compare_backends:
-        from nnsam2_utils.data.checkpoints import verify_checkpoint
+        from nnsam2_utils.data.checkpoints import expand_path, verify_checkpoint
         from nnsam2_utils.propagate.sam2 import download_hint
 
         if not settings.sam2_checkpoint:
@@ -29,9 +26,8 @@ def missing_for_profile(profile: str) -> list[str]:
                 "download the SAM2.1 checkpoint named by propagation.sam2_config and set its path."
             )
         else:
-            path = Path(os.path.expandvars(settings.sam2_checkpoint)).expanduser()
-            path = path if path.is_absolute() else repo_root() / path
             try:
+                path = expand_path(settings.sam2_checkpoint, repo_root(), "propagation.sam2_checkpoint")
                 verify_checkpoint(path, settings.sam2_sha256, download_hint(settings.sam2_config))
             except CheckpointError as exc:
                 missing.append(f"[checkpoint] {exc}")

@@ -62,6 +62,21 @@ def test_manifest_takes_discs_from_the_csv(user_dataset):
     assert manifest.annotation.case == "Patient2"
 
 
+def test_two_csv_rows_for_one_scan_are_an_error(user_dataset, tmp_path):
+    """The last row used to win silently; which one is right cannot be guessed."""
+    import shutil
+
+    from nnsam2_utils.errors import ManifestError
+
+    copy = tmp_path / "user"
+    shutil.copytree(user_dataset.parent, copy)
+    csv = copy / "discs.csv"
+    lines = csv.read_text(encoding="utf-8").splitlines()
+    csv.write_text("\n".join([*lines, lines[1]]) + "\n", encoding="utf-8")
+    with pytest.raises(ManifestError, match=rf"rows 2 and {len(lines) + 1} both describe scan"):
+        load_manifest(copy / user_dataset.name)
+
+
 def test_data_check_passes(user_dataset):
     assert check_manifest(user_dataset) == []
 

@@ -270,12 +270,19 @@ def csv_rows(manifest: DatasetManifest) -> list[dict]:
             "Add it, or map your column with cases_csv.columns.id."
         )
     rows = []
+    seen: dict[str, int] = {}
     for index, record in table.iterrows():
         case_id = record[column["id"]].strip()
         if spec.strip_suffix and case_id.endswith(spec.strip_suffix):
             case_id = case_id[: -len(spec.strip_suffix)]
         if not case_id:
             raise ManifestError(f"{csv_path}: row {index + 2} has an empty id. Fill it or delete the row.")
+        if case_id in seen:
+            raise ManifestError(
+                f"{csv_path}: rows {seen[case_id]} and {index + 2} both describe scan '{case_id}'. Keep one row per "
+                "scan (which one is right cannot be guessed)."
+            )
+        seen[case_id] = index + 2
         row: dict = {"id": case_id}
         for name in ("image", "label", "fat"):
             value = record.get(column[name], "") if column[name] in table.columns else ""

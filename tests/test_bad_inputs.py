@@ -416,7 +416,7 @@ CATALOGUE: list[Bad] = [
         "prepare",
         _discs({"L3L4": 2, "L5S1": 1}),
         GeometryError,
-        "lie 4 mm apart; no lumbar spine spans L3/L4 to L5/S1 in less than 20",
+        "lie 4 mm apart; no lumbar spine spans L3/L4 to L5/S1 in less than 10",
         "Check that the slice numbers are of these discs",
     ),
     Bad(

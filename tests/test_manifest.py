@@ -37,6 +37,14 @@ def test_valid_manifest_resolves_paths_relative_to_the_yaml(tmp_path):
         (lambda d: d.update(label_map={1: 7}), "label_map"),
         (lambda d: d["cases"][0]["discs"].update(L5S1=30), "same"),
         (lambda d: d.update(cases=[]), "cases"),
+        (lambda d: d.update(label_map={1: 1, 2: 1}), "maps no value to 2 (left LPM)"),
+        (
+            lambda d: d.update(
+                label_map={1: 1, 2: 1, 3: 2, 4: 2}, muscle_map={1: "R-ES", 2: "R-MF", 3: "R-MF", 4: "L-ES"}
+            ),
+            "muscle_map says label value 3 is R-MF (right), but label_map maps it to 2",
+        ),
+        (lambda d: d.update(other_labels="ignore"), "other_labels"),
     ],
 )
 def test_bad_manifests_name_the_file_and_the_field(tmp_path, mutate, expected):
@@ -69,3 +77,15 @@ def test_path_escaping_the_data_root_is_refused(tmp_path):
     manifest = load_manifest(write(tmp_path, GOOD))
     with pytest.raises(ManifestError, match="escapes the data root"):
         manifest.resolve("../../etc/passwd")
+
+
+def test_other_labels_background_maps_every_unlisted_value_to_background():
+    import numpy as np
+
+    from nnsam2_utils.data.labels import map_labels
+    from nnsam2_utils.errors import DataError
+
+    whole_body = np.array([0, 5, 5, 7, 9, 31])  # e.g. a TotalSegmentator file: 5 and 7 the LPM, the rest other organs
+    with pytest.raises(DataError, match=r"label values \[9, 31\] are not in the manifest's label_map"):
+        map_labels(whole_body, {5: 1, 7: 2}, "seg.nii.gz")
+    assert map_labels(whole_body, {5: 1, 7: 2}, "seg.nii.gz", "background").tolist() == [0, 1, 1, 2, 0, 0]

@@ -83,7 +83,7 @@ def prepare_annotation(manifest: DatasetManifest) -> tuple[sitk.Image, int]:
         kept_k = [j for j in range(image.GetSize()[slice_axis(image)]) if lps_slice_index(image, j) in kept]
         raise DataError(f"{path}: the labelled slice {k} lies {where}. Annotate one of the slices {kept_k} instead.")
     cropped = crop_z(canonical(sitk.Cast(label, sitk.sitkUInt16)), z_low, z_high, step)
-    classes = map_labels(sitk.GetArrayFromImage(cropped), manifest.label_map, str(path))
+    classes = map_labels(sitk.GetArrayFromImage(cropped), manifest.label_map, str(path), manifest.other_labels)
     prepared = array_to_image(classes, cropped)
     index = int(np.flatnonzero(to_stack(prepared).reshape(len(kept), -1).any(axis=1))[0])
     present = set(np.unique(classes).tolist()) - {0}

@@ -127,7 +127,7 @@ class _Checker:
     def label_values(self, label: sitk.Image, path: Path) -> None:
         values = set(np.unique(sitk.GetArrayViewFromImage(label)).tolist()) - {0}
         unknown = sorted(int(v) if float(v).is_integer() else v for v in values - set(self.manifest.label_map))
-        if unknown:
+        if unknown and self.manifest.other_labels != "background":
             self.add(
                 "label-values",
                 path,

@@ -99,7 +99,7 @@ def middle_slice(manifest: DatasetManifest, case_index: int = 0) -> tuple[np.nda
     if not case.label:
         return array, None
     label = sitk.GetArrayFromImage(canonical(read_image(manifest.resolve(case.label))))[z]
-    return array, map_labels(label, manifest.label_map, str(manifest.resolve(case.label)))
+    return array, map_labels(label, manifest.label_map, str(manifest.resolve(case.label)), manifest.other_labels)
 
 
 def _lps_spacing(reader) -> tuple[float, float, float]:

@@ -60,8 +60,8 @@ def region_slices(image: sitk.Image, k_a: int, k_b: int) -> tuple[int, int]:
 
 
 #: The plausible distance from the L3/L4 to the L5/S1 disc in mm: generous bounds around the adult 60–100 mm
-#: (the synthetic phantoms, 24–55 mm, are compressed in z), so only impossible regions are refused.
-REGION_MM = (20.0, 160.0)
+#: (the synthetic phantoms, 14–55 mm, are compressed in z), so only impossible regions are refused.
+REGION_MM = (10.0, 160.0)
 
 
 def case_region(image: sitk.Image, case: Case, image_path: str | Path) -> tuple[int, int]:

@@ -36,14 +36,15 @@ def integer_labels(label: sitk.Image, where: str) -> sitk.Image:
     return sitk.Cast(sitk.Round(label) if np.issubdtype(array.dtype, np.floating) else label, sitk.sitkUInt16)
 
 
-def map_labels(label: np.ndarray, label_map: dict[int, int], where: str) -> np.ndarray:
-    """Map source label values to classes {0, 1, 2}; unknown values are an error."""
+def map_labels(label: np.ndarray, label_map: dict[int, int], where: str, others: str = "error") -> np.ndarray:
+    """Map source label values to classes {0, 1, 2}; values not in the map are an error, or background when
+    ``others="background"`` (the manifest's ``other_labels``: e.g. a whole-body label file)."""
     values = set(np.unique(label).tolist()) - {0}
     unknown = sorted(values - set(label_map))
-    if unknown:
+    if unknown and others != "background":
         raise DataError(
             f"{where}: label values {unknown} are not in the manifest's label_map {label_map}. Add them to label_map "
-            "(0 = background)."
+            "(0 = background), or set other_labels: background to treat every unmapped value as background."
         )
     out = np.zeros(label.shape, dtype=np.uint8)
     for source, target in label_map.items():

@@ -40,6 +40,12 @@ def class_targets(label_map: dict[int, int]) -> dict[int, int]:
     bad = {k: v for k, v in label_map.items() if v not in (0, 1, 2)}
     if bad:
         raise ValueError(f"label_map targets must be 0, 1 or 2 (background, right LPM, left LPM); got {bad}")
+    for target, side in ((1, "right"), (2, "left")):
+        if target not in label_map.values():
+            raise ValueError(
+                f"label_map {label_map} maps no value to {target} ({side} LPM): both sides are segmented; map the "
+                f"label value(s) of the {side} muscles to {target}"
+            )
     return label_map
 
 
@@ -167,6 +173,7 @@ class DatasetManifest(_Strict):
     root: str
     source: Source = Source()
     label_map: dict[int, int] = Field(default_factory=lambda: {1: 1, 2: 2})
+    other_labels: Literal["error", "background"] = "error"  # label values not in label_map: an error, or background
     muscle_map: dict[int, Literal["R-ES", "R-MF", "L-MF", "L-ES"]] | None = None
     decimate_to_mm: float | None = None
     annotation: Annotation | None = None
@@ -179,6 +186,17 @@ class DatasetManifest(_Strict):
     @classmethod
     def _classes_known(cls, value: dict[int, int]) -> dict[int, int]:
         return class_targets(value)
+
+    @model_validator(mode="after")
+    def _maps_agree(self) -> DatasetManifest:
+        for value, muscle in (self.muscle_map or {}).items():
+            side = 1 if muscle.startswith("R") else 2
+            if self.label_map.get(value) != side:
+                raise ValueError(
+                    f"muscle_map says label value {value} is {muscle} ({'right' if side == 1 else 'left'}), but "
+                    f"label_map maps it to {self.label_map.get(value, 'nothing')}: make the two maps agree"
+                )
+        return self
 
     @model_validator(mode="after")
     def _unique_ids(self) -> DatasetManifest:

@@ -77,7 +77,9 @@ def prepare_case(manifest: DatasetManifest, case: Case) -> PreparedCase:
         source = _prep(integer_labels(source, str(label_path)))
         source_array = sitk.GetArrayFromImage(source)
         _not_empty(source_array, label_path, "expert label")
-        label = array_to_image(map_labels(source_array, manifest.label_map, str(label_path)), source)
+        label = array_to_image(
+            map_labels(source_array, manifest.label_map, str(label_path), manifest.other_labels), source
+        )
         if manifest.muscle_map:
             muscles = array_to_image(map_muscles(source_array, manifest.muscle_map), source)
     if case.fat:

@@ -2,7 +2,9 @@
 # nnsam2_utils.steps (the same function a reader calls by hand). The book renders the executed notebooks.
 #   snakemake --cores 2 --config profile=demo -- book
 # Config keys: profile (config/<profile>.yaml, typed: nnsam2_utils.workflow.profile.RunProfile),
-#              book (the book source folder, default "book").
+#              book (the book's folder: "book" for the demo profile; any other profile builds its own
+#              book in work/<profile>/book, from a copy of book/ and docs/method.md, so two profiles' pages
+#              never mix).
 import os
 import shlex
 import sys
@@ -13,7 +15,9 @@ from nnsam2_utils.workflow.profile import config_dir, load_profile
 from nnsam2_utils.workflow.session import own_manifests
 
 PROFILE = config.get("profile", "demo")
-BOOK = config.get("book", "book")
+OWN_BOOK = f"{os.environ.get('NNSAM2_WORK', 'work')}/{PROFILE}/book"
+BOOK = config.get("book") or os.environ.get("NNSAM2_BOOK") or ("book" if PROFILE == "demo" else OWN_BOOK)
+BOOK_SOURCES = ["intro.md", "methods.md", "stages.md", "_toc.yml", "_config.yml"]
 P = load_profile(PROFILE)  # validated once: an unknown key or a wrong type stops here with the file and the key
 PROFILE_FILE = str(config_dir() / f"{PROFILE}.yaml")
 os.environ["NNSAM2_BOOK"] = os.path.abspath(BOOK)  # notebooks copy their tables and figures into the book
@@ -77,14 +81,29 @@ rule book:
         expand(f"{G}/02_stage0_{{dataset}}.ipynb", dataset=DATASETS),
         expand(f"{G}/03_refine_{{stage}}.ipynb", stage=STAGES),
         expand(f"{G}/05_{{baseline}}.ipynb", baseline=BASELINES),
-        sorted(str(p) for p in Path(BOOK).glob("*.md")),
-        "docs/method.md",
-        f"{BOOK}/_toc.yml",
-        f"{BOOK}/_config.yml",
+        [f"{BOOK}/{name}" for name in BOOK_SOURCES],
+        "docs/method.md" if Path(BOOK).resolve() == Path("book").resolve() else f"{BOOK}/../docs/method.md",
     output:
         f"{BOOK}/_build/html/index.html",
     shell:
         f"{shlex.quote(str(BIN / 'jupyter-book'))} build {shlex.quote(BOOK)} --quiet --keep-going -W"
+
+
+if Path(BOOK).resolve() != Path("book").resolve():
+
+    rule book_sources:
+        """A profile's own book starts as a copy of the project's book sources and the method page."""
+        input:
+            [f"book/{name}" for name in BOOK_SOURCES],
+            "docs/method.md",
+        output:
+            [f"{BOOK}/{name}" for name in BOOK_SOURCES],
+            f"{BOOK}/../docs/method.md",
+        run:
+            import shutil
+
+            for source, target in zip(input, output):
+                shutil.copyfile(source, target)
 
 
 onstart:

@@ -171,3 +171,14 @@ def test_each_step_declares_the_code_it_runs():
         missing = sorted(str(known[n].relative_to(PACKAGE)) for n in seen)
         missing = [m for m in missing if m not in listed and not m.endswith("__init__.py")]
         assert not missing, f"step {step} runs {missing}, not in workflow/code_deps.py"
+
+
+def test_every_module_is_in_the_architecture_map():
+    """docs/architecture.md lists every module of the package, one line each (new modules included)."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = [
+        path.relative_to(PACKAGE).as_posix()
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if f"| `{path.relative_to(PACKAGE).as_posix()}` |" not in text
+    ]
+    assert not missing, f"add to docs/architecture.md: {missing}"

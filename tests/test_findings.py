@@ -83,7 +83,7 @@ def test_delivered_finding_lists_stage0_datasets():
 def test_the_abstract_names_the_data_the_run_used():
     from nnsam2_utils.data.describe import cohort_phrase
 
-    assert cohort_phrase(["a", "b"], []) == "the **synthetic demo cohort**"
+    assert cohort_phrase(["a", "b"], []) == "the synthetic demo cohort"
     assert cohort_phrase([], ["clinic"]) == "1 dataset of your own (clinic)"
     assert "synthetic" in cohort_phrase(["a"], ["x", "y"]) and "2 datasets of your own" in cohort_phrase(
         ["a"], ["x", "y"]

@@ -147,6 +147,6 @@ def cohort_table(manifests: list[DatasetManifest]) -> pd.DataFrame:
 
 def cohort_phrase(generated: list[str], own: list[str]) -> str:
     """What the run's data are, in words for the abstract: the synthetic demo cohort, your own datasets, or both."""
-    synthetic = "the **synthetic demo cohort**" if generated else ""
+    synthetic = "the synthetic demo cohort" if generated else ""
     yours = f"{len(own)} dataset{'s' if len(own) != 1 else ''} of your own ({', '.join(own)})" if own else ""
     return " and ".join(p for p in (synthetic, yours) if p) or "no datasets"

@@ -66,18 +66,23 @@ def test_evidence_rule_delivers_the_best_passing_stage_and_stage0_when_none_pass
         [
             ("good", "stage0", 1, 1, np.nan),
             ("good", "nnunet1", 0.9, 0.95, 0.80),
-            ("good", "nnunet2", 0.9, 0.80, 0.95),  # best on the slice, but departs from confident stage 0
-            ("good", "nnunet3", 0.9, 0.90, 0.80),  # ties nnU-Net 1: the later stage
+            ("good", "nnunet2", 0.9, 0.80, 0.95),  # best on the slice; departs from a confident stage 0: flagged
+            ("good", "nnunet3", 0.9, 0.90, 0.95),  # ties nnU-Net 2: the later stage
+            ("flagged", "stage0", 1, 1, np.nan),
+            ("flagged", "nnunet1", 0.7, 0.70, 0.90),
             ("bad", "stage0", 1, 1, np.nan),
-            ("bad", "nnunet1", 0.7, 0.70, 0.90),
+            ("bad", "nnunet1", 0.9, 0.90, 0.60),
             ("bad", "nnunet2", 0.9, 0.90, 0.50),
         ]
     )
     chosen = quality.choose_delivered(table, "evidence", 0.85, 0.7).set_index("dataset")
-    assert chosen.loc["good", "delivered"] == "nnunet3"
+    assert chosen.loc["good", "delivered"] == "nnunet3" and chosen.loc["good", "flag"] == ""
+    assert chosen.loc["flagged", "delivered"] == "nnunet1"
+    assert (
+        chosen.loc["flagged", "flag"] == "nnunet1 agrees with stage 0 only 0.70 (DSC) on the slices stage 0 was sure of"
+    )
     assert chosen.loc["bad", "delivered"] == "stage0"
-    assert "nnunet1: confident-slice agreement 0.70" in chosen.loc["bad", "reason"]
-    assert "annotated slice 0.50" in chosen.loc["bad", "reason"]
+    assert "DSC >= 0.70 (nnunet1 0.60; nnunet2 0.50)" in chosen.loc["bad", "reason"]
 
 
 def test_other_rules_and_an_unknown_rule():
@@ -131,10 +136,14 @@ def test_the_results_page_warns_when_refinement_scores_below_stage0():
             "dsc": [0.9, 0.9, 0.8, 0.8, 0.7, 0.7, 0.9, 0.9],
         }
     )
-    delivered = pd.DataFrame({"dataset": ["d", "e"], "delivered": ["nnunet1", "nnunet1"], "reason": ["", ""]})
+    delivered = pd.DataFrame(
+        {"dataset": ["d", "e"], "delivered": ["nnunet1", "nnunet1"], "reason": ["", ""], "flag": ["", "x departs"]}
+    )
     notice = delivery.delivery_notice(delivered, dsc)
-    assert "admonition warning" in notice and "<b>d</b>" in notice and "<b>e</b>" not in notice
+    warning = notice.split('<div class="admonition note">')[0]
+    assert "admonition warning" in warning and "<b>d</b>" in warning and "<b>e</b>" not in warning
     assert "admonition warning" not in delivery.delivery_notice(delivered, dsc.loc[dsc.dataset == "e"])
+    assert "Worth a look" in notice and "<b>e</b>: x departs." in notice
 
 
 def test_the_ordering_sentence_follows_the_numbers():

@@ -9,8 +9,9 @@ Three signals per dataset and stage, all computed from the run's own files:
   it is undefined (the slice is the prompt): NaN.
 * ``agreement_stage0``: mean DSC between the stage's labels and stage 0's over every scan.
 * ``confident_agreement``: the same, only on slices where stage 0 was confident (its summed predicted IoU at
-  or above the dataset's ``confident_quantile``). Stage 0 is usually right where it is sure of itself; a
-  refinement that departs from it there has more likely broken something than fixed it.
+  or above the dataset's ``confident_quantile``). A refinement that departs from stage 0 there has either
+  fixed a confident mistake or broken a good slice: a reason for a human look, not for a verdict (on the
+  demo cohort stage 0 is often confidently wrong).
 
 And one estimate per stage on one scale, for ordering stages: ``estimated_dsc`` = the annotated-slice DSC for
 nnU-Net stages, and for stage 0 its own predicted IoU turned into DSC (``2·IoU / (1 + IoU)``, averaged over
@@ -99,19 +100,20 @@ def _stage_key(column: pd.Series) -> pd.Series:
 def choose_delivered(
     quality: pd.DataFrame, rule: str = "evidence", min_confident_agreement: float = 0.85, min_annotated_dsc: float = 0.7
 ) -> pd.DataFrame:
-    """Per dataset, the stage whose labels the run delivers, and why (docs/method.md §7.1).
+    """Per dataset, the stage whose labels the run delivers, why, and a flag for a human look (docs/method.md §7.1).
 
     ``final``: the last refinement stage (the paper). ``stage0``: stage 0. A stage name (``nnunet2``):
-    that stage. ``evidence``: among the refinement stages that keep stage 0's confident slices
-    (``confident_agreement ≥ min_confident_agreement``) and reproduce the annotated slice they never
-    trained on (``annotated_slice_dsc ≥ min_annotated_dsc``), the one with the highest annotated-slice
-    DSC (a tie goes to the later stage); stage 0 when none passes.
+    that stage. ``evidence``: the refinement stage that reproduces the annotated slice it never trained on
+    best, if at least ``min_annotated_dsc`` (a tie goes to the later stage); stage 0 when none does.
+    ``flag`` is set where the delivered refinement departs from stage 0 on the slices stage 0 was sure of
+    (``confident_agreement < min_confident_agreement``): not a reason to switch — on the demo cohort
+    stage 0 is often confidently wrong — but a reason to look (the review list).
     """
     rows = []
     for dataset, group in quality.groupby("dataset", sort=True):
         refined = group.loc[group["stage"] != "stage0"]
         if rule == "evidence":
-            choice, reason = _by_evidence(refined, min_confident_agreement, min_annotated_dsc)
+            choice, reason = _by_evidence(refined, min_annotated_dsc)
         elif rule == "final":
             choice = refined["stage"].iloc[-1] if len(refined) else "stage0"
             reason = "the final stage (rule: final)" if len(refined) else "no refinement stage ran"
@@ -119,26 +121,28 @@ def choose_delivered(
             choice, reason = rule, f"rule: {rule}"
         else:
             raise ValueError(f"deliver.rule {rule!r}: use evidence, final or one of {sorted(group['stage'])}")
-        rows.append({"dataset": dataset, "delivered": choice, "reason": reason})
-    return pd.DataFrame(rows, columns=["dataset", "delivered", "reason"])
+        chosen = group.loc[group["stage"] == choice, "confident_agreement"]
+        departs = bool(len(chosen)) and float(chosen.iloc[0]) < min_confident_agreement
+        flag = (
+            f"{choice} agrees with stage 0 only {float(chosen.iloc[0]):.2f} (DSC) on the slices stage 0 was sure of"
+            if departs
+            else ""
+        )
+        rows.append({"dataset": dataset, "delivered": choice, "reason": reason, "flag": flag})
+    return pd.DataFrame(rows, columns=["dataset", "delivered", "reason", "flag"])
 
 
-def _by_evidence(refined: pd.DataFrame, min_confident: float, min_annotated: float) -> tuple[str, str]:
-    keeps = refined["confident_agreement"] >= min_confident
-    matches = refined["annotated_slice_dsc"] >= min_annotated
-    passing = refined.loc[keeps & matches]
+def _by_evidence(refined: pd.DataFrame, min_annotated: float) -> tuple[str, str]:
+    passing = refined.loc[refined["annotated_slice_dsc"] >= min_annotated]
     if passing.empty:
-        failures = [
-            f"{row.stage}: confident-slice agreement {row.confident_agreement:.2f}, annotated slice "
-            f"{row.annotated_slice_dsc:.2f}"
-            for row in refined.itertuples()
-        ]
-        return "stage0", "no refinement stage passed (" + "; ".join(failures) + ")" if failures else "no refinement"
+        scores = "; ".join(f"{row.stage} {row.annotated_slice_dsc:.2f}" for row in refined.itertuples())
+        if not scores:
+            return "stage0", "no refinement stage ran"
+        return "stage0", f"no refinement reproduced the annotated slice with DSC >= {min_annotated:.2f} ({scores})"
     best = passing.iloc[::-1].sort_values("annotated_slice_dsc", ascending=False, kind="stable").iloc[0]
-    return str(best["stage"]), (
-        f"annotated slice {best['annotated_slice_dsc']:.2f} (best of the passing stages), confident-slice "
-        f"agreement with stage 0 {best['confident_agreement']:.2f}"
-    )
+    return str(
+        best["stage"]
+    ), f"reproduces the annotated slice it never trained on best: DSC {best['annotated_slice_dsc']:.2f}"
 
 
 def review_list(slices: pd.DataFrame, stage: str, top: int = 10) -> pd.DataFrame:

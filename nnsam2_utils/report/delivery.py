@@ -54,25 +54,37 @@ def worse_than_stage0(dsc: pd.DataFrame, margin: float = 0.01) -> pd.DataFrame:
 
 
 def delivery_notice(delivered: pd.DataFrame, dsc: pd.DataFrame) -> str:
-    """HTML: a warning box where refinement was not delivered or scored below stage 0; otherwise a note."""
-    lines = []
-    for row in delivered.loc[delivered["delivered"] == "stage0"].itertuples():
-        lines.append(f"<b>{html.escape(row.dataset)}</b>: stage 0 is delivered: {html.escape(row.reason)}.")
-    for row in worse_than_stage0(dsc).itertuples():
-        lines.append(
-            f"<b>{html.escape(row.dataset)}</b>: against the expert labels every nnU-Net stage scores below stage 0 "
-            f"(best {row.best_refined:.3f} vs {row.stage0:.3f}): refinement made this dataset worse."
+    """HTML: a warning box where refinement was not delivered or scored below stage 0, and a note listing the
+    delivered refinements that depart from stage 0 where stage 0 was sure (worth a look); otherwise a note."""
+    warnings = [
+        f"<b>{html.escape(row.dataset)}</b>: stage 0 is delivered: {html.escape(row.reason)}."
+        for row in delivered.loc[delivered["delivered"] == "stage0"].itertuples()
+    ]
+    warnings += [
+        f"<b>{html.escape(row.dataset)}</b>: against the expert labels every nnU-Net stage scores below stage 0 "
+        f"(best {row.best_refined:.3f} vs {row.stage0:.3f}): refinement made this dataset worse."
+        for row in worse_than_stage0(dsc).itertuples()
+    ]
+    flags = [
+        f"<b>{html.escape(row.dataset)}</b>: {html.escape(row.flag)}."
+        for row in delivered.itertuples()
+        if isinstance(getattr(row, "flag", ""), str) and row.flag
+    ]
+    boxes = []
+    if warnings:
+        boxes.append(_box("warning", "Refinement did not help everywhere", warnings))
+    if flags:
+        boxes.append(_box("note", "Worth a look: the delivered stage departs from a confident stage 0", flags))
+    if not boxes:
+        boxes.append(
+            _box("note", "Delivered", ["For every dataset a refinement stage passed the check and is delivered."])
         )
-    if not lines:
-        return (
-            '<div class="admonition note"><p class="admonition-title">Delivered</p><p>For every dataset a '
-            "refinement stage passed the label-free checks and is delivered.</p></div>"
-        )
+    return "".join(boxes)
+
+
+def _box(kind: str, title: str, lines: list[str]) -> str:
     items = "".join(f"<li>{line}</li>" for line in lines)
-    return (
-        '<div class="admonition warning"><p class="admonition-title">Refinement did not help everywhere</p>'
-        f"<ul>{items}</ul></div>"
-    )
+    return f'<div class="admonition {kind}"><p class="admonition-title">{html.escape(title)}</p><ul>{items}</ul></div>'
 
 
 def ordering_check(quality: pd.DataFrame, dsc: pd.DataFrame) -> pd.DataFrame:

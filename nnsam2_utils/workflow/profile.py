@@ -87,7 +87,7 @@ class Deliver(_Section):
     """Which stage's labels the run delivers per dataset (docs/method.md §7.1)."""
 
     rule: str = Field("evidence", pattern=r"^(evidence|final|stage0|nnunet[1-3])$")  # final: the paper's last nnU-Net
-    min_confident_agreement: float = Field(0.85, ge=0, le=1)  # DSC with stage 0 on its confident slices
+    min_confident_agreement: float = Field(0.85, ge=0, le=1)  # below: flagged (DSC with stage 0 where confident)
     min_annotated_dsc: float = Field(0.7, ge=0, le=1)  # DSC on the annotated slice, never trained on
     confident_quantile: float = Field(0.5, ge=0, lt=1)  # stage-0 slices at or above this quantile are confident
     review_slices: int = Field(10, ge=0)  # slices per dataset in the review list

@@ -6,7 +6,7 @@ import pandas as pd
 
 from nnsam2_utils.baselines.oneshot import run_dataset_baselines
 from nnsam2_utils.data.io import write_csv
-from nnsam2_utils.workflow.runlog import claim_folder, run_key, step_record
+from nnsam2_utils.workflow.runlog import captured_output, claim_folder, run_key, step_record
 from nnsam2_utils.workflow.session import Run
 
 STAGES = ("registration", "threshold")
@@ -23,7 +23,7 @@ def oneshot(run: Run) -> pd.DataFrame:
             claim_folder(
                 ws.stage(stage, dataset), run_key({"stage": stage, "dataset": dataset}, upstream, step="oneshot")
             )
-        with step_record(ws.runlog, "oneshot_baselines", dataset):
+        with step_record(ws.runlog, "oneshot_baselines", dataset), captured_output(ws.logs / "oneshot.log"):
             dsc = run_dataset_baselines(ws, dataset, manifest.modality, manifest.sequence)
         for stage, part in dsc.groupby("stage"):
             write_csv(part, ws.stage(stage, dataset) / "dsc.csv")

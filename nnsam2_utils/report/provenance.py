@@ -56,6 +56,17 @@ def publish(path: str | Path, name: str | None = None, subdir: str = "tables", b
     return target
 
 
+def publish_text(text: str, name: str, book: Path | None = None) -> Path:
+    """Write run-made Markdown (e.g. the findings) to ``<book>/generated/<name>`` for a page to include;
+    an unchanged text keeps its file (and timestamp)."""
+    from nnsam2_utils.data.io import write_if_changed
+
+    target = (book or book_folder()) / "generated" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_if_changed(target, lambda tmp: Path(tmp).write_text(text.rstrip() + "\n", encoding="utf-8"))
+    return target
+
+
 def download_links(names: Sequence[str], subdir: str = "tables", what: Sequence[str] | None = None) -> str:
     """Markdown links, relative to a page in ``generated/``, to files published there."""
     what = list(what) if what is not None else [""] * len(names)

@@ -101,11 +101,11 @@ VIEW_CODE: dict[str, tuple[str, ...]] = {
     "prepare": ("report/plots.py",),
     "stage0": ("report/results.py", "report/plots.py"),
     "refine": ("report/provenance.py",),
-    "results": ("report/provenance.py",),
+    "results": ("report/provenance.py", "report/findings.py"),
     "oneshot": ("report/provenance.py",),
     "supervised": ("report/provenance.py",),
     "repeat": ("report/provenance.py",),
-    "agreement": ("report/provenance.py",),
+    "agreement": ("report/provenance.py", "report/findings.py"),
     "teaching": ("report/provenance.py",),
     "own_scans": ("report/plots.py",),
 }

@@ -88,3 +88,15 @@ def test_the_abstract_names_the_data_the_run_used():
     assert "synthetic" in cohort_phrase(["a"], ["x", "y"]) and "2 datasets of your own" in cohort_phrase(
         ["a"], ["x", "y"]
     )
+
+
+def test_every_agreement_row_gets_a_verdict_in_words():
+    from nnsam2_utils.report.agreement_page import verdict
+
+    row = pd.Series({"tost_p": 0.40, "bias": 0.042, "expert_mean": 0.20, "margin": 0.02, "icc": 0.8, "note": ""})
+    assert verdict(row) == "not equivalent within ±10 % (bias +21.0 %); good reliability (ICC 0.80)"
+    assert verdict(row.copy().replace({0.40: 0.001, 0.8: -0.07})).startswith("equivalent within ±10 %")
+    assert "poor reliability (ICC -0.07)" in verdict(row.copy().replace({0.40: 0.001, 0.8: -0.07}))
+    untested = row.copy()
+    untested["tost_p"], untested["note"] = float("nan"), "TOST: at least 3 pairs needed; ICC: ..."
+    assert verdict(untested) == "not tested (TOST: at least 3 pairs needed)"

@@ -31,9 +31,31 @@ SHOWN = [
 UNITS = {"volume_ml": "mL", "fat_ratio": "fraction", "hu_mean": "HU"}
 
 
+def icc_words(icc: float) -> str:
+    """ICC in words (Koo & Li 2016: < 0.5 poor, 0.5–0.75 moderate, 0.75–0.9 good, > 0.9 excellent)."""
+    if pd.isna(icc):
+        return "ICC not computed"
+    for limit, word in ((0.5, "poor"), (0.75, "moderate"), (0.9, "good")):
+        if icc < limit:
+            return f"{word} reliability (ICC {icc:.2f})"
+    return f"excellent reliability (ICC {icc:.2f})"
+
+
+def verdict(row: pd.Series, alpha: float = 0.05) -> str:
+    """One row's result in plain words: equivalent or not within the margin (with the bias), and the ICC."""
+    if pd.isna(row["tost_p"]):
+        return "not tested (" + (str(row.get("note", "")).split(";")[0] or "too few pairs") + ")"
+    bias = 100 * row["bias"] / row["expert_mean"] if row["expert_mean"] else float("nan")
+    margin = 100 * row["margin"] / abs(row["expert_mean"]) if row["expert_mean"] else float("nan")
+    head = "equivalent" if row["tost_p"] < alpha else "not equivalent"
+    return f"{head} within ±{margin:.0f} % (bias {bias:+.1f} %); {icc_words(row['icc'])}"
+
+
 def shown_columns(agreement: pd.DataFrame) -> pd.DataFrame:
-    """The agreement table as the page shows it."""
-    return agreement[SHOWN]
+    """The agreement table as the page shows it: a plain-language verdict first, then the statistics."""
+    shown = agreement[SHOWN].copy()
+    shown.insert(2, "verdict", agreement.apply(verdict, axis=1))
+    return shown
 
 
 def glue_agreement(agreement: pd.DataFrame) -> None:

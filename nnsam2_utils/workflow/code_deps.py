@@ -105,7 +105,7 @@ VIEW_CODE: dict[str, tuple[str, ...]] = {
     "oneshot": ("report/provenance.py",),
     "supervised": ("report/provenance.py",),
     "repeat": ("report/provenance.py",),
-    "agreement": ("report/provenance.py", "report/findings.py"),
+    "agreement": ("report/provenance.py", "report/findings.py", "report/agreement_page.py"),
     "teaching": ("report/provenance.py",),
     "own_scans": ("report/plots.py",),
 }

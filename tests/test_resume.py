@@ -137,7 +137,8 @@ def kill_when(process: subprocess.Popen, ready, watch, timeout: float = 900) -> 
 # --------------------------------------------------------------------------- stage 0
 @pytest.fixture(scope="module")
 def prepared(tiny_cohort, tmp_path_factory) -> Path:
-    """The tiny T2w dataset prepared with a 2-slice region per scan (keeps three LiteMedSAM runs short)."""
+    """The tiny T2w dataset prepared with a 3-slice region per scan (keeps three LiteMedSAM runs short; two slices,
+    7 mm, would be refused as no lumbar spine's L3/L4–L5/S1 distance)."""
     from nnsam2_utils.data.manifest import Discs, load_manifest
     from nnsam2_utils.prepare.dataset import prepare_dataset
 
@@ -145,7 +146,7 @@ def prepared(tiny_cohort, tmp_path_factory) -> Path:
     cases = []
     for case in manifest.cases:
         d = case.discs
-        top = d.L5S1 + 1 if d.L3L4 > d.L5S1 else d.L5S1 - 1
+        top = d.L5S1 + 2 if d.L3L4 > d.L5S1 else d.L5S1 - 2
         cases.append(case.model_copy(update={"discs": Discs(L3L4=top, L5S1=d.L5S1)}))
     folder = tmp_path_factory.mktemp("resume") / "prepared"
     prepare_dataset(manifest.model_copy(update={"cases": cases}), folder)

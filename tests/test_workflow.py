@@ -305,6 +305,9 @@ def test_the_landing_page_shows_the_method_figure_and_an_abstract_glued_from_the
     dsc = pd.read_csv(tmp / "work" / "demo" / "tables" / "dsc.csv")
     per_stage = dsc.groupby(["stage", "dataset", "case"]).dsc.mean().groupby("stage").mean()
     agreement = pd.read_csv(tmp / "work" / "demo" / "tables" / "agreement.csv").dropna(subset=["tost_p"])
+    # the data the run used: the tiny demo cohort and the unlabelled dataset brought as the user's own
+    assert pasted[0] == "the synthetic demo cohort and 1 dataset of your own (clinic_no_labels)"
+    pasted = pasted[1:]
     assert pasted[:2] == ["3", "9"] and int(pasted[2]) > 9  # datasets, scans, region slices
     assert pasted[3] == "LiteMedSAM"
     assert pasted[4] == f"{per_stage['stage0']:.3f}" and pasted[5] == "3"
@@ -314,6 +317,10 @@ def test_the_landing_page_shows_the_method_figure_and_an_abstract_glued_from_the
     variation = pd.read_csv(tmp / "work" / "demo" / "tables" / "variation_vs_margin.csv")
     assert pasted[12] == f"{variation.seed_change_mean_pct.max():.1f}"  # run-to-run variation, worst group
     assert float(pasted[13]) > 0 and len(pasted) == 14
+    # the findings the run wrote are on the landing page, and they are this run's (the stage-0 mean is in them)
+    findings = (book / "generated" / "results_findings.md").read_text(encoding="utf-8")
+    assert f"from {per_stage['stage0']:.3f} (stage 0)" in findings
+    assert "What this run shows" in html and f"from {per_stage['stage0']:.3f} (stage 0)" in html
 
 
 def test_every_notebook_runs_top_to_bottom_with_its_defaults(built_book, monkeypatch):

@@ -52,3 +52,16 @@ def test_step_code_fingerprints_depend_only_on_their_modules():
     assert "litemedsam.py" in {p.name for p in steps.step_files("stage0")}
     assert runlog.code_fingerprint("prepare") != runlog.code_fingerprint("refine")
     assert set(steps.STEP_CODE) >= {"cohort", "prepare", "stage0", "refine", "results"}
+
+
+def test_page_presentation_code_is_not_part_of_any_run_key():
+    """Editing how a page is executed and shown (workflow/notebook.py) re-runs notebooks, never recomputes a step."""
+    from nnsam2_utils.workflow import code_deps
+
+    for step in code_deps.STEP_CODE:
+        keyed = {p.relative_to(code_deps.PACKAGE).as_posix() for p in code_deps.step_files(step)}
+        assert "workflow/notebook.py" not in keyed and "workflow/preflight.py" not in keyed, step
+        assert {"workflow/runlog.py", "workflow/profile.py", "workflow/session.py"} <= keyed, step
+        assert "workflow/notebook.py" in {
+            p.name and p.relative_to(code_deps.PACKAGE).as_posix() for p in code_deps.view_files(step)
+        }

@@ -19,9 +19,19 @@ COMMON = (
     "data/io.py",
     "data/dicom.py",
     "data/manifest.py",
-    "workflow/*.py",
+    # the workflow modules a step's results depend on; not workflow/notebook.py (how a page is executed and shown,
+    # see VIEW_COMMON) nor workflow/preflight.py (the start check): editing those must not recompute the pipeline
+    "workflow/__init__.py",
+    "workflow/profile.py",
+    "workflow/workspace.py",
+    "workflow/session.py",
+    "workflow/runlog.py",
+    "workflow/code_deps.py",
     "steps/__init__.py",
 )
+
+#: Presentation modules of every step's notebook (see :data:`VIEW_CODE`).
+VIEW_COMMON = ("workflow/notebook.py",)
 
 #: Shared building blocks of several steps.
 _GRID = ("data/geometry.py", "data/labels.py", "data/annotation.py")
@@ -113,7 +123,7 @@ VIEW_CODE: dict[str, tuple[str, ...]] = {
 
 def view_files(step: str) -> list[Path]:
     """The presentation modules of a step's notebook (see :data:`VIEW_CODE`), sorted."""
-    return sorted({p for pattern in VIEW_CODE.get(step, ()) for p in PACKAGE.glob(pattern)})
+    return sorted({p for pattern in (*VIEW_CODE.get(step, ()), *VIEW_COMMON) for p in PACKAGE.glob(pattern)})
 
 
 def step_files(step: str) -> list[Path]:

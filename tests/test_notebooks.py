@@ -60,6 +60,7 @@ def test_stage_notebooks_are_committed_without_outputs_and_with_parameters():
     assert len(books) >= 8
     for path in books:
         nb = nbformat.read(str(path), as_version=4)
+        nbformat.validate(nbformat.reads(path.read_text(encoding="utf-8"), as_version=nbformat.NO_CONVERT))
         assert all(not c.get("outputs") and not c.get("execution_count") for c in nb.cells if c.cell_type == "code"), (
             path
         )

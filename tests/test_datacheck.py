@@ -16,19 +16,29 @@ from nnsam2_utils.data.checks import check_manifest, path_sha256, report
 from nnsam2_utils.data.io import read_image, sha256, write_image
 
 
-@pytest.fixture(scope="module")
-def clean(tmp_path_factory) -> Path:
-    """The tiny phantom's backpain_t2w dataset (3 scans, checksums pinned by the generator)."""
+def tiny_dataset(folder: Path, name: str) -> Path:
+    """One dataset of the tiny phantom cohort (checksums pinned by the generator); returns its manifest."""
     from nnsam2_utils.data.synthetic.cohort import generate_cohort
 
-    return generate_cohort(tmp_path_factory.mktemp("clean"), size="tiny", seed=0, datasets=["backpain_t2w"])[0]
+    return generate_cohort(folder, size="tiny", seed=0, datasets=[name])[0]
+
+
+def private_copy(manifest: Path, tmp_path: Path) -> Path:
+    """A copy of a dataset (its folder, named like its manifest, and the manifest) to damage."""
+    shutil.copytree(manifest.parent / manifest.stem, tmp_path / manifest.stem)
+    return Path(shutil.copy(manifest, tmp_path / manifest.name))
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory) -> Path:
+    """The tiny phantom's backpain_t2w dataset (3 scans)."""
+    return tiny_dataset(tmp_path_factory.mktemp("clean"), "backpain_t2w")
 
 
 @pytest.fixture
 def copy(clean, tmp_path) -> Path:
     """A private copy of the clean dataset to damage."""
-    shutil.copytree(clean.parent / "backpain_t2w", tmp_path / "backpain_t2w")
-    return Path(shutil.copy(clean, tmp_path / clean.name))
+    return private_copy(clean, tmp_path)
 
 
 def edit(manifest: Path, change) -> None:
@@ -263,15 +273,12 @@ def test_fetch_verifies_and_never_overwrites(tmp_path):
 @pytest.fixture(scope="module")
 def dixon(tmp_path_factory) -> Path:
     """The tiny phantom's Dixon dataset: water image, fat image and label per scan."""
-    from nnsam2_utils.data.synthetic.cohort import generate_cohort
-
-    return generate_cohort(tmp_path_factory.mktemp("dixon"), size="tiny", seed=0, datasets=["bedrest_dixon"])[0]
+    return tiny_dataset(tmp_path_factory.mktemp("dixon"), "bedrest_dixon")
 
 
 @pytest.fixture
 def dixon_copy(dixon, tmp_path) -> Path:
-    shutil.copytree(dixon.parent / "bedrest_dixon", tmp_path / "bedrest_dixon")
-    return Path(shutil.copy(dixon, tmp_path / dixon.name))
+    return private_copy(dixon, tmp_path)
 
 
 def case_files(manifest: Path, index: int = 0) -> dict[str, Path]:

@@ -200,7 +200,7 @@ class _Checker:
 
     def odd_image_out(self, image, label, fat, image_path: Path, case) -> bool:
         """When the label and the fat image agree with each other and not with the image, blame the image."""
-        from nnsam2_utils.data.geometry import HEADER_FIX, grid_differences, grid_fix, odd_grid_out
+        from nnsam2_utils.data.geometry import grid_differences, grid_fix, odd_grid_out
 
         if label is None or fat is None or odd_grid_out({"image": image, "label": label, "fat": fat}) != "image":
             return False
@@ -210,7 +210,7 @@ class _Checker:
             image_path,
             f"case {case.id}: the image's grid differs from its label's and its fat image's, which agree with each "
             f"other: {'; '.join(problems)} (label vs image). The image is the file to fix.",
-            (grid_fix(problems) if grid_fix(problems) != HEADER_FIX else HEADER_FIX.replace("the other", "the image"))
+            grid_fix(problems).replace("onto the other", "onto the image")
             + f" (right_path: {self.manifest.resolve(case.label)}).",
         )
         return True

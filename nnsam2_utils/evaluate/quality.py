@@ -60,11 +60,22 @@ def slice_dsc(labels: np.ndarray, other: np.ndarray, classes: Sequence[int] = CL
     return mean
 
 
+def frame_confidence(confidence: pd.DataFrame) -> pd.DataFrame:
+    """Per target frame (dataset, case, slice): the summed predicted IoU over the classes (0–2).
+
+    Prompted frames are excluded. A class without a prediction (NaN IoU: the model made no mask)
+    contributes 0, so a frame missing a muscle ranks low.
+    """
+    frames = confidence.loc[~confidence["prompted"].astype(bool)].copy()
+    frames["iou"] = frames["iou"].fillna(0.0)
+    return (
+        frames.groupby(["dataset", "case", "slice"], as_index=False)["iou"].sum().rename(columns={"iou": "confidence"})
+    )
+
+
 def confident_slices(confidence: pd.DataFrame, quantile: float) -> pd.DataFrame:
     """Stage 0's target slices with their summed predicted IoU and ``confident`` (≥ the dataset's ``quantile``)."""
-    frames = confidence.loc[~confidence["prompted"].astype(bool)].assign(iou=lambda t: t["iou"].fillna(0.0))
-    frames = frames.groupby(["dataset", "case", "slice"], as_index=False)["iou"].sum()
-    frames = frames.rename(columns={"iou": "stage0_confidence"})
+    frames = frame_confidence(confidence).rename(columns={"confidence": "stage0_confidence"})
     limit = frames.groupby("dataset")["stage0_confidence"].transform(lambda s: s.quantile(quantile))
     return frames.assign(confident=frames["stage0_confidence"] >= limit)
 
@@ -170,8 +181,10 @@ def _stack(path) -> np.ndarray:
     return to_stack(read_image(path))
 
 
-def slice_signals(workspace, datasets: Sequence[str], stages: Sequence[str], confident_quantile: float = 0.5):
+def slice_signals(workspace, datasets: Sequence[str], stages: Sequence[str], confident: pd.DataFrame):
     """Per dataset, scan, target slice and refinement stage: agreement with stage 0 and stage 0's confidence.
+
+    ``confident`` is stage 0's per-slice confidence (:func:`confident_slices`).
 
     Returns (slices, annotated): the per-slice table (dataset, case, slice, stage, agreement,
     stage0_confidence, confident) and the annotated-slice DSC per dataset and stage.
@@ -202,15 +215,5 @@ def slice_signals(workspace, datasets: Sequence[str], stages: Sequence[str], con
                 if case == reference:
                     values = [dice(labels[index] == c, truth == c) for c in CLASSES]
                     annotated.append({"dataset": dataset, "stage": stage, "annotated_slice_dsc": np.nanmean(values)})
-    table = pd.concat(slices, ignore_index=True).merge(
-        confidence_table(workspace, datasets, confident_quantile), on=["dataset", "case", "slice"], how="inner"
-    )
+    table = pd.concat(slices, ignore_index=True).merge(confident, on=["dataset", "case", "slice"], how="inner")
     return table, pd.DataFrame(annotated, columns=["dataset", "stage", "annotated_slice_dsc"])
-
-
-def confidence_table(workspace, datasets: Sequence[str], confident_quantile: float) -> pd.DataFrame:
-    """Stage 0's per-slice confidence of every dataset (:func:`confident_slices`)."""
-    from nnsam2_utils.data.io import read_csv
-
-    tables = [read_csv(workspace.stage("stage0", d) / "confidence.csv") for d in datasets]
-    return confident_slices(pd.concat(tables, ignore_index=True), confident_quantile)

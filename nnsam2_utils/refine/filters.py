@@ -9,18 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
-
-def frame_confidence(confidence: pd.DataFrame) -> pd.DataFrame:
-    """Per target frame (dataset, case, slice): the summed predicted IoU over the classes (0–2).
-
-    Prompted frames are excluded. A class without a prediction (NaN IoU: the model made no mask)
-    contributes 0, so a frame missing a muscle ranks low.
-    """
-    frames = confidence.loc[~confidence["prompted"].astype(bool)].copy()
-    frames["iou"] = frames["iou"].fillna(0.0)
-    return (
-        frames.groupby(["dataset", "case", "slice"], as_index=False)["iou"].sum().rename(columns={"iou": "confidence"})
-    )
+from nnsam2_utils.evaluate.quality import frame_confidence
 
 
 def stage1_filter(

@@ -11,6 +11,7 @@ import pandas as pd
 from scipy.stats import kendalltau
 
 from nnsam2_utils.prepare.model_input import load_stack
+from nnsam2_utils.report.findings import dataset_means
 from nnsam2_utils.report.plots import CLASS_COLOURS, STAGE_LABELS, show_slice
 
 COLUMNS = {
@@ -26,9 +27,8 @@ COLUMNS = {
 
 
 def stage_means(dsc: pd.DataFrame) -> pd.DataFrame:
-    """Mean DSC per dataset and stage (per scan the mean of the classes, then the mean over scans)."""
-    per_scan = dsc.groupby(["dataset", "stage", "case"])["dsc"].mean()
-    return per_scan.groupby(["dataset", "stage"]).mean().rename("true_dsc").reset_index()
+    """Mean DSC per dataset and stage, long (dataset, stage, true_dsc): :func:`findings.dataset_means` stacked."""
+    return dataset_means(dsc).stack().dropna().rename("true_dsc").reset_index()
 
 
 def quality_view(quality: pd.DataFrame, delivered: pd.DataFrame, dsc: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -44,7 +44,7 @@ def quality_view(quality: pd.DataFrame, delivered: pd.DataFrame, dsc: pd.DataFra
 
 def worse_than_stage0(dsc: pd.DataFrame, margin: float = 0.01) -> pd.DataFrame:
     """Datasets with expert labels whose every refinement stage scores below stage 0 by more than ``margin``."""
-    means = stage_means(dsc).pivot(index="dataset", columns="stage", values="true_dsc")
+    means = dataset_means(dsc)
     refined = [c for c in means.columns if c.startswith("nnunet")]
     if "stage0" not in means or not refined:
         return pd.DataFrame(columns=["dataset", "stage0", "best_refined"])

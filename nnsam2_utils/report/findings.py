@@ -18,8 +18,10 @@ def scan_means(dsc: pd.DataFrame) -> pd.DataFrame:
 
 
 def stage_means(dsc: pd.DataFrame) -> pd.Series:
-    """Per stage: the mean over scans of the per-scan mean class DSC."""
-    return scan_means(dsc).groupby("stage")["dsc"].mean()
+    """Per stage: the mean over scans of the per-scan mean class DSC (the results page's per-stage table)."""
+    from nnsam2_utils.report.results import mean_dsc_per_stage
+
+    return mean_dsc_per_stage(dsc)
 
 
 def dataset_means(dsc: pd.DataFrame) -> pd.DataFrame:

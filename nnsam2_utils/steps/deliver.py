@@ -13,6 +13,7 @@ from nnsam2_utils.data.geometry import to_input_grid
 from nnsam2_utils.data.io import read_csv, read_image, write_csv, write_image
 from nnsam2_utils.evaluate.quality import (
     choose_delivered,
+    confident_slices,
     review_list,
     slice_signals,
     stage0_estimate,
@@ -48,8 +49,9 @@ def deliver(run: Run) -> DeliverResult:
     """
     ws, settings = run.workspace, run.section("deliver")
     with step_record(ws.runlog, "deliver", "pooled", settings):
-        slices, annotated = slice_signals(ws, run.datasets, refined_stages(run), settings["confident_quantile"])
         confidence = pd.concat([read_csv(ws.stage("stage0", d) / "confidence.csv") for d in run.datasets])
+        confident = confident_slices(confidence, settings["confident_quantile"])
+        slices, annotated = slice_signals(ws, run.datasets, refined_stages(run), confident)
         quality = summarise_signals(slices, annotated, stage0_estimate(confidence))
         delivered = choose_delivered(
             quality, settings["rule"], settings["min_confident_agreement"], settings["min_annotated_dsc"]
@@ -57,23 +59,23 @@ def deliver(run: Run) -> DeliverResult:
         choice = dict(zip(delivered["dataset"], delivered["delivered"]))
         review_stage = refined_stages(run)[-1]
         review = review_list(slices, review_stage, settings["review_slices"])
-        files = [write_delivered(run, d, c, s) for d, s in choice.items() for c in tqdm(ws.case_ids(d), leave=False)]
+        files = [path for dataset, stage in choice.items() for path in write_delivered(run, dataset, stage)]
     write_csv(quality, ws.tables / "quality.csv")
     write_csv(delivered, ws.tables / "delivered.csv")
     write_csv(review, ws.tables / "review.csv")
     return DeliverResult(quality, delivered, slices, review, review_stage, files)
 
 
-def write_delivered(run: Run, dataset: str, case: str, stage: str) -> Path:
-    """One scan's delivered labels, written on the grid of the scan its manifest names."""
+def write_delivered(run: Run, dataset: str, stage: str) -> list[Path]:
+    """A dataset's delivered labels, each written on the grid of the scan its manifest names."""
     manifest = run.manifest(dataset)
-    entry = next(c for c in manifest.cases if c.id == case)
-    out = run.workspace.root / "delivered" / dataset / f"{case}.nii.gz"
-    labels = to_input_grid(
-        read_image(run.workspace.labels(stage, dataset, case)), read_image(manifest.resolve(entry.image))
-    )
-    write_image(labels, out)
-    return out
+    files = []
+    for case in tqdm(manifest.cases, desc=f"deliver {dataset}", leave=False):
+        out = run.workspace.root / "delivered" / dataset / f"{case.id}.nii.gz"
+        labels = read_image(run.workspace.labels(stage, dataset, case.id))
+        write_image(to_input_grid(labels, read_image(manifest.resolve(case.image))), out)
+        files.append(out)
+    return files
 
 
 def delivered_stages(run: Run) -> dict[str, str]:

@@ -53,6 +53,7 @@ _NNUNET = (
     "refine/*.py",
     "refine/trainers/*.py",
     "evaluate/metrics.py",
+    "evaluate/quality.py",
     "evaluate/scans.py",
     "evaluate/measurements.py",
 )

@@ -32,6 +32,8 @@ GPU_REFINE = 1 if P.refine.device == "cuda" else 0
 # CPU threads of one nnU-Net job (refine.threads): one thread each lets nnU-Net 1 and the supervised bound
 # train side by side on two cores, faster together than one after the other with two threads each.
 TRAIN_THREADS = P.refine.threads or workflow.cores
+WORK = f"{os.environ.get('NNSAM2_WORK', 'work')}/{PROFILE}"
+REPEAT_DONE = f"{WORK}/repeat/dsc.csv"  # written last by steps.repeat_train
 
 wildcard_constraints:
     dataset="|".join(DATASETS) or "(?!)",
@@ -133,6 +135,7 @@ rule cohort:
         notebook("00_cohort"),
         PROFILE_FILE,
         code("cohort"),
+    priority: 50  # the critical path first (cohort -> prepare -> stage 0 -> nnU-Nets -> pages), side jobs after
     output:
         f"{G}/00_cohort.ipynb",
     shell:
@@ -144,6 +147,7 @@ rule prepare:
         notebook("01_prepare"),
         f"{G}/00_cohort.ipynb",
         code("prepare"),
+    priority: 40
     output:
         f"{G}/01_prepare_{{dataset}}.ipynb",
     shell:
@@ -155,6 +159,7 @@ rule stage0:
         notebook("02_stage0"),
         f"{G}/01_prepare_{{dataset}}.ipynb",
         code("stage0"),
+    priority: 30
     output:
         f"{G}/02_stage0_{{dataset}}.ipynb",
     resources:
@@ -169,6 +174,7 @@ rule stage0_compare:
         notebook("02_stage0"),
         f"{G}/01_prepare_{{dataset}}.ipynb",
         code("stage0"),
+    priority: 30
     output:
         f"{G}/02_stage0_{{dataset}}__{{backend}}.ipynb",
     resources:
@@ -179,7 +185,11 @@ rule stage0_compare:
 
 
 def refine_inputs(wildcards):
-    stage = int(wildcards.stage)
+    return stage_inputs(int(wildcards.stage))
+
+
+def stage_inputs(stage):
+    """The pages a refinement stage needs first: every stage-0 page (stage 1), else the previous stage's page."""
     if stage == 1:
         return expand(f"{G}/02_stage0_{{dataset}}.ipynb", dataset=DATASETS)
     return [f"{G}/03_refine_{stage - 1}.ipynb"]
@@ -193,7 +203,7 @@ rule refine:
     output:
         f"{G}/03_refine_{{stage}}.ipynb",
     threads: TRAIN_THREADS
-    priority: 10  # the critical path (nnU-Net 1 -> 2 -> 3 -> repeat): before the baselines when cores are short
+    priority: 20  # the critical path (nnU-Net 1 -> 2 -> 3 -> repeat): before the baselines when cores are short
     resources:
         gpu=GPU_REFINE,
         **res("refine", mem_mb=8000, runtime=120),
@@ -206,23 +216,41 @@ rule oneshot:
         notebook("05_oneshot"),
         expand(f"{G}/02_stage0_{{dataset}}.ipynb", dataset=DATASETS),
         code("oneshot"),
+    priority: 5
     output:
         f"{G}/05_oneshot.ipynb",
     shell:
         papermill()
 
 
+rule repeat_train:
+    """The final stage trained again with the next seed: it needs only the previous stage's labels, so it runs
+    beside the final stage; its page (rule repeat) compares the two once both exist."""
+    input:
+        stage_inputs(STAGES[-1]),
+        code("repeat"),
+    output:
+        REPEAT_DONE,
+    threads: TRAIN_THREADS
+    priority: 20
+    resources:
+        gpu=GPU_REFINE,
+        **res("refine", mem_mb=8000, runtime=120),
+    shell:
+        ("OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} "
+         f"{shlex.quote(str(BIN / 'python'))} -m nnsam2_utils.workflow.run_step repeat_train "
+         f"--profile {shlex.quote(PROFILE)}")
+
+
 rule repeat:
     input:
         notebook("05_repeat"),
         f"{G}/03_refine_{STAGES[-1]}.ipynb",
+        REPEAT_DONE,
         code("repeat"),
     output:
         f"{G}/05_repeat.ipynb",
-    threads: TRAIN_THREADS
-    resources:
-        gpu=GPU_REFINE,
-        **res("refine", mem_mb=8000, runtime=120),
+    priority: 20
     shell:
         papermill()
 
@@ -232,6 +260,7 @@ rule supervised:
         notebook("05_supervised"),
         expand(f"{G}/01_prepare_{{dataset}}.ipynb", dataset=DATASETS),
         code("supervised"),
+    priority: 5
     output:
         f"{G}/05_supervised.ipynb",
     threads: TRAIN_THREADS
@@ -249,6 +278,7 @@ rule results:
         expand(f"{G}/05_{{baseline}}.ipynb", baseline=BASELINES),
         expand(f"{G}/02_stage0_{{dataset}}__{{backend}}.ipynb", dataset=DATASETS, backend=COMPARE),
         code("results"),
+    priority: 20
     output:
         f"{G}/04_results.ipynb",
     shell:
@@ -260,6 +290,7 @@ rule agreement:
         notebook("06_agreement"),
         f"{G}/04_results.ipynb",
         code("agreement"),
+    priority: 20
     output:
         f"{G}/06_agreement.ipynb",
     shell:
@@ -271,6 +302,7 @@ rule teaching:
         notebook("07_teaching"),
         f"{G}/04_results.ipynb",
         code("teaching"),
+    priority: 20
     output:
         f"{G}/07_teaching.ipynb",
     shell:
@@ -284,6 +316,7 @@ rule run_record:
         f"{G}/06_agreement.ipynb",
         f"{G}/07_teaching.ipynb",
         code("results"),
+    priority: 20
     output:
         f"{G}/08_run_record.ipynb",
     shell:

@@ -6,7 +6,10 @@ Usage::
 
 ``--previous`` names another run folder (``<work>/<profile>`` of an earlier build, or a copy of one)
 and adds a table of seconds per stage now, then, and their ratio (the book's time budget is tracked
-as this ratio: the machine is shared, so absolute seconds drift between builds).
+as this ratio: the machine is shared, so absolute seconds drift between builds), and whether the
+result tables (``tables/dsc.csv``, measurements, agreement, delivered, quality) are byte-identical: two
+builds from scratch of the same commit with the same seed, thread count and machine must give the same
+bytes (``make clean && make book`` twice, copying ``work/demo`` away in between).
 
 Reads only the run's records: ``<work>/<profile>/runlog/<step>__<dataset>.json`` (written by
 :func:`nnsam2_utils.workflow.runlog.step_record`: seconds, peak resident MB, parameters, …) and, for
@@ -106,6 +109,27 @@ def compare_runs(now: pd.DataFrame, before: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index(names="stage")
 
 
+#: the run's result tables that two builds of the same commit, seed, thread count and machine must reproduce
+RESULT_TABLES = ("dsc.csv", "measurements.csv", "agreement.csv", "delivered.csv", "quality.csv")
+
+
+def identical_tables(run: Path, previous: Path) -> pd.DataFrame:
+    """Per result table: present in both runs, byte-identical, and the rows that differ (as read by pandas)."""
+    rows = []
+    for name in RESULT_TABLES:
+        a, b = run / "tables" / name, previous / "tables" / name
+        present = a.exists() and b.exists()
+        same = present and a.read_bytes() == b.read_bytes()
+        differing = math.nan
+        if present and not same:
+            left, right = pd.read_csv(a), pd.read_csv(b)
+            differing = (
+                abs(len(left) - len(right)) if left.shape != right.shape else int((left != right).any(axis=1).sum())
+            )
+        rows.append({"table": name, "present_in_both": present, "byte_identical": same, "rows_differing": differing})
+    return pd.DataFrame(rows)
+
+
 def default_work() -> Path:
     """``$NNSAM2_WORK`` or the repository's ``work/`` folder."""
     base = os.environ.get("NNSAM2_WORK")
@@ -139,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nper stage, this run vs {args.previous}")
         before = step_table(args.previous / "runlog")
         print(compare_runs(steps, before).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        print(f"\nresult tables, this run vs {args.previous} (same commit, seed and machine: all byte-identical)")
+        print(identical_tables(run, args.previous).to_string(index=False))
     speed = stage0_speed(steps, run / "stage0")
     print("\nstage 0 (reference selection + propagation), slices labelled per second")
     print(speed.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import make_image
 
+from nnsam2_utils.errors import ConfigError
 from nnsam2_utils.refine import nnunet
 from nnsam2_utils.refine.stages import DATASET_IDS
 
@@ -241,3 +242,47 @@ def test_a_planted_checkpoint_never_runs_code(trained, tmp_path):
     with pytest.raises(CheckpointError, match="not a plain nnU-Net checkpoint"):
         nnunet.read_checkpoint(planted / "checkpoint_latest.pth")
     assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- precision
+def test_training_precision_resolves_auto_by_the_cpu(monkeypatch):
+    assert nnunet.training_precision("fp32") == "fp32"
+    assert nnunet.training_precision("auto", device="cuda") == "fp32"  # nnU-Net's own mixed precision on a GPU
+    monkeypatch.setattr(nnunet, "cpu_has_native_bf16", lambda: False)
+    assert nnunet.training_precision("auto") == "fp32"
+    with pytest.raises(ConfigError, match="refine.precision: bf16 needs a CPU with native bf16"):
+        nnunet.training_precision("bf16")
+    monkeypatch.setattr(nnunet, "cpu_has_native_bf16", lambda: True)
+    assert nnunet.training_precision("auto") == "bf16"
+    with pytest.raises(ConfigError, match="fp32, bf16 or auto"):
+        nnunet.training_precision("fp16")
+    budget = nnunet.Budget.from_settings({"precision": "auto", "epochs": 2})
+    assert (budget.precision, budget.epochs) == ("bf16", 2)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_training_step_runs_the_network_in_the_asked_precision(trained, precision, monkeypatch, tmp_path):
+    """The trainer's step: with bf16 the convolutions compute in bf16 and the loss and weights stay fp32."""
+    import shutil
+
+    import torch
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    if precision == "bf16" and not nnunet.cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16")
+    shutil.copytree(trained[0] / "preprocessed", tmp_path / "preprocessed")  # the fixture's folders stay as trained
+    monkeypatch.setenv("NNSAM2_PRECISION", precision)
+    with nnunet.nnunet_environment(tmp_path, 0):
+        trainer = get_trainer_from_args(
+            str(FIRST), "2d", "all", nnunet.TRAINER, nnunet.PLANS, device=torch.device("cpu")
+        )
+        trainer.initialize()
+        trainer.on_train_start()
+        seen = []
+        first_conv = next(m for m in trainer.network.modules() if isinstance(m, torch.nn.Conv2d))
+        first_conv.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+        before = first_conv.weight.detach().clone()
+        result = trainer.train_step(next(trainer.dataloader_train))
+    assert seen == [torch.bfloat16 if precision == "bf16" else torch.float32]
+    assert first_conv.weight.dtype == torch.float32 and not torch.equal(before, first_conv.weight.detach())
+    assert np.isfinite(result["loss"])

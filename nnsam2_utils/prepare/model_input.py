@@ -9,8 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-import torch
-import torch.nn.functional as F
 
 from nnsam2_utils.data.geometry import to_stack
 
@@ -37,6 +35,9 @@ def normalise(volume: np.ndarray, modality: str) -> np.ndarray:
 
 def resize_stack(stack: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:
     """Resize every slice of a (n, h, w) stack (bilinear for images, nearest for labels)."""
+    import torch  # imported here: pages that only read prepared scans start without torch
+    import torch.nn.functional as F
+
     tensor = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
     if nearest:
         out = F.interpolate(tensor, size=size, mode="nearest-exact")

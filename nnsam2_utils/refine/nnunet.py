@@ -23,6 +23,7 @@ import SimpleITK as sitk
 import torch
 
 from nnsam2_utils.data.io import array_to_image, read_json, write_image, write_json
+from nnsam2_utils.errors import ConfigError
 from nnsam2_utils.refine.checkpoint import read_checkpoint, record_checkpoint_digest, verify_trained_checkpoint
 
 log = logging.getLogger(__name__)
@@ -50,13 +51,40 @@ class Budget:
     fold: int | str = "all"
     seed: int = 0
     augmentation_workers: int = 1
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: the forward pass under CPU autocast (native bf16 only)
 
     @classmethod
     def from_settings(cls, settings: dict, seed: int = 0) -> Budget:
-        """The budget from a run profile's ``refine`` section (unknown keys are ignored)."""
-        names = {f for f in cls.__dataclass_fields__ if f != "seed"}
+        """The budget from a run profile's ``refine`` section (unknown keys are ignored; ``precision`` resolved)."""
+        names = {f for f in cls.__dataclass_fields__ if f not in ("seed", "precision")}
         values = {k: v for k, v in settings.items() if k in names}
-        return cls(**values, seed=seed)
+        device = values.get("device", "cpu")
+        return cls(**values, seed=seed, precision=training_precision(settings.get("precision") or "fp32", device))
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (avx512_bf16 or AMX), as torch's oneDNN kernels need."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def training_precision(asked: str, device: str = "cpu") -> Literal["fp32", "bf16"]:
+    """The precision a training runs in: ``auto`` is bf16 on a CPU with native bf16, fp32 otherwise.
+
+    ``bf16`` on a CPU without native bf16 is refused (emulated bf16 is slower than fp32); on a GPU
+    nnU-Net's own mixed precision applies and the setting is fp32 (nothing to change).
+    """
+    if asked not in ("fp32", "bf16", "auto"):
+        raise ConfigError(f"refine.precision must be fp32, bf16 or auto, got {asked!r}")
+    if asked == "fp32" or device != "cpu":
+        return "fp32"
+    if cpu_has_native_bf16():
+        return "bf16"
+    if asked == "bf16":
+        raise ConfigError(
+            "refine.precision: bf16 needs a CPU with native bf16 (avx512_bf16 or AMX) and this one has neither; "
+            "set refine.precision to fp32 or auto in the run profile"
+        )
+    return "fp32"
 
 
 @dataclass(frozen=True)
@@ -270,6 +298,7 @@ def train(root: str | Path, dataset_id: int, name: str, budget: Budget, pretrain
         "NNSAM2_VAL_ITERATIONS": budget.val_iterations,
         "NNSAM2_ROTATION_DEG": budget.rotation_deg,
         "NNSAM2_SEED": budget.seed,
+        "NNSAM2_PRECISION": budget.precision,
     }
     with (
         temporary_environ({k: None if v is None else str(v) for k, v in budget_env.items()}),

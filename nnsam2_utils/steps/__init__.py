@@ -12,7 +12,7 @@ stage 0               :func:`stage0` (per dataset)               ``stage0/<datas
 stages 1-3            :func:`refine` (per stage)                 ``nnunet<k>/``
 supervised bound      :func:`supervised`                         ``supervised/``
 one-shot baselines    :func:`oneshot`                            ``registration/``, ``threshold/``
-repeat                :func:`repeat`                             ``repeat/``, ``tables/repeatability.csv``
+repeat                :func:`repeat_train`, :func:`repeat`       ``repeat/``, ``tables/repeatability.csv``
 results               :func:`results`                            ``tables/dsc.csv``
 deliver               :func:`deliver`                            ``delivered/``, ``tables/quality.csv``
 measure, agreement    :func:`measure`, :func:`agreement`         ``tables/measurements.csv``, ``agreement.csv``
@@ -20,17 +20,61 @@ own scans (example)   :func:`own_scans_example`                  ``own_scans/``
 ====================  =========================================  ==========================
 """
 
-from nnsam2_utils.steps.agreement import agreement, measure
-from nnsam2_utils.steps.cohort import cohort
-from nnsam2_utils.steps.deliver import deliver
-from nnsam2_utils.steps.oneshot import oneshot
-from nnsam2_utils.steps.own_scans import own_scans_example
-from nnsam2_utils.steps.prepare import prepare, prepare_manifest
-from nnsam2_utils.steps.refine import refine
-from nnsam2_utils.steps.repeat import repeat
-from nnsam2_utils.steps.results import results
-from nnsam2_utils.steps.stage0 import propagate_manifest, stage0
-from nnsam2_utils.steps.supervised import supervised
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for readers and type checkers; at run time each step is imported on first use
+    from nnsam2_utils.steps.agreement import agreement, measure
+    from nnsam2_utils.steps.cohort import cohort
+    from nnsam2_utils.steps.deliver import deliver
+    from nnsam2_utils.steps.oneshot import oneshot
+    from nnsam2_utils.steps.own_scans import own_scans_example
+    from nnsam2_utils.steps.prepare import prepare, prepare_manifest
+    from nnsam2_utils.steps.refine import refine
+    from nnsam2_utils.steps.repeat import repeat, repeat_train
+    from nnsam2_utils.steps.results import results
+    from nnsam2_utils.steps.stage0 import propagate_manifest, stage0
+    from nnsam2_utils.steps.supervised import supervised
+
+#: step function → the module that defines it (imported on first use: a page imports only its own step's code)
+_MODULES = {
+    "agreement": "agreement",
+    "cohort": "cohort",
+    "deliver": "deliver",
+    "measure": "agreement",
+    "oneshot": "oneshot",
+    "own_scans_example": "own_scans",
+    "prepare": "prepare",
+    "prepare_manifest": "prepare",
+    "propagate_manifest": "stage0",
+    "refine": "refine",
+    "repeat": "repeat",
+    "repeat_train": "repeat",
+    "results": "results",
+    "stage0": "stage0",
+    "supervised": "supervised",
+}
+
+
+class _StepsModule(types.ModuleType):
+    """This package: ``steps.<name>`` is always the step function, imported on first use.
+
+    A step's function and its module share a name (``steps.prepare``); importing the submodule would
+    otherwise replace the function by the module on this package.
+    """
+
+    def __getattribute__(self, name: str):
+        if name in _MODULES:
+            return getattr(importlib.import_module(f"nnsam2_utils.steps.{_MODULES[name]}"), name)
+        return super().__getattribute__(name)
+
+    def __dir__(self) -> list[str]:
+        return sorted(__all__)
+
+
+sys.modules[__name__].__class__ = _StepsModule
 
 __all__ = [
     "deliver",
@@ -44,6 +88,7 @@ __all__ = [
     "propagate_manifest",
     "refine",
     "repeat",
+    "repeat_train",
     "results",
     "stage0",
     "supervised",

@@ -1,4 +1,7 @@
-"""Step ``repeat`` (docs/method.md §10.5): the final stage retrained with seed + 1; stage 0 re-run on a scan."""
+"""Step ``repeat`` (docs/method.md §10.5): the final stage retrained with seed + 1; stage 0 re-run on a scan.
+
+:func:`repeat_train` trains (beside the final stage: it needs only the previous stage); :func:`repeat` compares.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from dataclasses import dataclass
 import pandas as pd
 import SimpleITK as sitk
 
-from nnsam2_utils.data.io import read_csv, read_image, write_csv
+from nnsam2_utils.data.io import read_csv, read_image, read_json, write_csv, write_json
 from nnsam2_utils.evaluate.repeatability import REPEAT_STAGE, mask_agreement, variation_table
 from nnsam2_utils.evaluate.scans import dataset_group, measurements, stage_dsc
 from nnsam2_utils.propagate import make_propagator
@@ -37,31 +40,64 @@ def kept_rows(selection: pd.DataFrame, stage: int) -> list[tuple]:
     return sorted(map(tuple, selection.loc[selection["kept"].astype(bool), keys].astype(str).values))
 
 
-def repeat(run: Run) -> RepeatResult:
-    """Train the final stage again on exactly its training set with the next seed; compare measurements and masks."""
-    ws = run.workspace
-    settings = run.section("refine")
+def _repeat_settings(run: Run) -> tuple[int, str, int, dict]:
+    """(final stage, its name, the repeat's seed, the refine settings)."""
     final = run.profile.refine.stages
-    name, _, _ = stage_names(final)
-    seed = run.seed + 1
+    return final, stage_names(final)[0], run.seed + 1, run.section("refine")
+
+
+def repeat_train(run: Run) -> pd.DataFrame:
+    """Train the final stage again with the next seed on its training set; predict every scan; re-run stage 0 on one.
+
+    Needs only what the final stage's filter reads (the previous stage's labels), so it runs beside the final
+    stage itself. Writes ``repeat/selection.csv``, ``repeat/dsc.csv`` and ``repeat/stage0_check.json``; a
+    finished repeat under the same run key is not trained again. Returns the DSC rows.
+    """
+    ws = run.workspace
+    final, _, seed, settings = _repeat_settings(run)
+    previous = stage_names(final)[1]
+    upstream = [ws.stage(previous)] if final > 1 else [ws.stage(previous, d) for d in run.datasets]
+    folder = ws.stage(REPEAT_STAGE)
+    claim_folder(folder, run_key({"repeat_of": final, "seed": seed, **settings}, upstream, step="repeat"))
+    if all((folder / f).exists() for f in ("dsc.csv", "stage0_check.json", "training.json")):
+        return read_csv(folder / "dsc.csv")
     budget = stage_budget(settings, final, seed=seed)
-    claim_folder(
-        ws.stage(REPEAT_STAGE), run_key({"repeat_of": final, "seed": seed, **settings}, [ws.stage(name)], step="repeat")
-    )
     selection, cases = training_set(ws, run.datasets, final, settings)
-    if kept_rows(selection, final) != kept_rows(read_csv(ws.stage(name) / "selection.csv"), final):
-        raise RuntimeError(
-            f"the filter kept other pseudo-labels than {name}'s first training: not a repeat. "
-            f"Re-run the {name} step first."
-        )
+    write_csv(selection, folder / "selection.csv")
     parameters = {**settings, "budget": budget.__dict__, "cases": len(cases)}
     log = ws.logs / f"{REPEAT_STAGE}.log"
     with step_record(ws.runlog, "repeat_train", "pooled", parameters), captured_output(log):
         model = fit_stage(ws, final, cases, budget, settings, name=REPEAT_STAGE)
     with step_record(ws.runlog, "repeat_predict", "pooled"), captured_output(log):
         predict_all(model, budget, run.datasets, ws, REPEAT_STAGE)
+    dataset = run.datasets[0]
+    case = ws.case_ids(dataset)[-1]
+    with step_record(ws.runlog, "repeat_stage0", dataset):
+        check = rerun_stage0_case(
+            make_propagator(run.section("propagation")), ws, dataset, case, folder / "stage0_scratch"
+        )
+    write_json(check, folder / "stage0_check.json")
+    write_json({"training_cases": len(cases)}, folder / "training.json")
     dsc = stage_dsc(ws, run.datasets, REPEAT_STAGE)
-    write_csv(dsc, ws.stage(REPEAT_STAGE) / "dsc.csv")
+    write_csv(dsc, folder / "dsc.csv")
+    return dsc
+
+
+def repeat(run: Run) -> RepeatResult:
+    """The final stage against its second training (:func:`repeat_train`, run first if it has not run).
+
+    Checks that both trained on the same pseudo-labels, then compares measurements and masks.
+    """
+    ws = run.workspace
+    final, name, seed, _ = _repeat_settings(run)
+    dsc = repeat_train(run)
+    folder = ws.stage(REPEAT_STAGE)
+    selection = read_csv(folder / "selection.csv")
+    if kept_rows(selection, final) != kept_rows(read_csv(ws.stage(name) / "selection.csv"), final):
+        raise RuntimeError(
+            f"the filter kept other pseudo-labels than {name}'s first training: not a repeat. "
+            f"Re-run the {name} step first."
+        )
     groups = {d: dataset_group(run.manifest(d).modality, run.manifest(d).sequence) for d in run.datasets}
     with step_record(ws.runlog, "repeat_measure", "pooled"):
         variation = variation_table(measurements(ws, run, name), measurements(ws, run, REPEAT_STAGE), groups)
@@ -74,10 +110,6 @@ def repeat(run: Run) -> RepeatResult:
             )
             rows += mask_agreement(dataset, case, first, second)
     mask_dsc = pd.DataFrame(rows).groupby(["dataset", "case"])["dsc"].mean()
-    dataset = run.datasets[0]
-    case = ws.case_ids(dataset)[-1]
-    with step_record(ws.runlog, "repeat_stage0", dataset):
-        check = rerun_stage0_case(
-            make_propagator(run.section("propagation")), ws, dataset, case, ws.stage(REPEAT_STAGE) / "stage0_scratch"
-        )
-    return RepeatResult(name, seed, len(cases), dsc, variation, mask_dsc, check)
+    check = read_json(folder / "stage0_check.json")
+    cases = read_json(folder / "training.json")["training_cases"]
+    return RepeatResult(name, seed, cases, dsc, variation, mask_dsc, check)

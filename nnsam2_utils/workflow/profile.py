@@ -74,6 +74,8 @@ class Refine(_Section):
     device: str = "cpu"
     augmentation_workers: int | None = None  # 0: augmentation in the training process (deterministic)
     threads: int | None = Field(None, ge=1)  # CPU threads per training job; None: every core Snakemake has
+    # fp32 | bf16 (forward pass under bf16 autocast; a CPU with native bf16 only) | auto (bf16 where the CPU has it)
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
     confidence_percentile: float = Field(90.0, gt=0, lt=100)
     slice_fraction: float = Field(0.02, gt=0, le=1)
     min_slices_per_scan: int = Field(0, ge=0)  # stage-1 floor per scan (0: the paper's filter alone)

@@ -83,10 +83,15 @@ def open_run(profile: str = "demo", work_dir: str | Path | None = None) -> Run:
     return Run(loaded, workspace, own_manifests(loaded))
 
 
-def start(profile: str = "demo", work_dir: str | Path | None = None, level: int = logging.INFO) -> Run:
-    """Open a run for a notebook: logging to ``work/<profile>/logs/notebooks.log``, never onto the page."""
+def start(
+    profile: str = "demo",
+    work_dir: str | Path | None = None,
+    level: int = logging.INFO,
+    log_name: str = "notebooks.log",
+) -> Run:
+    """Open a run for a notebook: logging to ``work/<profile>/logs/<log_name>``, never onto the page."""
     run = open_run(profile, work_dir)
-    log_file = run.workspace.root / "logs" / "notebooks.log"
+    log_file = run.workspace.root / "logs" / log_name
     log_file.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_file, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

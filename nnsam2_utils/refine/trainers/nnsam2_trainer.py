@@ -12,6 +12,8 @@
   saving leaves the previous ``checkpoint_latest.pth`` intact, never a half-written one.
 * A checkpoint after every epoch (``checkpoint_latest.pth``, ``save_every = 1``) so an
   interrupted run resumes from the last finished epoch.
+* ``NNSAM2_PRECISION=bf16`` (a CPU with native bf16 only): the network's forward pass runs under bf16
+  autocast, the loss, gradients and weights stay fp32. On a CPU nnU-Net itself never autocasts.
 * nnU-Net's end-of-training validation is skipped: nnsam2 predicts every scan itself.
 * A resumed training reads its checkpoint as plain data (``weights_only=True``), never by unpickling code.
 * Augmentation in worker processes is deterministic: batchgenerators' ``MultiThreadedAugmenter`` (workers
@@ -70,6 +72,14 @@ class SeededWorkerLoader:
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     return int(value) if value else default
+
+
+def precision() -> str:
+    """The training precision asked for in ``NNSAM2_PRECISION``: ``fp32`` (unset) or ``bf16``."""
+    value = os.environ.get("NNSAM2_PRECISION") or "fp32"
+    if value not in ("fp32", "bf16"):
+        raise ValueError(f"NNSAM2_PRECISION must be fp32 or bf16, got {value!r}")
+    return value
 
 
 def rotation_range(degrees: float) -> tuple[float, float]:
@@ -174,6 +184,23 @@ class nnUNetTrainer_nnsam2(nnUNetTrainer):
         super().save_checkpoint(temporary)
         if os.path.exists(temporary):  # only the main process writes
             os.replace(temporary, filename)
+
+    def train_step(self, batch: dict) -> dict:
+        """nnU-Net's training step; with bf16 the forward pass under CPU autocast, the loss in fp32."""
+        if precision() != "bf16" or self.device.type != "cpu":
+            return super().train_step(batch)
+        data = batch["data"].to(self.device)
+        target = batch["target"]
+        target = [t.to(self.device) for t in target] if isinstance(target, list) else target.to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output = self.network(data)
+        output = [o.float() for o in output] if isinstance(output, (list, tuple)) else output.float()
+        loss = self.loss(output, target)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+        self.optimizer.step()
+        return {"loss": loss.detach().cpu().numpy()}
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         self.print_to_log_file("nnsam2: validation skipped (every scan is predicted by the pipeline)")

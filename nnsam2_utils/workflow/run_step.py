@@ -1,0 +1,41 @@
+"""Run one workflow step without a page: ``python -m nnsam2_utils.workflow.run_step STEP --profile P``.
+
+For the steps whose work is split from their page so that it can start earlier in the workflow (the
+repeat's training runs beside the final stage; its page compares once both exist). Logs go to
+``work/<profile>/logs/steps.log``; the exit status is 0 on success, 2 on nnsam2's own errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from nnsam2_utils.errors import Nnsam2Error
+
+#: steps that may run without their page: name → the function in nnsam2_utils.steps
+STEPS = ("repeat_train",)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the named step of a profile's run."""
+    parser = argparse.ArgumentParser(prog="python -m nnsam2_utils.workflow.run_step", description=__doc__)
+    parser.add_argument("step", choices=STEPS)
+    parser.add_argument("--profile", default="demo")
+    parser.add_argument("--work-dir", default=None)
+    args = parser.parse_args(argv)
+    from nnsam2_utils import steps
+    from nnsam2_utils.workflow.session import start
+
+    run = start(args.profile, args.work_dir, log_name="steps.log")
+    try:
+        getattr(steps, args.step)(run)
+    except Nnsam2Error as exc:
+        logging.getLogger(__name__).error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

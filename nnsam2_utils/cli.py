@@ -1,4 +1,5 @@
-"""The ``nnsam2`` command line: generate the demo cohort, check and fetch datasets, run the workflow."""
+"""The ``nnsam2`` command line: generate the demo cohort, check and fetch datasets, run the workflow, segment new
+scans with a run's trained model and export that model."""
 
 from __future__ import annotations
 
@@ -91,6 +92,76 @@ def _data_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _slices(text: str) -> tuple[int, int]:
+    from nnsam2_utils.apply.inputs import parse_slices
+
+    try:
+        return parse_slices(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from nnsam2_utils.apply.predict import predict
+
+    result = predict(
+        args.inputs,
+        args.out,
+        profile=args.profile,
+        stage=args.stage,
+        modality=args.modality,
+        fats=args.fat,
+        slices=args.slices,
+        device=args.device,
+        force=args.force,
+    )
+    for path in result.files:
+        print(path)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from nnsam2_utils.apply.export import export_model
+
+    result = export_model(args.out, profile=args.profile, stage=args.stage, force=args.force)
+    print(result.zip)
+    print(result.card)
+    return 0
+
+
+def _add_apply(sub) -> None:
+    """The ``predict`` and ``export`` subcommands (docs/method.md §13)."""
+    from nnsam2_utils.apply.inputs import MODALITIES
+    from nnsam2_utils.apply.model import STAGES
+
+    pred = sub.add_parser(
+        "predict",
+        help="segment new scans with a run's trained nnU-Net: labels on each scan's grid, measurements, overlays",
+        description="Segment new scans (NIfTI, NRRD, MHA files or DICOM series folders) with the trained nnU-Net of "
+        "a run profile. Writes OUT/<scan>_lpm.nii.gz (1 right, 2 left LPM, on the scan's own grid), "
+        "OUT/<scan>_overlay.png, OUT/measurements.csv, OUT/provenance.json and the log OUT/predict.log.",
+    )
+    pred.add_argument("inputs", nargs="+", metavar="IN", help="scan files or DICOM series folders")
+    pred.add_argument("-o", "--out", required=True, help="output folder (created if missing)")
+    pred.add_argument("--profile", default="demo", help="the run profile whose model to use (default: demo)")
+    pred.add_argument("--stage", choices=STAGES, default="final", help="final: the profile's last nnU-Net")
+    pred.add_argument("--modality", choices=MODALITIES, help="default: the DICOM header's, else CT if HU-like")
+    pred.add_argument("--fat", nargs="+", metavar="FAT", help="Dixon fat images, one per scan in the same order")
+    pred.add_argument("--slices", type=_slices, metavar="FIRST:LAST", help="segment these slices only (from 0)")
+    pred.add_argument("--device", help="cpu or cuda (default: the profile's refine.device)")
+    pred.add_argument("--force", action="store_true", help="replace existing outputs in OUT")
+    pred.set_defaults(func=_predict)
+    exp = sub.add_parser(
+        "export",
+        help="a run's trained nnU-Net as an nnU-Net v2 zip (nnUNetv2_install_pretrained_model_from_zip) + model card",
+    )
+    exp.add_argument("out", metavar="OUT.zip")
+    exp.add_argument("--profile", default="demo")
+    exp.add_argument("--stage", choices=STAGES, default="final", help="final: the profile's last nnU-Net")
+    exp.add_argument("--force", action="store_true", help="replace an existing zip and model card")
+    exp.set_defaults(func=_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``nnsam2``."""
     parser = argparse.ArgumentParser(prog="nnsam2", description=__doc__)
@@ -130,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     exe.add_argument("output")
     exe.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"))
     exe.set_defaults(func=_execute)
+    _add_apply(sub)
     return parser
 
 

@@ -52,6 +52,8 @@ def test_training_writes_a_final_checkpoint_without_mirroring(trained):
     assert checkpoint["inference_allowed_mirroring_axes"] is None
     assert checkpoint["current_epoch"] == 3
     assert not list((folder / "fold_all").glob(".*.tmp*"))  # checkpoints are renamed into place
+    assert not (folder / "fold_all" / "checkpoint_best.pth").exists()  # the final weights are the model
+    assert (folder / "fold_all" / "progress.png").is_file()  # drawn once, after the last epoch
     assert json.loads((folder / "dataset.json").read_text(encoding="utf-8"))["labels"]["left_lpm"] == 2
 
 

@@ -14,6 +14,8 @@
   interrupted run resumes from the last finished epoch.
 * ``NNSAM2_PRECISION=bf16`` (a CPU with native bf16 only): the network's forward pass runs under bf16
   autocast, the loss, gradients and weights stay fp32. On a CPU nnU-Net itself never autocasts.
+* No ``checkpoint_best.pth`` (nnsam2 uses the final weights) and the progress plot drawn once, after the last
+  epoch (nnU-Net draws it after every epoch: with the demo's 4-second epochs, a sixth of the time).
 * nnU-Net's end-of-training validation is skipped: nnsam2 predicts every scan itself.
 * A resumed training reads its checkpoint as plain data (``weights_only=True``), never by unpickling code.
 * Augmentation in worker processes is deterministic: batchgenerators' ``MultiThreadedAugmenter`` (workers
@@ -177,9 +179,22 @@ class nnUNetTrainer_nnsam2(nnUNetTrainer):
         if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
             self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
 
+    def on_train_start(self) -> None:
+        """nnU-Net's start; its progress plot is then drawn only after the last epoch."""
+        super().on_train_start()
+        draw = self.logger.plot_progress_png
+
+        def draw_at_the_end(output_folder: str) -> None:
+            if self.current_epoch >= self.num_epochs - 1:
+                draw(output_folder)
+
+        self.logger.plot_progress_png = draw_at_the_end
+
     def save_checkpoint(self, filename: str) -> None:
-        """nnU-Net's checkpoint, written to a temporary name and renamed into place."""
+        """nnU-Net's checkpoint, written to a temporary name and renamed into place; no best-epoch checkpoint."""
         folder, name = os.path.split(filename)
+        if name == "checkpoint_best.pth":  # nnsam2 predicts with the final weights, never the best-EMA epoch's
+            return
         temporary = os.path.join(folder, f".{name}.{os.getpid()}.tmp.pth")
         super().save_checkpoint(temporary)
         if os.path.exists(temporary):  # only the main process writes

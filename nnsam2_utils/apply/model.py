@@ -1,0 +1,86 @@
+"""The trained nnU-Net of a run (docs/method.md §13): which stage, where its checkpoint is, and its SHA-256 as
+recorded when it was trained (a checkpoint changed since is refused, never loaded)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nnsam2_utils.errors import CheckpointError, ConfigError
+from nnsam2_utils.workflow.profile import RunProfile, load_profile, profile_path
+from nnsam2_utils.workflow.workspace import Workspace
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nnsam2_utils.refine.nnunet import Budget
+
+#: What ``--stage`` accepts: ``final`` is the profile's last nnU-Net (the paper's nnsam2 model).
+STAGES: tuple[str, ...] = ("final", "nnunet1", "nnunet2", "nnunet3")
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """One trained nnU-Net stage of a run, its checkpoint verified against the SHA-256 recorded at training."""
+
+    profile: RunProfile
+    stage: str  # nnunet<k>
+    folder: Path  # nnU-Net's model folder: <DatasetXXX_name>/<trainer>__<plans>__<configuration>
+    checkpoint: Path
+    sha256: str
+    budget: Budget
+    workspace: Workspace
+
+    @property
+    def dataset_id(self) -> int:
+        """The nnU-Net dataset id the stage was trained under."""
+        from nnsam2_utils.refine.stages import dataset_id
+
+        return dataset_id(self.stage)
+
+    @property
+    def dataset_folder(self) -> Path:
+        """nnU-Net's ``DatasetXXX_name`` folder holding the model folder."""
+        return self.folder.parent
+
+
+def stage_name(stage: str, stages: int) -> str:
+    """``final`` → the profile's last nnU-Net (``nnunet<stages>``); ``nnunet<k>`` as given."""
+    return f"nnunet{stages}" if stage == "final" else stage
+
+
+def find_model(profile: str, stage: str = "final", device: str | None = None) -> TrainedModel:
+    """The trained model of a run profile's stage; ``device`` replaces the profile's ``refine.device``.
+
+    A profile whose stage was never trained is a CheckpointError naming the missing checkpoint and the command
+    that trains it; a checkpoint whose bytes differ from the SHA-256 recorded at training is refused.
+    """
+    from nnsam2_utils.refine.checkpoint import verify_trained_checkpoint  # torch: imported only when needed
+    from nnsam2_utils.refine.nnunet import model_folder
+    from nnsam2_utils.refine.stages import dataset_id, stage_budget
+
+    if stage not in STAGES:
+        raise ConfigError(f"--stage {stage}: choose one of {', '.join(STAGES)}.")
+    loaded = load_profile(profile)
+    name = stage_name(stage, loaded.refine.stages)
+    k = int(name.removeprefix("nnunet"))
+    if k > loaded.refine.stages:
+        raise ConfigError(
+            f"{profile_path(profile)}: profile '{loaded.profile}' trains {loaded.refine.stages} nnU-Net stage(s) "
+            f"(refine.stages), so it has no {name}. Choose --stage final or nnunet1..nnunet{loaded.refine.stages}."
+        )
+    # the training precision does not apply to prediction (nnU-Net predicts in fp32 on a CPU)
+    budget = stage_budget({**loaded.section("refine"), "precision": "fp32"}, k, seed=loaded.seed)
+    if device:
+        budget = dataclasses.replace(budget, device=device)
+    workspace = Workspace.for_profile(loaded.profile)
+    folder = model_folder(workspace.stage(name) / "nnunet", dataset_id(name), name, budget)
+    checkpoint = folder / f"fold_{budget.fold}" / "checkpoint_final.pth"
+    if not checkpoint.is_file():
+        raise CheckpointError(
+            f"{checkpoint}: no trained {name} model for run profile '{loaded.profile}'. Run the profile first: "
+            f"`make book PROFILE={loaded.profile}` (or `nnsam2 run --profile {loaded.profile}`), then predict again."
+        )
+    verify_trained_checkpoint(checkpoint)
+    digest = checkpoint.with_name(checkpoint.name + ".sha256").read_text(encoding="utf-8").split()[0]
+    return TrainedModel(loaded, name, folder, checkpoint, digest, budget, workspace)

@@ -71,6 +71,13 @@ def papermill(*parameters):
             "{input[0]:q} {output:q}")
 
 
+def step_command(step, extra=""):
+    """The shell command of a rule that runs a step without a page (nnsam2_utils/workflow/run_step.py)."""
+    return ("OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} "
+            f"{shlex.quote(str(BIN / 'python'))} -m nnsam2_utils.workflow.run_step {step} "
+            f"--profile {shlex.quote(PROFILE)} {extra}")
+
+
 rule book:
     input:
         f"{G}/04_results.ipynb",
@@ -211,14 +218,27 @@ rule refine:
         papermill(("stage", None))
 
 
+rule oneshot_dataset:
+    """One dataset's one-shot baselines, as soon as its stage 0 is done (the page, rule oneshot, reads them)."""
+    input:
+        f"{G}/02_stage0_{{dataset}}.ipynb",
+        code("oneshot"),
+    output:
+        f"{WORK}/registration/{{dataset}}/dsc.csv",
+        f"{WORK}/threshold/{{dataset}}/dsc.csv",
+    priority: 5
+    shell:
+        step_command("oneshot_dataset", "--dataset {wildcards.dataset:q}")
+
+
 rule oneshot:
     input:
         notebook("05_oneshot"),
-        expand(f"{G}/02_stage0_{{dataset}}.ipynb", dataset=DATASETS),
+        expand(f"{WORK}/{{baseline}}/{{dataset}}/dsc.csv", baseline=("registration", "threshold"), dataset=DATASETS),
         code("oneshot"),
-    priority: 5
     output:
         f"{G}/05_oneshot.ipynb",
+    priority: 20
     shell:
         papermill()
 
@@ -237,9 +257,7 @@ rule repeat_train:
         gpu=GPU_REFINE,
         **res("refine", mem_mb=8000, runtime=120),
     shell:
-        ("OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} "
-         f"{shlex.quote(str(BIN / 'python'))} -m nnsam2_utils.workflow.run_step repeat_train "
-         f"--profile {shlex.quote(PROFILE)}")
+        step_command("repeat_train")
 
 
 rule repeat:

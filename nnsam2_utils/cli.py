@@ -114,6 +114,7 @@ def _predict(args: argparse.Namespace) -> int:
         slices=args.slices,
         device=args.device,
         force=args.force,
+        like=args.like,
     )
     for path in result.files:
         print(path)
@@ -144,7 +145,13 @@ def _add_apply(sub) -> None:
     pred.add_argument("inputs", nargs="+", metavar="IN", help="scan files or DICOM series folders")
     pred.add_argument("-o", "--out", required=True, help="output folder (created if missing)")
     pred.add_argument("--profile", default="demo", help="the run profile whose model to use (default: demo)")
-    pred.add_argument("--stage", choices=STAGES, default="final", help="final: the profile's last nnU-Net")
+    pred.add_argument(
+        "--stage",
+        choices=STAGES,
+        default="final",
+        help="final: the profile's last nnU-Net; delivered: the one the run delivered for the dataset --like names",
+    )
+    pred.add_argument("--like", metavar="DATASET", help="with --stage delivered: the run dataset these scans are like")
     pred.add_argument("--modality", choices=MODALITIES, help="default: the DICOM header's, else CT if HU-like")
     pred.add_argument("--fat", nargs="+", metavar="FAT", help="Dixon fat images, one per scan in the same order")
     pred.add_argument("--slices", type=_slices, metavar="FIRST:LAST", help="segment these slices only (from 0)")

@@ -28,7 +28,7 @@ from nnsam2_utils.apply.predict import predict
 from nnsam2_utils.data.checks import path_sha256
 from nnsam2_utils.data.geometry import canonical, grid_differences
 from nnsam2_utils.data.io import read_image, sha256, write_image
-from nnsam2_utils.errors import CheckpointError, DataError, GeometryError
+from nnsam2_utils.errors import CheckpointError, ConfigError, DataError, GeometryError
 
 PROFILE = "applied"
 DATASET = "backpain_t2w"
@@ -330,6 +330,30 @@ def test_a_profile_without_a_trained_model_or_with_a_changed_checkpoint_is_refus
     with pytest.raises(CheckpointError, match="changed or replaced after training"):
         export_model(tmp_path / "b.zip", profile="tampered")
     assert not (tmp_path / "b.zip").exists()
+
+
+def test_the_delivered_stage_of_a_dataset_is_the_model_used_or_the_reason_there_is_none(run, tmp_path):
+    """``--stage delivered --like DATASET`` applies the nnU-Net the run delivered for that dataset; where the run
+    delivered stage 0 (which needs a prompted slice in every scan) it refuses and says how to apply one anyway."""
+    from nnsam2_utils.apply.model import find_model
+
+    delivered = run.ws.tables / "delivered.csv"
+    with pytest.raises(ConfigError, match=r"delivered\.csv: missing"):
+        find_model(PROFILE, "delivered", like=DATASET)
+    pd.DataFrame([{"dataset": DATASET, "delivered": "nnunet3"}, {"dataset": "word_ct", "delivered": "stage0"}]).to_csv(
+        delivered, index=False
+    )
+    try:
+        assert find_model(PROFILE, "delivered", like=DATASET).stage == "nnunet3"
+        with pytest.raises(ConfigError, match="needs --like DATASET"):
+            find_model(PROFILE, "delivered")
+        with pytest.raises(ConfigError, match=r"no dataset 'totalseg_ct'; the run's datasets: backpain_t2w, word_ct"):
+            find_model(PROFILE, "delivered", like="totalseg_ct")
+        with pytest.raises(ConfigError, match=r"delivered stage0 for word_ct .* Use --stage final or nnunet<k>"):
+            predict([scan_file(run)], tmp_path / "out", profile=PROFILE, stage="delivered", like="word_ct")
+        assert not (tmp_path / "out").exists()  # refused before anything is written
+    finally:
+        delivered.unlink()
 
 
 # ------------------------------------------------------------------------------------------------------------------

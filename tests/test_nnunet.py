@@ -121,6 +121,9 @@ def test_a_warm_start_reuses_the_earlier_plan_and_weights(trained):
     )
     assert plans2["configurations"]["2d"] == plans["configurations"]["2d"]  # not re-planned (3.0 mm ignored)
     assert plans2["dataset_name"] == f"Dataset{SECOND}_blobs2"
+    # the fingerprint the reused plan was made from goes with it (not re-extracted from the new cases)
+    fingerprint = (root / "preprocessed" / f"Dataset{SECOND}_blobs2" / "dataset_fingerprint.json").read_bytes()
+    assert fingerprint == (folder / "dataset_fingerprint.json").read_bytes()
     log = next((second / "fold_all").glob("training_log_*.txt")).read_text(encoding="utf-8")
     assert "rotation limited to +/-10.0 degrees" in log
     first = torch.load(folder / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=False)

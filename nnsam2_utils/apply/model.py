@@ -15,8 +15,9 @@ from nnsam2_utils.workflow.workspace import Workspace
 if TYPE_CHECKING:  # pragma: no cover
     from nnsam2_utils.refine.nnunet import Budget
 
-#: What ``--stage`` accepts: ``final`` is the profile's last nnU-Net (the paper's nnsam2 model).
-STAGES: tuple[str, ...] = ("final", "nnunet1", "nnunet2", "nnunet3")
+#: What ``--stage`` accepts: ``final`` is the profile's last nnU-Net (the paper's nnsam2 model); ``delivered`` the
+#: nnU-Net the run delivered for the dataset named by ``like`` (``tables/delivered.csv``, docs/method.md §7.1).
+STAGES: tuple[str, ...] = ("final", "delivered", "nnunet1", "nnunet2", "nnunet3")
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,37 @@ def stage_name(stage: str, stages: int) -> str:
     return f"nnunet{stages}" if stage == "final" else stage
 
 
-def find_model(profile: str, stage: str = "final", device: str | None = None) -> TrainedModel:
+def delivered_stage(workspace: Workspace, dataset: str | None) -> str:
+    """The stage the run delivered for ``dataset`` (``tables/delivered.csv``); an nnU-Net stage, or a ConfigError.
+
+    Stage 0 needs a prompted slice of each scan, so a dataset for which the run delivered stage 0 has no model to
+    apply: the error says so and how to apply an nnU-Net anyway.
+    """
+    import pandas as pd
+
+    table_path = workspace.tables / "delivered.csv"
+    if not dataset:
+        raise ConfigError("--stage delivered needs --like DATASET: the run dataset whose new scans these are like.")
+    if not table_path.is_file():
+        raise ConfigError(f"{table_path}: missing; the run has not delivered yet (its results page writes it).")
+    table = pd.read_csv(table_path)
+    rows = table.loc[table["dataset"] == dataset, "delivered"]
+    if rows.empty:
+        raise ConfigError(f"{table_path}: no dataset '{dataset}'; the run's datasets: {', '.join(table['dataset'])}.")
+    stage = str(rows.iloc[0])
+    if not stage.startswith("nnunet"):
+        raise ConfigError(
+            f"{table_path}: the run delivered {stage} for {dataset} (its nnU-Nets looked worse on the run's own "
+            f"evidence), and {stage} needs a prompted slice in every scan. Use --stage final or nnunet<k> to apply an "
+            "nnU-Net anyway, and check its labels."
+        )
+    return stage
+
+
+def find_model(profile: str, stage: str = "final", device: str | None = None, like: str | None = None) -> TrainedModel:
     """The trained model of a run profile's stage; ``device`` replaces the profile's ``refine.device``.
+
+    ``stage="delivered"``: the nnU-Net the run delivered for the dataset ``like`` (:func:`delivered_stage`).
 
     A profile whose stage was never trained is a CheckpointError naming the missing checkpoint and the command
     that trains it; a checkpoint whose bytes differ from the SHA-256 recorded at training is refused.
@@ -62,6 +92,8 @@ def find_model(profile: str, stage: str = "final", device: str | None = None) ->
     if stage not in STAGES:
         raise ConfigError(f"--stage {stage}: choose one of {', '.join(STAGES)}.")
     loaded = load_profile(profile)
+    if stage == "delivered":
+        stage = delivered_stage(Workspace.for_profile(loaded.profile), like)
     name = stage_name(stage, loaded.refine.stages)
     k = int(name.removeprefix("nnunet"))
     if k > loaded.refine.stages:

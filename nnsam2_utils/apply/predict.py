@@ -132,14 +132,17 @@ def predict(
     device: str | None = None,
     force: bool = False,
     progress: bool = True,
+    like: str | None = None,
 ) -> PredictResult:
     """Segment new scans with the trained model of ``profile``'s ``stage`` into the folder ``out``.
+
+    ``stage="delivered"`` with ``like=DATASET``: the nnU-Net the run delivered for that dataset.
 
     Writes ``<scan>_lpm.nii.gz`` (0 background, 1 right, 2 left LPM, on the scan's grid; 0 outside the slices
     segmented), ``<scan>_overlay.png``, ``measurements.csv`` and ``provenance.json``; logs to ``predict.log``.
     Nothing is written before every input is read and checked; an existing output is refused unless ``force``.
     """
-    model = find_model(profile, stage, device)
+    model = find_model(profile, stage, device, like=like)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: is a file; give a folder for the outputs (-o).")

@@ -175,16 +175,24 @@ def plan_and_preprocess(
     above nnU-Net's 5 %-of-the-dataset cap, which starves tiny pseudo-label sets) and a cap on
     the feature maps per stage (a smaller network for a CPU budget). With ``plans_from`` (the
     plans file of an earlier stage) that plan is reused as it is, so the earlier stage's
-    weights fit the network (a warm start).
+    weights fit the network (a warm start), and so is the fingerprint it was planned from.
     """
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
 
     # nnU-Net's planner sets torch's threads to nnUNet_n_proc_DA: at least one, even when training augments in-process
     with nnunet_environment(root, max(1, budget.augmentation_workers)):
-        extract_fingerprints(
-            [dataset_id], num_processes=1, check_dataset_integrity=True, verbose=False, show_progress_bar=False
-        )
+        earlier = Path(plans_from).with_name("dataset_fingerprint.json") if plans_from is not None else None
+        if earlier is not None and earlier.is_file():
+            # a warm start reuses the earlier plan as it is: the fingerprint behind that plan goes with it (nnU-Net
+            # plans from a fingerprint and nothing else reads one; extracting a new one cost ~10 s per stage)
+            target = Path(root) / "preprocessed" / convert_id_to_dataset_name(dataset_id) / "dataset_fingerprint.json"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(earlier, target)
+        else:
+            extract_fingerprints(
+                [dataset_id], num_processes=1, check_dataset_integrity=True, verbose=False, show_progress_bar=False
+            )
         spacing = None
         if budget.target_spacing_mm:
             fingerprint = read_json(

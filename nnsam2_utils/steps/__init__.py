@@ -11,7 +11,7 @@ prepare               :func:`prepare` (per dataset)              ``prepared/<dat
 stage 0               :func:`stage0` (per dataset)               ``stage0/<dataset>/``
 stages 1-3            :func:`refine` (per stage)                 ``nnunet<k>/``
 supervised bound      :func:`supervised`                         ``supervised/``
-one-shot baselines    :func:`oneshot`                            ``registration/``, ``threshold/``
+one-shot baselines    :func:`oneshot_dataset`, :func:`oneshot`   ``registration/``, ``threshold/``
 repeat                :func:`repeat_train`, :func:`repeat`       ``repeat/``, ``tables/repeatability.csv``
 results               :func:`results`                            ``tables/dsc.csv``
 deliver               :func:`deliver`                            ``delivered/``, ``tables/quality.csv``
@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # for readers and type checkers; at run time each step is imp
     from nnsam2_utils.steps.agreement import agreement, measure
     from nnsam2_utils.steps.cohort import cohort
     from nnsam2_utils.steps.deliver import deliver
-    from nnsam2_utils.steps.oneshot import oneshot
+    from nnsam2_utils.steps.oneshot import oneshot, oneshot_dataset
     from nnsam2_utils.steps.own_scans import own_scans_example
     from nnsam2_utils.steps.prepare import prepare, prepare_manifest
     from nnsam2_utils.steps.refine import refine
@@ -45,6 +45,7 @@ _MODULES = {
     "deliver": "deliver",
     "measure": "agreement",
     "oneshot": "oneshot",
+    "oneshot_dataset": "oneshot",
     "own_scans_example": "own_scans",
     "prepare": "prepare",
     "prepare_manifest": "prepare",
@@ -82,6 +83,7 @@ __all__ = [
     "cohort",
     "measure",
     "oneshot",
+    "oneshot_dataset",
     "own_scans_example",
     "prepare",
     "prepare_manifest",

@@ -1,7 +1,8 @@
 """Run one workflow step without a page: ``python -m nnsam2_utils.workflow.run_step STEP --profile P``.
 
-For the steps whose work is split from their page so that it can start earlier in the workflow (the
-repeat's training runs beside the final stage; its page compares once both exist). Logs go to
+For the steps whose work is split from their page so that it can start earlier in the workflow: the repeat's
+training runs beside the final stage (its page compares once both exist), each dataset's one-shot baselines
+start when its stage 0 is done (their page reads them back). Logs go to
 ``work/<profile>/logs/steps.log``; the exit status is 0 on success, 2 on nnsam2's own errors.
 """
 
@@ -13,8 +14,9 @@ import sys
 
 from nnsam2_utils.errors import Nnsam2Error
 
-#: steps that may run without their page: name → the function in nnsam2_utils.steps
-STEPS = ("repeat_train",)
+#: steps that may run without their page (functions of nnsam2_utils.steps); those in PER_DATASET take --dataset
+STEPS = ("repeat_train", "oneshot_dataset")
+PER_DATASET = ("oneshot_dataset",)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,13 +25,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("step", choices=STEPS)
     parser.add_argument("--profile", default="demo")
     parser.add_argument("--work-dir", default=None)
+    parser.add_argument("--dataset", help=f"the dataset of a per-dataset step ({', '.join(PER_DATASET)})")
     args = parser.parse_args(argv)
+    if (args.step in PER_DATASET) != bool(args.dataset):
+        parser.error(f"--dataset is {'needed' if args.step in PER_DATASET else 'not taken'} by step {args.step}")
     from nnsam2_utils import steps
     from nnsam2_utils.workflow.session import start
 
-    run = start(args.profile, args.work_dir, log_name="steps.log")
     try:
-        getattr(steps, args.step)(run)
+        run = start(args.profile, args.work_dir, log_name="steps.log")
+        function = getattr(steps, args.step)
+        function(run, args.dataset) if args.dataset else function(run)
     except Nnsam2Error as exc:
         logging.getLogger(__name__).error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)

@@ -210,7 +210,7 @@ rule refine:
     output:
         f"{G}/03_refine_{{stage}}.ipynb",
     threads: TRAIN_THREADS
-    priority: 20  # the critical path (nnU-Net 1 -> 2 -> 3 -> repeat): before the baselines when cores are short
+    priority: 30  # the critical path (nnU-Net 1 -> 2 -> 3 -> repeat): before the baselines when cores are short
     resources:
         gpu=GPU_REFINE,
         **res("refine", mem_mb=8000, runtime=120),
@@ -278,7 +278,7 @@ rule supervised:
         notebook("05_supervised"),
         expand(f"{G}/01_prepare_{{dataset}}.ipynb", dataset=DATASETS),
         code("supervised"),
-    priority: 5
+    priority: 10  # long: started first on the core the chain leaves free
     output:
         f"{G}/05_supervised.ipynb",
     threads: TRAIN_THREADS

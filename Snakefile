@@ -34,6 +34,7 @@ GPU_REFINE = 1 if P.refine.device == "cuda" else 0
 TRAIN_THREADS = P.refine.threads or workflow.cores
 WORK = f"{os.environ.get('NNSAM2_WORK', 'work')}/{PROFILE}"
 REPEAT_DONE = f"{WORK}/repeat/dsc.csv"  # written last by steps.repeat_train
+ENCODER_DONE = f"{WORK}/runlog/encoder__all.json"  # the step record of steps.encoder
 
 wildcard_constraints:
     dataset="|".join(DATASETS) or "(?!)",
@@ -125,9 +126,25 @@ onstart:
         raise WorkflowError(f"profile '{PROFILE}' cannot start; missing:\n  " + "\n  ".join(_missing))
 
 
+rule encoder:
+    """Stage 0's model built once (LiteMedSAM's encoder exported to OpenVINO) beside the cohort, before any
+    dataset's stage 0 needs it."""
+    input:
+        code("stage0"),
+    output:
+        ENCODER_DONE,
+    priority: 50
+    resources:
+        gpu=GPU_STAGE0,
+    shell:
+        step_command("encoder")
+
+
 rule own_scans:
+    """The example chapter: it needs nothing of the run but stage 0's model, and runs when a core is free."""
     input:
         notebook("09_own_scans"),
+        ENCODER_DONE,
         code("own_scans"),
     output:
         f"{G}/09_own_scans.ipynb",
@@ -165,6 +182,7 @@ rule stage0:
     input:
         notebook("02_stage0"),
         f"{G}/01_prepare_{{dataset}}.ipynb",
+        ENCODER_DONE,
         code("stage0"),
     priority: 30
     output:

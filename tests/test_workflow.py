@@ -229,6 +229,11 @@ def test_run_to_run_variation_of_training_is_measured_and_shown_beside_the_margi
     assert (beside.margin_pct.round(6) == 10).all() and beside.seed_change_mean_pct.notna().any()
     repeat = glued(nbformat.read(str(book / "generated" / "05_repeat.ipynb"), as_version=4))
     assert repeat["stage0_identical"] == "identical"  # stage 0 again on one scan: the same bytes
+    # stage 0's model was built once, by its own step, before any dataset's stage 0 started
+    records = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in (work / "runlog").glob("*.json")}
+    assert (
+        min(r["started"] for k, r in records.items() if k.startswith("stage0__")) >= records["encoder__all"]["started"]
+    )
     # the second training needs only nnU-Net 2's labels: it trained beside nnU-Net 3, not after it
     started = json.loads((work / "runlog" / "repeat_train__pooled.json").read_text(encoding="utf-8"))["started"]
     third_done = (book / "generated" / "03_refine_3.ipynb").stat().st_mtime

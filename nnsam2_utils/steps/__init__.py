@@ -8,7 +8,7 @@ step                  function                                   writes under wo
 ====================  =========================================  ==========================
 cohort                :func:`cohort`                             ``data/``
 prepare               :func:`prepare` (per dataset)              ``prepared/<dataset>/``
-stage 0               :func:`stage0` (per dataset)               ``stage0/<dataset>/``
+stage 0               :func:`encoder`, :func:`stage0` (per d.)   ``work/_models/``, ``stage0/<dataset>/``
 stages 1-3            :func:`refine` (per stage)                 ``nnunet<k>/``
 supervised bound      :func:`supervised`                         ``supervised/``
 one-shot baselines    :func:`oneshot_dataset`, :func:`oneshot`   ``registration/``, ``threshold/``
@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # for readers and type checkers; at run time each step is imp
     from nnsam2_utils.steps.refine import refine
     from nnsam2_utils.steps.repeat import repeat, repeat_train
     from nnsam2_utils.steps.results import results
-    from nnsam2_utils.steps.stage0 import propagate_manifest, stage0
+    from nnsam2_utils.steps.stage0 import encoder, propagate_manifest, stage0
     from nnsam2_utils.steps.supervised import supervised
 
 #: step function → the module that defines it (imported on first use: a page imports only its own step's code)
@@ -43,6 +43,7 @@ _MODULES = {
     "agreement": "agreement",
     "cohort": "cohort",
     "deliver": "deliver",
+    "encoder": "stage0",
     "measure": "agreement",
     "oneshot": "oneshot",
     "oneshot_dataset": "oneshot",
@@ -79,6 +80,7 @@ sys.modules[__name__].__class__ = _StepsModule
 
 __all__ = [
     "deliver",
+    "encoder",
     "agreement",
     "cohort",
     "measure",

@@ -90,3 +90,14 @@ def stage0(run: Run, dataset: str, backend: str | None = None) -> Stage0Result:
     """Stage 0 of one dataset of the run, with the profile's backend or a compared one (``backend``)."""
     settings, stage = propagation_settings(run, backend)
     return propagate_manifest(run.workspace, run.manifest(dataset), settings, stage)
+
+
+def encoder(run: Run) -> None:
+    """Build stage 0's promptable model once, before any dataset needs it (or find it built and verified).
+
+    With ``propagation.encoder: openvino`` this is where LiteMedSAM's encoder is exported into the cache
+    (``work/_models``): the workflow runs it beside the cohort, so no dataset's stage 0 waits for the export.
+    """
+    settings, _ = propagation_settings(run)
+    with step_record(run.workspace.runlog, "encoder", "all", settings):
+        make_propagator(settings)

@@ -1,6 +1,7 @@
 """Run one workflow step without a page: ``python -m nnsam2_utils.workflow.run_step STEP --profile P``.
 
-For the steps whose work is split from their page so that it can start earlier in the workflow: the repeat's
+For the steps whose work is split from their page so that it can start earlier in the workflow: stage 0's model
+(the OpenVINO export) is built beside the cohort, the repeat's
 training runs beside the final stage (its page compares once both exist), each dataset's one-shot baselines
 start when its stage 0 is done (their page reads them back). Logs go to
 ``work/<profile>/logs/steps.log``; the exit status is 0 on success, 2 on nnsam2's own errors.
@@ -15,7 +16,7 @@ import sys
 from nnsam2_utils.errors import Nnsam2Error
 
 #: steps that may run without their page (functions of nnsam2_utils.steps); those in PER_DATASET take --dataset
-STEPS = ("repeat_train", "oneshot_dataset")
+STEPS = ("encoder", "repeat_train", "oneshot_dataset")
 PER_DATASET = ("oneshot_dataset",)
 
 

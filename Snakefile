@@ -56,26 +56,25 @@ def notebook(name):
     return f"notebooks/{name}.ipynb"
 
 
+# every job's torch (OMP) and SimpleITK threads: the job's {threads}, so parallel jobs do not oversubscribe the cores
+THREAD_LIMITS = "OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads}"
 BIN = Path(sys.executable).parent  # the environment Snakemake runs in (.venv/bin)
 
 
 def papermill(*parameters):
     """The shell command of a rule: its notebook run by papermill with the profile and ``parameters``.
 
-    Every notebook runs with OMP_NUM_THREADS (torch) and ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS (SimpleITK) set to
-    the job's {threads}, so parallel jobs do not oversubscribe the cores. Names and paths are shell-quoted.
+    Every notebook runs under THREAD_LIMITS. Names and paths are shell-quoted.
     """
     extra = " ".join(f"-p {name} {{wildcards.{name}}}" if value is None else f"-p {name} {shlex.quote(str(value))}"
                      for name, value in parameters)
-    return ("OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} "
-            f"{shlex.quote(str(BIN / 'nnsam2'))} execute -p profile {shlex.quote(PROFILE)} {extra} "
+    return (f"{THREAD_LIMITS} {shlex.quote(str(BIN / 'nnsam2'))} execute -p profile {shlex.quote(PROFILE)} {extra} "
             "{input[0]:q} {output:q}")
 
 
 def step_command(step, extra=""):
     """The shell command of a rule that runs a step without a page (nnsam2_utils/workflow/run_step.py)."""
-    return ("OMP_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads} "
-            f"{shlex.quote(str(BIN / 'python'))} -m nnsam2_utils.workflow.run_step {step} "
+    return (f"{THREAD_LIMITS} {shlex.quote(str(BIN / 'python'))} -m nnsam2_utils.workflow.run_step {step} "
             f"--profile {shlex.quote(PROFILE)} {extra}")
 
 

@@ -115,6 +115,8 @@ def _predict(args: argparse.Namespace) -> int:
         device=args.device,
         force=args.force,
         like=args.like,
+        discs=args.discs,
+        slab_mm=args.slab_mm,
     )
     for path in result.files:
         print(path)
@@ -130,17 +132,37 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _discs(text: str) -> dict[str, int]:
+    from nnsam2_utils.apply.inputs import parse_discs
+
+    try:
+        return parse_discs(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _slab_mm(text: str) -> float:
+    from nnsam2_utils.evaluate.levels import check_half_width
+
+    try:
+        return check_half_width(float(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--slab-mm {text!r}: {exc}") from exc
+
+
 def _add_apply(sub) -> None:
     """The ``predict`` and ``export`` subcommands (docs/method.md §13)."""
     from nnsam2_utils.apply.inputs import MODALITIES
     from nnsam2_utils.apply.model import STAGES
+    from nnsam2_utils.evaluate.levels import SLAB_HALF_WIDTH_MM
 
     pred = sub.add_parser(
         "predict",
         help="segment new scans with a run's trained nnU-Net: labels on each scan's grid, measurements, overlays",
         description="Segment new scans (NIfTI, NRRD, MHA files or DICOM series folders) with the trained nnU-Net of "
         "a run profile. Writes OUT/<scan>_lpm.nii.gz (1 right, 2 left LPM, on the scan's own grid), "
-        "OUT/<scan>_overlay.png, OUT/measurements.csv, OUT/provenance.json and the log OUT/predict.log.",
+        "OUT/<scan>_overlay.png, OUT/measurements.csv (and OUT/level_measurements.csv with --discs), "
+        "OUT/provenance.json and the log OUT/predict.log.",
     )
     pred.add_argument("inputs", nargs="+", metavar="IN", help="scan files or DICOM series folders")
     pred.add_argument("-o", "--out", required=True, help="output folder (created if missing)")
@@ -155,6 +177,22 @@ def _add_apply(sub) -> None:
     pred.add_argument("--modality", choices=MODALITIES, help="default: the DICOM header's, else CT if HU-like")
     pred.add_argument("--fat", nargs="+", metavar="FAT", help="Dixon fat images, one per scan in the same order")
     pred.add_argument("--slices", type=_slices, metavar="FIRST:LAST", help="segment these slices only (from 0)")
+    pred.add_argument(
+        "--discs",
+        nargs="+",
+        type=_discs,
+        metavar="L3L4=K,L4L5=K,L5S1=K",
+        help="disc slice numbers (from 0, as --slices), one list per scan in the same order: also measure CSA, fat "
+        "ratio or HU per disc level into OUT/level_measurements.csv",
+    )
+    pred.add_argument(
+        "--slab-mm",
+        type=_slab_mm,
+        default=SLAB_HALF_WIDTH_MM,
+        metavar="MM",
+        help=f"with --discs: average over the slices within ± MM of each disc (default {SLAB_HALF_WIDTH_MM:g}; 0: the "
+        "disc slice only)",
+    )
     pred.add_argument("--device", help="cpu or cuda (default: the profile's refine.device)")
     pred.add_argument("--force", action="store_true", help="replace existing outputs in OUT")
     pred.set_defaults(func=_predict)

@@ -22,7 +22,7 @@ import SimpleITK as sitk
 import yaml
 
 from nnsam2_utils.apply.export import export_model
-from nnsam2_utils.apply.inputs import check_scan, load_scan, parse_slices
+from nnsam2_utils.apply.inputs import check_scan, load_scan, parse_discs, parse_slices
 from nnsam2_utils.apply.outputs import labels_on_input_grid
 from nnsam2_utils.apply.predict import predict
 from nnsam2_utils.data.checks import path_sha256
@@ -299,6 +299,125 @@ def test_bad_inputs_are_refused_with_the_file_named(run, tmp_path):
         assert " ERROR " in (out / "predict.log").read_text(encoding="utf-8")  # the log says why
     with pytest.raises(ValueError, match="expected FIRST:LAST"):
         parse_slices("3-12")
+
+
+def test_predict_measures_each_disc_level_given(run, tmp_path):
+    """With --discs, CSA per class at each disc level, averaged over the slices within ±slab of the disc: the values
+    of the written labels, slice by slice, on the scan's own grid; a slab at the scan's edge is cut and says so."""
+    nifti = scan_file(run)
+    image = read_image(nifti)
+    n, (sx, sy, sz) = image.GetSize()[2], image.GetSpacing()
+    discs = {"L3L4": n - 3, "L4L5": n // 2, "L5S1": 0}
+    out = tmp_path / "out"
+    result = predict([nifti], out, profile=PROFILE, discs=[discs], slab_mm=sz, progress=False)
+
+    labels = sitk.GetArrayFromImage(read_image(out / "t2w_001_lpm.nii.gz"))  # stored z = the slice number
+    table = pd.read_csv(out / "level_measurements.csv", dtype={"scan": str}, keep_default_na=False, na_values=[""])
+    assert len(table) == 3 * 2 and set(table["measure"]) == {"csa_mm2"}  # a T2w scan: CSA only
+    assert (table["scan"] == "t2w_001").all() and (table["stage"] == "nnunet3").all()
+    assert (table["model_sha256"] == sha256(run.folder / "fold_all" / "checkpoint_final.pth")).all()
+    for level, k in discs.items():
+        slab = [z for z in (k - 1, k, k + 1) if 0 <= z < n]  # ± one slice spacing: three slices inside the scan
+        for cls in (1, 2):
+            row = table[(table["level"] == level) & (table["class"] == cls)]
+            assert row["value"].item() == pytest.approx(np.mean([(labels[z] == cls).sum() for z in slab]) * sx * sy)
+            assert row["slices"].item() == len(slab)
+    edge = table.loc[table["level"] == "L5S1", "note"]
+    assert edge.str.startswith("slab clipped at the volume edge: 2 of 3 slices").all()
+    assert_frame_equal_values(result.level_measurements, table)
+    record = json.loads((out / "provenance.json").read_text(encoding="utf-8"))
+    assert record["scans"][0]["discs"] == discs and record["slab_half_width_mm"] == sz
+    assert record["level_measurements"] == "level_measurements.csv"
+    assert out / "level_measurements.csv" in result.files
+
+
+def assert_frame_equal_values(returned: pd.DataFrame, read: pd.DataFrame) -> None:
+    """The table predict returned holds the values of the file it wrote."""
+    assert list(returned.columns) == list(read.columns)
+    assert np.allclose(returned["value"].to_numpy(float), read["value"].to_numpy(float), equal_nan=True)
+
+
+def test_disc_levels_outside_the_slices_segmented_are_nan_with_the_reason(run, tmp_path, capsys):
+    """Through the command line, with --slices: a disc inside the range is measured on its slice (--slab-mm 0), the
+    discs outside it get NaN and the reason; no disc given means no per-level table."""
+    from nnsam2_utils.cli import main
+
+    nifti = scan_file(run)
+    image = read_image(nifti)
+    n, (sx, sy, _) = image.GetSize()[2], image.GetSpacing()
+    out = tmp_path / "out"
+    discs = f"L3L4={n - 1},L4L5=4,L5S1=0"
+    command = ["predict", str(nifti), "-o", str(out), "--profile", PROFILE, "--slices", "2:5", "--discs", discs]
+    assert main([*command, "--slab-mm", "0"]) == 0
+    labels = sitk.GetArrayFromImage(read_image(out / "t2w_001_lpm.nii.gz"))
+    table = pd.read_csv(out / "level_measurements.csv", keep_default_na=False, na_values=[""])
+    inside = table[table["level"] == "L4L5"].set_index("class")
+    for cls in (1, 2):
+        assert inside.loc[cls, "value"] == pytest.approx((labels[4] == cls).sum() * sx * sy)
+        assert inside.loc[cls, "slices"] == 1
+    outside = table[table["level"] != "L4L5"]
+    assert len(outside) == 4 and outside["value"].isna().all() and (outside["slices"] == 0).all()
+    assert outside["note"].str.startswith("no slice within ±0 mm of the disc").all()
+    plain = predict([nifti], tmp_path / "plain", profile=PROFILE, progress=False)
+    assert plain.level_measurements is None and not (tmp_path / "plain" / "level_measurements.csv").exists()
+    assert (
+        json.loads((tmp_path / "plain" / "provenance.json").read_text(encoding="utf-8"))["level_measurements"] is None
+    )
+
+
+def test_bad_disc_levels_are_refused_with_the_file_named(run, tmp_path, capsys):
+    """A disc outside the scan, discs out of anatomical order, a count of disc lists that is not the count of scans,
+    an existing per-level table: stopped before anything is written. Malformed --discs and --slab-mm values are
+    refused by the command line with the expected form."""
+    from nnsam2_utils.cli import main
+
+    nifti = scan_file(run)
+    n = read_image(nifti).GetSize()[2]
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "level_measurements.csv").write_text("kept\n", encoding="utf-8")
+    cases = [
+        (
+            {"discs": [{"L3L4": n + 3, "L5S1": 0}]},
+            GeometryError,
+            rf"t2w_001\.nii\.gz: --discs L3L4={n + 3},L5S1=0 names slice {n + 3} for L3L4, but the scan has {n} slices",
+        ),
+        (
+            {"discs": [{"L3L4": 1, "L4L5": n - 2}]},
+            GeometryError,
+            rf"t2w_001\.nii\.gz: --discs L3L4=1,L4L5={n - 2}: L3L4 \(slice 1\) does not lie superior to L4L5",
+        ),
+        (
+            {"discs": [{"L3L4": 5}, {"L3L4": 5}]},
+            DataError,
+            r"--discs: disc levels for 2 scan\(s\) but 1 scan\(s\) given",
+        ),
+    ]
+    for i, (arguments, error, message) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        with pytest.raises(error, match=message):
+            predict([nifti], out=out, profile=PROFILE, progress=False, **arguments)
+        assert not list(out.glob("*_lpm.nii.gz")) and not (out / "level_measurements.csv").exists()
+        assert " ERROR " in (out / "predict.log").read_text(encoding="utf-8")
+    with pytest.raises(DataError, match=r"level_measurements\.csv: exists already"):
+        predict([nifti], existing, profile=PROFILE, discs=[{"L4L5": 3}], progress=False)
+    assert (existing / "level_measurements.csv").read_text(encoding="utf-8") == "kept\n"
+    assert not (existing / "t2w_001_lpm.nii.gz").exists()
+
+    assert parse_discs("L3/L4=12, l4l5=8,L5S1=3") == {"L3L4": 12, "L4L5": 8, "L5S1": 3}
+    for text, message in (
+        ("L3L4=12,L4L5", r"'L4L5' is not LEVEL=SLICE"),
+        ("L2L3=4", r"unknown disc level 'L2L3'"),
+        ("L3L4=-1", r"L3L4 slice '-1' is not a slice number"),
+        ("L3L4=1,l3/l4=2", r"L3L4 is given twice"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_discs(text)
+    for option, message in ((["--discs", "L3L4=x"], "is not a slice number"), (["--slab-mm", "-1"], "finite distance")):
+        with pytest.raises(SystemExit) as stopped:
+            main(["predict", str(nifti), "-o", str(tmp_path / "cli"), "--profile", PROFILE, *option])
+        assert stopped.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "cli").exists()
 
 
 def test_a_profile_without_a_trained_model_or_with_a_changed_checkpoint_is_refused(run, tmp_path):

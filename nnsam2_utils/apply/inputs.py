@@ -5,13 +5,18 @@ A new scan usually comes without disc levels, so the model segments the whole vo
 gives (``--slices FIRST:LAST``, counted along the stored axis closest to superior–inferior, first slice = 0, as a
 viewer numbers them). CT is not decimated: the 2-D model segments every slice (a 3-D model resamples to its own
 spacing), so every slice of the input gets a label.
+
+Disc levels may be given per scan (``--discs L3L4=12,L4L5=8,L5S1=3``, slice numbers counted as ``--slices``
+counts them): the scan is then also measured per level (docs/method.md §8.1). A disc outside the scan, or
+levels out of their anatomical order (L3/L4 superior to L4/L5, L4/L5 superior to L5/S1), are refused with the
+file named.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +24,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnsam2_utils.data.checks import path_sha256
-from nnsam2_utils.data.geometry import canonical, check_same_grid, region_slices, slice_axis
+from nnsam2_utils.data.geometry import canonical, check_same_grid, lps_slice_index, region_slices, slice_axis
 from nnsam2_utils.data.io import check_finite, read_image
+from nnsam2_utils.data.manifest import DISC_LEVELS
 from nnsam2_utils.errors import DataError, GeometryError
 
 log = logging.getLogger(__name__)
@@ -47,6 +53,8 @@ class Scan:
     z_range: tuple[int, int]  # the LPS slices segmented (low, high), inclusive
     fat_path: Path | None = None
     fat_sha256: str | None = None
+    discs: dict[str, int] | None = None  # the disc slice numbers given (as a viewer numbers them), or None
+    disc_positions: dict[str, float] | None = None  # the same discs as slice indices of the prepared stack
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,58 @@ def parse_slices(text: str) -> tuple[int, int]:
         )
     first, last = (int(p) for p in parts)
     return first, last
+
+
+def parse_discs(text: str) -> dict[str, int]:
+    """``"L3L4=12,L4L5=8,L5S1=3"`` as disc level → slice number; any of the three levels, each at most once.
+
+    ``L3/L4`` is read as ``L3L4`` (any case). ValueError with the expected form for anything else.
+    """
+    form = (
+        "expected LEVEL=SLICE pairs separated by commas, LEVEL one of L3L4, L4L5, L5S1 and SLICE a slice number "
+        "counted from 0 along the superior–inferior axis as a viewer shows it (e.g. L3L4=12,L4L5=8,L5S1=3)"
+    )
+    discs: dict[str, int] = {}
+    for part in text.split(","):
+        name, sep, number = part.partition("=")
+        level = name.strip().upper().replace("/", "")
+        if not sep or not level:
+            raise ValueError(f"--discs {text!r}: {part.strip()!r} is not LEVEL=SLICE; {form}")
+        if level not in DISC_LEVELS:
+            raise ValueError(f"--discs {text!r}: unknown disc level {name.strip()!r}; {form}")
+        if not (number.strip().isascii() and number.strip().isdigit()):
+            raise ValueError(f"--discs {text!r}: {level} slice {number.strip()!r} is not a slice number; {form}")
+        if level in discs:
+            raise ValueError(f"--discs {text!r}: {level} is given twice; give each level once")
+        discs[level] = int(number.strip())
+    return discs
+
+
+def disc_positions(
+    image: sitk.Image, discs: Mapping[str, int], z_range: tuple[int, int], path: Path
+) -> dict[str, float]:
+    """The given discs as slice indices of the prepared stack (LPS slices ``z_range``; may lie outside it).
+
+    A disc number outside the scan, or levels out of their anatomical order, is a GeometryError naming the file.
+    """
+    count = image.GetSize()[slice_axis(image)]
+    given = ",".join(f"{level}={k}" for level, k in discs.items())
+    for level, k in discs.items():
+        if not 0 <= k < count:
+            raise GeometryError(
+                f"{path}: --discs {given} names slice {k} for {level}, but the scan has {count} slices along its "
+                f"superior–inferior axis (0..{count - 1}). Give slice numbers inside the scan."
+            )
+    z = {level: lps_slice_index(image, discs[level]) for level in DISC_LEVELS if level in discs}
+    ordered = list(z)
+    for upper, lower in zip(ordered, ordered[1:]):
+        if z[upper] <= z[lower]:
+            raise GeometryError(
+                f"{path}: --discs {given}: {upper} (slice {discs[upper]}) does not lie superior to {lower} (slice "
+                f"{discs[lower]}) in the scan's orientation. L3L4 lies above L4L5 above L5S1: check the slice "
+                "numbers, or the image header's direction if the scan is stored upside down."
+            )
+    return {level: float(index - z_range[0]) for level, index in z.items()}
 
 
 def dicom_modality(folder: str | Path) -> str | None:
@@ -156,8 +216,9 @@ def check_scan(
     modality: str | None = None,
     fat: str | Path | None = None,
     slices: tuple[int, int] | None = None,
+    discs: Mapping[str, int] | None = None,
 ) -> Scan:
-    """Read and check one new scan (and its Dixon fat image); errors name the file and the fix."""
+    """Read and check one new scan (its Dixon fat image, its disc levels); errors name the file and the fix."""
     path = Path(path)
     image = _read(path, "scan")
     stated = dicom_modality(path) if path.is_dir() else None
@@ -172,7 +233,12 @@ def check_scan(
             raise DataError(f"{fat_path}: a fat image is given for {path}, which is a {modality}; Dixon is MRI.")
         check_same_grid(image, _read(fat_path, "fat image"), str(path), str(fat_path))
         fat_digest = path_sha256(fat_path)
-    return Scan(scan_name(path), path, path_sha256(path), modality, slices, z_range, fat_path, fat_digest)
+    positions = disc_positions(image, discs, z_range, path) if discs else None
+    if positions:
+        log.info("%s: disc levels %s", path, ", ".join(f"{lv} slice {discs[lv]}" for lv in positions))
+    digest = path_sha256(path)
+    given = dict(discs) if discs else None
+    return Scan(scan_name(path), path, digest, modality, slices, z_range, fat_path, fat_digest, given, positions)
 
 
 def load_scan(scan: Scan) -> ScanImages:
@@ -187,14 +253,21 @@ def check_scans(
     modality: str | None = None,
     fats: Sequence[str | Path] | None = None,
     slices: tuple[int, int] | None = None,
+    discs: Sequence[Mapping[str, int]] | None = None,
 ) -> list[Scan]:
-    """Read and check every new scan (``fats``: one Dixon fat image per scan, in the same order, or none)."""
+    """Read and check every new scan (``fats``: one Dixon fat image per scan, in the same order, or none;
+    ``discs``: the disc levels of each scan, in the same order, or none)."""
     if not paths:
         raise DataError("no scan given: name at least one image file or DICOM series folder.")
     if fats and len(fats) != len(paths):
         raise DataError(
             f"--fat: {len(fats)} fat image(s) for {len(paths)} scan(s): give one fat image per scan, in the order "
             "of the scans (or run the Dixon scans separately)."
+        )
+    if discs and len(discs) != len(paths):
+        raise DataError(
+            f"--discs: disc levels for {len(discs)} scan(s) but {len(paths)} scan(s) given: give one "
+            "LEVEL=SLICE,... list per scan, in the order of the scans (or run the scans separately)."
         )
     names: dict[str, Path] = {}
     for path in paths:
@@ -206,4 +279,5 @@ def check_scans(
             )
         names[name] = Path(path)
     fat_list = list(fats) if fats else [None] * len(paths)
-    return [check_scan(path, modality, fat, slices) for path, fat in zip(paths, fat_list)]
+    disc_list = list(discs) if discs else [None] * len(paths)
+    return [check_scan(p, modality, f, slices, d) for p, f, d in zip(paths, fat_list, disc_list)]

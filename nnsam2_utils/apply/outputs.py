@@ -1,5 +1,6 @@
 """What ``nnsam2 predict`` writes for each scan (docs/method.md §13): labels on the scan's own grid, measurements
-per class, an overlay PNG, and the provenance that ties every output to the model's SHA-256 and its input's."""
+per class (and per disc level where disc levels are given), an overlay PNG, and the provenance that ties every output
+to the model's SHA-256 and its input's."""
 
 from __future__ import annotations
 
@@ -15,13 +16,27 @@ import SimpleITK as sitk
 from nnsam2_utils.data.geometry import slice_axis, to_input_grid
 from nnsam2_utils.data.io import atomic_path
 from nnsam2_utils.errors import DataError
+from nnsam2_utils.evaluate.levels import level_rows
 from nnsam2_utils.evaluate.measurements import measurement_rows
 
 MEASUREMENTS = "measurements.csv"
+LEVEL_MEASUREMENTS = "level_measurements.csv"
 PROVENANCE = "provenance.json"
 LOG = "predict.log"
 #: Columns of ``measurements.csv``: one row per scan, class and measure.
 COLUMNS: tuple[str, ...] = ("scan", "class", "measure", "value", "stage", "model_sha256")
+#: Columns of ``level_measurements.csv``: one row per scan, disc level, class and measure (docs/method.md §8.1).
+LEVEL_COLUMNS: tuple[str, ...] = (
+    "scan",
+    "level",
+    "class",
+    "measure",
+    "value",
+    "slices",
+    "note",
+    "stage",
+    "model_sha256",
+)
 
 
 @dataclass(frozen=True)
@@ -37,10 +52,12 @@ def scan_outputs(out: str | Path, name: str) -> ScanOutputs:
     return ScanOutputs(Path(out) / f"{name}_lpm.nii.gz", Path(out) / f"{name}_overlay.png")
 
 
-def planned_outputs(out: str | Path, names: Sequence[str]) -> list[Path]:
-    """Every file a prediction of these scans writes into ``out`` (the log aside, which is appended to)."""
+def planned_outputs(out: str | Path, names: Sequence[str], levels: bool = False) -> list[Path]:
+    """Every file a prediction of these scans writes into ``out`` (the log aside, which is appended to);
+    ``levels``: with the per-level measurements (disc levels given)."""
     files = [path for name in names for path in (scan_outputs(out, name).labels, scan_outputs(out, name).overlay)]
-    return files + [Path(out) / MEASUREMENTS, Path(out) / PROVENANCE]
+    tables = [Path(out) / MEASUREMENTS] + ([Path(out) / LEVEL_MEASUREMENTS] if levels else [])
+    return files + tables + [Path(out) / PROVENANCE]
 
 
 def refuse_existing(outputs: Sequence[Path], inputs: Sequence[Path], force: bool) -> None:
@@ -87,6 +104,31 @@ def measurement_table(
     )
     table = pd.DataFrame(rows).rename(columns={"case": "scan"})
     return table.assign(stage=stage, model_sha256=sha256)[list(COLUMNS)]
+
+
+def level_measurement_table(
+    name: str,
+    labels: sitk.Image,
+    image: sitk.Image,
+    modality: str,
+    fat: sitk.Image | None,
+    positions: dict[str, float],
+    half_width_mm: float,
+    stage: str,
+    sha256: str,
+) -> pd.DataFrame:
+    """CSA (mm²) per class at each disc level given, and the Dixon fat ratio or the mean HU there, averaged over the
+    slices within ±``half_width_mm`` of the disc (docs/method.md §8.1); ``positions`` on the prepared stack."""
+    rows = level_rows(
+        labels,
+        positions,
+        half_width_mm,
+        water=image if fat is not None else None,
+        fat=fat,
+        ct=image if modality == "CT" else None,
+    )
+    table = pd.DataFrame(rows, columns=["level", "class", "measure", "value", "slices", "note"])
+    return table.assign(scan=name, stage=stage, model_sha256=sha256)[list(LEVEL_COLUMNS)]
 
 
 def overlay_slice(labels: np.ndarray) -> int:
@@ -148,11 +190,13 @@ def provenance(model, scans, outputs: dict[str, ScanOutputs], requested_stage: s
                 "fat_sha256": scan.fat_sha256,
                 "modality": scan.modality,
                 "slices": "whole volume" if scan.slices is None else list(scan.slices),
+                "discs": scan.discs,
                 "labels": str(outputs[scan.name].labels),
                 "overlay": str(outputs[scan.name].overlay),
             }
             for scan in scans
         ],
         "measurements": MEASUREMENTS,
+        "level_measurements": LEVEL_MEASUREMENTS if any(scan.discs for scan in scans) else None,
         "packages": packages,
     }

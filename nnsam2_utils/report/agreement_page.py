@@ -1,5 +1,5 @@
 """The Agreement page: which columns it shows, what it glues into the prose, the run-to-run variation
-beside the margins, and the Bland–Altman and scatter figure."""
+beside the margins, the Bland–Altman and scatter figure, and the agreement per disc level."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from nnsam2_utils.data.io import read_csv, write_csv
+from nnsam2_utils.evaluate.run_levels import DELIVERED
 from nnsam2_utils.evaluate.scans import MEASURE_LABELS
 from nnsam2_utils.evaluate.statistics import pair_measurements
 from nnsam2_utils.report.plots import agreement_scatter_axes, bland_altman_axes
@@ -29,6 +30,9 @@ SHOWN = [
     "note",
 ]
 UNITS = {"volume_ml": "mL", "fat_ratio": "fraction", "hu_mean": "HU"}
+#: The per-level agreement table's columns on the page (the verdict is inserted after ``group``).
+LEVEL_LABELS = {**MEASURE_LABELS, "csa_mm2": "CSA (mm²)"}
+LEVEL_SHOWN = ["level", "measure", "group", "n", "icc", "tost_p", "margin", "bias", "loa_low", "loa_high", "note"]
 
 
 def icc_words(icc: float) -> str:
@@ -109,3 +113,36 @@ def agreement_figure(table: pd.DataFrame, groups: dict[str, str]):
         agreement_scatter_axes(row[1], part.auto, part.expert, title, UNITS[measure])
     fig.tight_layout()
     return fig
+
+
+def level_columns(level_agreement: pd.DataFrame, stage: str = DELIVERED) -> pd.DataFrame:
+    """One stage's per-level agreement as the page shows it: level, measure, group, a plain-language verdict, the
+    statistics (default: the stage delivered for each dataset)."""
+    rows = level_agreement[level_agreement["stage"] == stage]
+    shown = rows[LEVEL_SHOWN].copy()
+    shown.insert(3, "verdict", rows.apply(verdict, axis=1) if len(rows) else [])
+    return shown.reset_index(drop=True)
+
+
+def level_stage_overview(level_agreement: pd.DataFrame) -> pd.DataFrame:
+    """Every stage side by side: per disc level, measure and group, the TOST p and ICC(3,1) of each stage."""
+    stages = list(dict.fromkeys(level_agreement["stage"]))
+    keys = ["level", "measure", "group"]
+    overview = level_agreement[keys].drop_duplicates().reset_index(drop=True)
+    for stage in stages:
+        part = level_agreement[level_agreement["stage"] == stage][[*keys, "tost_p", "icc"]]
+        overview = overview.merge(part.rename(columns={"tost_p": f"tost_p {stage}", "icc": f"icc {stage}"}), on=keys)
+    return overview
+
+
+def level_finding(level_agreement: pd.DataFrame, stage: str = DELIVERED, alpha: float = 0.05) -> str:
+    """One sentence: how many per-level comparisons of ``stage`` are equivalent, and at which levels the others."""
+    rows = level_agreement[level_agreement["stage"] == stage].dropna(subset=["tost_p"])
+    if rows.empty:
+        return "No per-level comparison could be tested for equivalence (no expert labels, or too few scans)."
+    failing = rows[rows["tost_p"] >= alpha]
+    head = f"At the disc levels, {int((rows['tost_p'] < alpha).sum())} of {len(rows)} comparisons are equivalent"
+    if failing.empty:
+        return head + f" (TOST, p < {alpha})."
+    named = "; ".join(f"{LEVEL_LABELS.get(r.measure, r.measure)}, {r.group} at {r.level}" for r in failing.itertuples())
+    return head + f" (TOST, p < {alpha}); not equivalent: {named}."

@@ -438,10 +438,10 @@ def test_a_profile_without_a_trained_model_or_with_a_changed_checkpoint_is_refus
 
     write_profile(config, "tampered", refine_settings(1, 2))
     budget = stage_budget(refine_settings(1, 2), 3)
-    copy = model_folder(
-        Workspace.for_profile("tampered").stage("nnunet3") / "nnunet", dataset_id("nnunet3"), "nnunet3", budget
-    )
-    shutil.copytree(run.folder, copy)
+    root = Workspace.for_profile("tampered").stage("nnunet3") / "nnunet"
+    for part in ("results", "checkpoint_record"):  # the run's nnU-Net root, its record of checkpoints included
+        shutil.copytree(run.folder.parents[2] / part, root / part)
+    copy = model_folder(root, dataset_id("nnunet3"), "nnunet3", budget)
     with open(copy / "fold_all" / "checkpoint_final.pth", "ab") as handle:
         handle.write(b"\0")
     with pytest.raises(CheckpointError, match=r"checkpoint_final\.pth: SHA-256 differs .* changed or replaced"):
@@ -449,6 +449,56 @@ def test_a_profile_without_a_trained_model_or_with_a_changed_checkpoint_is_refus
     with pytest.raises(CheckpointError, match="changed or replaced after training"):
         export_model(tmp_path / "b.zip", profile="tampered")
     assert not (tmp_path / "b.zip").exists()
+
+    write_profile(config, "copied", refine_settings(1, 2))  # the model folder alone, its checksum file beside it
+    copy = model_folder(
+        Workspace.for_profile("copied").stage("nnunet3") / "nnunet", dataset_id("nnunet3"), "nnunet3", budget
+    )
+    shutil.copytree(run.folder, copy)
+    with pytest.raises(CheckpointError, match=r"fold_all/checkpoint_final\.pth: not written by this run's training"):
+        predict([scan_file(run)], tmp_path / "c", profile="copied", progress=False)
+
+
+class _Payload:
+    """Unpickling this runs code: it would create the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_checkpoint_never_runs_code_in_predict_or_export(run, tmp_path):
+    """A ``checkpoint_final.pth`` placed where a profile's final model belongs: predict and export refuse it,
+    naming the file; with its SHA-256 in the run record as well, predict still reads it as plain data only. The
+    code its unpickling would run (creating the marker file) never runs."""
+    import torch
+
+    from nnsam2_utils.refine.checkpoint import record_checkpoint_digest
+    from nnsam2_utils.refine.nnunet import model_folder
+    from nnsam2_utils.refine.stages import dataset_id, stage_budget
+    from nnsam2_utils.workflow.workspace import Workspace
+
+    write_profile(run.root / "config", "planted", refine_settings(1, 2))
+    budget = stage_budget(refine_settings(1, 2), 3)
+    root = Workspace.for_profile("planted").stage("nnunet3") / "nnunet"
+    planted = model_folder(root, dataset_id("nnunet3"), "nnunet3", budget) / "fold_all" / "checkpoint_final.pth"
+    planted.parent.mkdir(parents=True)
+    marker = tmp_path / "code_ran"
+    torch.save({"network_weights": {}, "payload": _Payload(marker)}, planted)
+    named = r"planted/nnunet3/.*/fold_all/checkpoint_final\.pth: not written by this run's training"
+    with pytest.raises(CheckpointError, match=named):
+        predict([scan_file(run)], tmp_path / "a", profile="planted", progress=False)
+    with pytest.raises(CheckpointError, match=named):
+        export_model(tmp_path / "a.zip", profile="planted")
+    assert not (tmp_path / "a.zip").exists()
+
+    record_checkpoint_digest(planted)
+    with pytest.raises(CheckpointError, match=r"fold_all/checkpoint_final\.pth: not a plain nnU-Net checkpoint"):
+        predict([scan_file(run)], tmp_path / "b", profile="planted", progress=False)
+    assert not marker.exists()
+    assert not list((tmp_path / "b").glob("*_lpm.nii.gz"))
 
 
 def test_the_delivered_stage_of_a_dataset_is_the_model_used_or_the_reason_there_is_none(run, tmp_path):

@@ -7,6 +7,7 @@ import pytest
 from conftest import make_image
 
 from nnsam2_utils.errors import ConfigError
+from nnsam2_utils.evaluate.metrics import dice_per_class
 from nnsam2_utils.refine import nnunet
 from nnsam2_utils.refine.stages import DATASET_IDS
 
@@ -44,10 +45,9 @@ def test_plans_follow_the_budget(trained):
 
 
 def test_training_writes_a_final_checkpoint_without_mirroring(trained):
-    import torch
 
     _, _, _, folder = trained
-    checkpoint = torch.load(folder / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    checkpoint = nnunet.read_checkpoint(folder / "fold_all" / "checkpoint_final.pth")
     assert checkpoint["trainer_name"] == "nnUNetTrainer_nnsam2"
     assert checkpoint["inference_allowed_mirroring_axes"] is None
     assert checkpoint["current_epoch"] == 3
@@ -64,10 +64,10 @@ def test_prediction_keeps_the_image_grid_and_left_right(trained):
     seg = nnunet.predict_image(predictor, case.image)
     assert seg.shape == case.label.shape and seg.dtype == np.uint8
     assert set(np.unique(seg)) <= {0, 1, 2}
-    # a few iterations already find both blobs, and the right one stays on the image's left
-    right, left = (seg == 1), (seg == 2)
-    assert right.any() and left.any()
-    assert np.argwhere(right)[:, 2].mean() < np.argwhere(left)[:, 2].mean()
+    # 24 iterations learn both blobs, each as its own class (the right one stays on the image's left): DSC 0.64 and
+    # 0.80 here; untrained weights, or the two classes swapped, score near 0
+    dsc = dice_per_class(seg, case.label)
+    assert min(dsc.values()) > 0.5, dsc
 
 
 def test_a_finished_model_is_not_trained_again(trained):
@@ -101,7 +101,6 @@ def test_budget_from_profile_settings_ignores_filter_keys():
 def test_a_warm_start_reuses_the_earlier_plan_and_weights(trained):
     """Stage k+1 started from stage k: same plan, network initialised from the final weights
     (two SGD steps later the encoder is still close to the earlier model's), rotation limited."""
-    import torch
 
     root, budget, plans, folder = trained
     rng = np.random.default_rng(1)
@@ -126,8 +125,8 @@ def test_a_warm_start_reuses_the_earlier_plan_and_weights(trained):
     assert fingerprint == (folder / "dataset_fingerprint.json").read_bytes()
     log = next((second / "fold_all").glob("training_log_*.txt")).read_text(encoding="utf-8")
     assert "rotation limited to +/-10.0 degrees" in log
-    first = torch.load(folder / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    after = torch.load(second / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    first = nnunet.read_checkpoint(folder / "fold_all" / "checkpoint_final.pth")
+    after = nnunet.read_checkpoint(second / "fold_all" / "checkpoint_final.pth")
     assert after["network_weights"].keys() == first["network_weights"].keys()
     encoder = [k for k in first["network_weights"] if k.startswith("encoder") and k.endswith("conv.weight")]
     change = [
@@ -161,24 +160,39 @@ def test_rotation_range_is_validated():
 
 
 def test_a_checkpoint_changed_after_training_is_refused(trained, tmp_path):
-    """nnU-Net unpickles its checkpoints (weights_only=False): only the bytes this run trained are loaded."""
+    """The trainer records every checkpoint's SHA-256 in the run record, outside the model folder: a copy of the
+    whole nnU-Net root whose checkpoint changed is refused, and so is a model folder copied into another root
+    (its checksum file beside the checkpoint vouches for nothing)."""
     import shutil
 
     from nnsam2_utils.data.io import sha256
     from nnsam2_utils.errors import CheckpointError
+    from nnsam2_utils.refine.checkpoint import record_path
 
-    _, budget, _, folder = trained
-    digest = folder / "fold_all" / "checkpoint_final.pth.sha256"
-    assert digest.read_text(encoding="utf-8").split()[0] == sha256(folder / "fold_all" / "checkpoint_final.pth")
-    copy = tmp_path / "results" / f"Dataset{FIRST}_blobs" / folder.name
-    shutil.copytree(folder, copy)
+    root, budget, _, folder = trained
+    checkpoint = folder / "fold_all" / "checkpoint_final.pth"
+    record = record_path(checkpoint)
+    assert record == root / "checkpoint_record" / f"Dataset{FIRST}_blobs" / folder.name / "fold_all" / (
+        "checkpoint_final.pth.sha256"
+    )
+    assert record.read_text(encoding="utf-8").split()[0] == sha256(checkpoint)
+    beside = checkpoint.with_name("checkpoint_final.pth.sha256")  # what the export ships
+    assert beside.read_text(encoding="utf-8") == f"{sha256(checkpoint)}  checkpoint_final.pth\n"
+
+    copy_root = tmp_path / "copy"
+    shutil.copytree(root / "results", copy_root / "results")
+    shutil.copytree(root / "checkpoint_record", copy_root / "checkpoint_record")
+    copy = copy_root / folder.relative_to(root)
+    nnunet.load_predictor(copy, budget)  # the copy of a whole root, record included, is still this run's
     with open(copy / "fold_all" / "checkpoint_final.pth", "ab") as f:
         f.write(b"\0")
-    with pytest.raises(CheckpointError, match="changed or replaced after training"):
+    with pytest.raises(CheckpointError, match=r"checkpoint_final\.pth: SHA-256 differs .* changed or replaced"):
         nnunet.load_predictor(copy, budget)
-    (copy / "fold_all" / "checkpoint_final.pth.sha256").unlink()
-    with pytest.raises(CheckpointError, match="no SHA-256 recorded"):
-        nnunet.load_predictor(copy, budget)
+
+    elsewhere = tmp_path / "other" / folder.relative_to(root)
+    shutil.copytree(folder, elsewhere)
+    with pytest.raises(CheckpointError, match=r"fold_all/checkpoint_final\.pth: not written by this run's training"):
+        nnunet.load_predictor(elsewhere, budget)
 
 
 @pytest.mark.slow
@@ -201,7 +215,7 @@ def test_augmentation_trains_the_same_model_twice(tmp_path, workers):
         )
         cases = [blob_case(i, rng) for i in range(3)]
         folder = nnunet.fit(root, DATASET_IDS["nnunet1"], "inprocess", cases, budget)
-        weights = torch.load(folder / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+        weights = nnunet.read_checkpoint(folder / "fold_all" / "checkpoint_final.pth")
         predicted = nnunet.predict_image(nnunet.load_predictor(folder, budget), cases[0].image)
         return weights["network_weights"], predicted
 
@@ -229,24 +243,114 @@ def _plant(path, marker):
     torch.save({"network_weights": {}, "payload": _Payload(marker)}, path)
 
 
-def test_a_planted_checkpoint_never_runs_code(trained, tmp_path):
-    """A checkpoint placed in a model folder is refused: unrecorded, it is not adopted; recorded (or resumed from),
-    it is read as plain data and its code never runs."""
+def test_a_planted_final_checkpoint_never_runs_code(trained, tmp_path):
+    """A ``checkpoint_final.pth`` someone placed in a model folder: training does not adopt it (nor record it),
+    prediction and a warm start refuse it, naming the file; recorded as well, it is still read as plain data only.
+    Its code (which would create the marker file) never runs."""
     from nnsam2_utils.errors import CheckpointError
+    from nnsam2_utils.refine.checkpoint import record_checkpoint_digest, record_path
 
-    root, budget, _, folder = trained
+    _, budget, _, _ = trained
     marker = tmp_path / "code_ran"
-    planted = nnunet.model_folder(tmp_path, THIRD, "planted", budget) / "fold_all"
-    _plant(planted / "checkpoint_final.pth", marker)
-    with pytest.raises(CheckpointError, match="no SHA-256 recorded"):
+    model = nnunet.model_folder(tmp_path, THIRD, "planted", budget)
+    planted = model / "fold_all" / "checkpoint_final.pth"
+    _plant(planted, marker)
+    (model / "plans.json").write_text("{}", encoding="utf-8")
+    named = r"fold_all/checkpoint_final\.pth: not written by this run's training"
+    with pytest.raises(CheckpointError, match=named):
         nnunet.train(tmp_path, THIRD, "planted", budget)
-    nnunet.record_checkpoint_digest(planted / "checkpoint_final.pth")  # even with a digest written beside it
-    with pytest.raises(CheckpointError, match="not a plain nnU-Net checkpoint"):
-        nnunet.load_predictor(planted.parent, budget)
-    _plant(planted / "checkpoint_latest.pth", marker)
-    with pytest.raises(CheckpointError, match="not a plain nnU-Net checkpoint"):
-        nnunet.read_checkpoint(planted / "checkpoint_latest.pth")
+    assert not record_path(planted).exists()  # nothing recorded for a file the run did not train
+    with pytest.raises(CheckpointError, match=named):
+        nnunet.load_predictor(model, budget)
+    with pytest.raises(CheckpointError, match=named):
+        nnunet.fit(tmp_path, SECOND, "warm", [], budget, start_from=model)  # with a plan placed beside it
+
+    record_checkpoint_digest(planted)  # even with a SHA-256 in the run record, the file is read as plain data
+    with pytest.raises(CheckpointError, match=r"fold_all/checkpoint_final\.pth: not a plain nnU-Net checkpoint"):
+        nnunet.load_predictor(model, budget)
     assert not marker.exists()
+
+
+def test_a_planted_latest_checkpoint_is_never_resumed_from(trained, tmp_path):
+    """A ``checkpoint_latest.pth`` placed beside a planned training: the resume refuses it before building the
+    trainer; recorded as well, the trainer reads it as plain data (nnU-Net's own loader would unpickle it)."""
+    import shutil
+
+    from nnsam2_utils.errors import CheckpointError
+    from nnsam2_utils.refine.checkpoint import record_checkpoint_digest
+
+    root, budget, _, _ = trained
+    shutil.copytree(root / "preprocessed", tmp_path / "preprocessed")  # the fixture's plan, ready to train
+    marker = tmp_path / "code_ran"
+    planted = nnunet.model_folder(tmp_path, FIRST, "blobs", budget) / "fold_all" / "checkpoint_latest.pth"
+    _plant(planted, marker)
+    with pytest.raises(CheckpointError, match=r"fold_all/checkpoint_latest\.pth: not written by this run's training"):
+        nnunet.train(tmp_path, FIRST, "blobs", budget)
+    record_checkpoint_digest(planted)
+    with pytest.raises(CheckpointError, match=r"fold_all/checkpoint_latest\.pth: not a plain nnU-Net checkpoint"):
+        nnunet.train(tmp_path, FIRST, "blobs", budget)
+    assert not marker.exists()
+    assert not (planted.parent / "checkpoint_final.pth").exists()  # nothing trained from it
+
+
+def test_a_training_resumes_from_the_latest_checkpoint_it_recorded(trained, tmp_path, monkeypatch):
+    """Killed after its first epoch (before the final checkpoint), a training left a ``checkpoint_latest.pth``
+    recorded in the run record; run again, it resumes from it, and at the end only the final one stays recorded."""
+    import dataclasses
+    import shutil
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnsam2_utils.data.io import sha256
+    from nnsam2_utils.refine.checkpoint import record_path
+
+    root, budget, _, _ = trained
+    budget = dataclasses.replace(budget, epochs=2, iterations_per_epoch=2, augmentation_workers=0)
+    shutil.copytree(root / "preprocessed", tmp_path / "preprocessed")
+    fold = nnunet.model_folder(tmp_path, FIRST, "blobs", budget) / "fold_all"
+
+    def killed(self):
+        raise RuntimeError("killed before the final checkpoint")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(nnUNetTrainer, "on_train_end", killed)
+        with pytest.raises(RuntimeError, match="killed"):
+            nnunet.train(tmp_path, FIRST, "blobs", budget)
+    latest = fold / "checkpoint_latest.pth"
+    assert not (fold / "checkpoint_final.pth").exists()
+    assert record_path(latest).read_text(encoding="utf-8").split()[0] == sha256(latest)
+    assert nnunet.read_checkpoint(latest)["current_epoch"] == 1
+
+    nnunet.train(tmp_path, FIRST, "blobs", budget)
+    assert nnunet.read_checkpoint(fold / "checkpoint_final.pth")["current_epoch"] == 2
+    assert not latest.exists() and not record_path(latest).exists()
+    assert record_path(fold / "checkpoint_final.pth").is_file()
+
+
+def test_the_run_record_keeps_the_previous_checkpoint_until_the_rename(tmp_path):
+    """The trainer records a checkpoint before renaming it into place: killed in between, the file on disk (the
+    previous epoch's) still loads; two saves later it is no longer recorded. Outside nnU-Net's layout: refused."""
+    import os
+
+    from nnsam2_utils.errors import CheckpointError
+    from nnsam2_utils.refine.checkpoint import record_checkpoint_digest, recorded_digest
+
+    fold = tmp_path / "results" / "Dataset501_x" / "model" / "fold_all"
+    fold.mkdir(parents=True)
+    latest, pending = fold / "checkpoint_latest.pth", fold / ".pending"
+    latest.write_bytes(b"epoch 0")
+    record_checkpoint_digest(latest)
+    for epoch in (1, 2):
+        pending.write_bytes(f"epoch {epoch}".encode())
+        record_checkpoint_digest(latest, written=pending)
+        recorded_digest(latest)  # killed before the rename: the previous epoch's file
+        os.replace(pending, latest)
+        recorded_digest(latest)
+    latest.write_bytes(b"epoch 0")  # two saves ago
+    with pytest.raises(CheckpointError, match=r"checkpoint_latest\.pth: SHA-256 differs"):
+        recorded_digest(latest)
+    with pytest.raises(CheckpointError, match=r"stray\.pth: not inside an nnU-Net results folder"):
+        recorded_digest(tmp_path / "stray.pth")
 
 
 # ----------------------------------------------------------------------------- precision

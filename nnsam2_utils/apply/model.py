@@ -85,7 +85,7 @@ def find_model(profile: str, stage: str = "final", device: str | None = None, li
     A profile whose stage was never trained is a CheckpointError naming the missing checkpoint and the command
     that trains it; a checkpoint whose bytes differ from the SHA-256 recorded at training is refused.
     """
-    from nnsam2_utils.refine.checkpoint import verify_trained_checkpoint  # torch: imported only when needed
+    from nnsam2_utils.refine.checkpoint import recorded_digest  # torch: imported only when needed
     from nnsam2_utils.refine.nnunet import model_folder
     from nnsam2_utils.refine.stages import dataset_id, stage_budget
 
@@ -113,6 +113,5 @@ def find_model(profile: str, stage: str = "final", device: str | None = None, li
             f"{checkpoint}: no trained {name} model for run profile '{loaded.profile}'. Run the profile first: "
             f"`make book PROFILE={loaded.profile}` (or `nnsam2 run --profile {loaded.profile}`), then predict again."
         )
-    verify_trained_checkpoint(checkpoint)
-    digest = checkpoint.with_name(checkpoint.name + ".sha256").read_text(encoding="utf-8").split()[0]
+    digest = recorded_digest(checkpoint)  # the run record's, never a checksum file in the model folder
     return TrainedModel(loaded, name, folder, checkpoint, digest, budget, workspace)

@@ -24,7 +24,12 @@ import torch
 
 from nnsam2_utils.data.io import array_to_image, read_json, write_image, write_json
 from nnsam2_utils.errors import ConfigError
-from nnsam2_utils.refine.checkpoint import read_checkpoint, record_checkpoint_digest, verify_trained_checkpoint
+from nnsam2_utils.refine.checkpoint import (
+    read_checkpoint,
+    verify_trained_checkpoint,
+    write_checksum_file,
+)
+from nnsam2_utils.refine.pools import thread_pools
 
 log = logging.getLogger(__name__)
 
@@ -175,13 +180,15 @@ def plan_and_preprocess(
     above nnU-Net's 5 %-of-the-dataset cap, which starves tiny pseudo-label sets) and a cap on
     the feature maps per stage (a smaller network for a CPU budget). With ``plans_from`` (the
     plans file of an earlier stage) that plan is reused as it is, so the earlier stage's
-    weights fit the network (a warm start), and so is the fingerprint it was planned from.
+    weights fit the network (a warm start), and so is the fingerprint it was planned from. nnU-Net's
+    pools run as threads of this process (:mod:`nnsam2_utils.refine.pools`: same results, no interpreter
+    start-ups).
     """
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
 
     # nnU-Net's planner sets torch's threads to nnUNet_n_proc_DA: at least one, even when training augments in-process
-    with nnunet_environment(root, max(1, budget.augmentation_workers)):
+    with nnunet_environment(root, max(1, budget.augmentation_workers)), thread_pools():
         earlier = Path(plans_from).with_name("dataset_fingerprint.json") if plans_from is not None else None
         if earlier is not None and earlier.is_file():
             # a warm start reuses the earlier plan as it is: the fingerprint behind that plan goes with it (nnU-Net
@@ -296,10 +303,11 @@ def train(root: str | Path, dataset_id: int, name: str, budget: Budget, pretrain
     fold_dir = folder / f"fold_{budget.fold}"
     if (fold_dir / "checkpoint_final.pth").exists():
         log.info("nnU-Net already trained: %s", fold_dir)
-        verify_trained_checkpoint(
-            fold_dir / "checkpoint_final.pth"
-        )  # a final checkpoint this run did not record: refused
+        verify_trained_checkpoint(fold_dir / "checkpoint_final.pth")  # a final checkpoint this run did not record
         return folder
+    resume = (fold_dir / "checkpoint_latest.pth").exists()
+    if resume:  # refused before anything is built: only an epoch this run's training recorded is resumed from
+        verify_trained_checkpoint(fold_dir / "checkpoint_latest.pth")
     budget_env = {
         "NNSAM2_EPOCHS": budget.epochs,
         "NNSAM2_ITERATIONS": budget.iterations_per_epoch,
@@ -316,17 +324,16 @@ def train(root: str | Path, dataset_id: int, name: str, budget: Budget, pretrain
         trainer = get_trainer_from_args(
             str(dataset_id), budget.configuration, budget.fold, TRAINER, PLANS, device=torch.device(budget.device)
         )
-        resume = (fold_dir / "checkpoint_latest.pth").exists()
         if resume:
             log.info("resuming nnU-Net training from %s", fold_dir / "checkpoint_latest.pth")
-        if resume:
-            trainer.load_checkpoint(str(fold_dir / "checkpoint_latest.pth"))  # nnsam2's trainer: plain data, never code
+            trainer.load_checkpoint(str(fold_dir / "checkpoint_latest.pth"))  # nnsam2's trainer: recorded, plain data
         else:
             trainer.initialize()
             if pretrained is not None:
                 load_network_weights(trainer, pretrained)
         trainer.run_training()
-    record_checkpoint_digest(fold_dir / "checkpoint_final.pth")
+    # the trainer recorded the final checkpoint as it saved it; the copy beside it is checked against that record
+    write_checksum_file(fold_dir / "checkpoint_final.pth")  # for the exported model's recipient only
     return folder
 
 
@@ -336,8 +343,8 @@ def load_network_weights(trainer, checkpoint: str | Path) -> None:
     nnU-Net's own ``load_pretrained_weights`` leaves out the segmentation output layers (it is
     meant for fine-tuning on other labels), so a warm start through it restarts the output layers
     from random weights. nnsam2's stages share their labels, so the whole network is carried over
-    (strict: any missing or unexpected weight is an error). Read with ``weights_only=True``; the
-    checkpoint's training log holds NumPy scalars, the only other types allowed.
+    (strict: any missing or unexpected weight is an error). Read by :func:`read_checkpoint`: recorded by this
+    run's training, and plain data (``weights_only=True``).
     """
     state = read_checkpoint(checkpoint)["network_weights"]
     network = trainer.network

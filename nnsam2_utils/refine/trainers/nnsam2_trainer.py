@@ -9,7 +9,8 @@
   Axial lumbar scans are never upside down, and arbitrary rotations slow down learning which
   side is which (right and left LPM are different classes) far beyond a CPU budget.
 * Checkpoints are written atomically (a temporary name, then a rename): a run killed while
-  saving leaves the previous ``checkpoint_latest.pth`` intact, never a half-written one.
+  saving leaves the previous ``checkpoint_latest.pth`` intact, never a half-written one. Each one's
+  SHA-256 goes into the run record first (:mod:`nnsam2_utils.refine.checkpoint`): nothing else is loaded.
 * A checkpoint after every epoch (``checkpoint_latest.pth``, ``save_every = 1``) so an
   interrupted run resumes from the last finished epoch.
 * ``NNSAM2_PRECISION=bf16`` (a CPU with native bf16 only): the network's forward pass runs under bf16
@@ -17,7 +18,7 @@
 * No ``checkpoint_best.pth`` (nnsam2 uses the final weights) and the progress plot drawn once, after the last
   epoch (nnU-Net draws it after every epoch: with the demo's 4-second epochs, a sixth of the time).
 * nnU-Net's end-of-training validation is skipped: nnsam2 predicts every scan itself.
-* A resumed training reads its checkpoint as plain data (``weights_only=True``), never by unpickling code.
+* A resumed training reads its checkpoint only if recorded, as plain data (``weights_only=True``), never code.
 * Augmentation in worker processes is deterministic: batchgenerators' ``MultiThreadedAugmenter`` (workers
   seeded from ``NNSAM2_SEED``, batches taken in turn from each worker) replaces nnU-Net's
   ``NonDetMultiThreadedAugmenter``, whose batch order depends on which worker finishes first. Same
@@ -153,10 +154,11 @@ class nnUNetTrainer_nnsam2(nnUNetTrainer):
             base.NonDetMultiThreadedAugmenter = original
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
-        """Resume from a checkpoint read as plain data (``weights_only=True``), never by unpickling code.
+        """Resume from a checkpoint this run recorded, read as plain data (``weights_only=True``), never code.
 
         nnU-Net's own loader unpickles with ``weights_only=False``; this one restores the same state
-        (network, optimizer, epoch, training log) from :func:`nnsam2_utils.refine.checkpoint.read_checkpoint`.
+        (network, optimizer, epoch, training log) from :func:`nnsam2_utils.refine.checkpoint.read_checkpoint`,
+        which refuses a file whose SHA-256 the run record does not hold.
         """
         from nnsam2_utils.refine.checkpoint import read_checkpoint
 
@@ -190,6 +192,14 @@ class nnUNetTrainer_nnsam2(nnUNetTrainer):
 
         self.logger.plot_progress_png = draw_at_the_end
 
+    def on_train_end(self) -> None:
+        """nnU-Net's end (the final checkpoint saved, the latest deleted); the deleted one's record goes with it."""
+        from nnsam2_utils.refine.checkpoint import forget_removed_checkpoint
+
+        super().on_train_end()
+        if self.local_rank == 0:
+            forget_removed_checkpoint(os.path.join(self.output_folder, "checkpoint_latest.pth"))
+
     def save_checkpoint(self, filename: str) -> None:
         """nnU-Net's checkpoint, written to a temporary name and renamed into place; no best-epoch checkpoint."""
         folder, name = os.path.split(filename)
@@ -198,6 +208,9 @@ class nnUNetTrainer_nnsam2(nnUNetTrainer):
         temporary = os.path.join(folder, f".{name}.{os.getpid()}.tmp.pth")
         super().save_checkpoint(temporary)
         if os.path.exists(temporary):  # only the main process writes
+            from nnsam2_utils.refine.checkpoint import record_checkpoint_digest
+
+            record_checkpoint_digest(filename, written=temporary)  # the run record: all nnsam2 ever loads
             os.replace(temporary, filename)
 
     def train_step(self, batch: dict) -> dict:

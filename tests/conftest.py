@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-import SimpleITK as sitk
+import os
+
+# Each pytest-xdist worker (make test runs one per core) computes with one thread, as each workflow job does
+# (Snakefile THREAD_LIMITS): two workers with a thread pool per core each would contend for the same two cores.
+# Set before torch, OpenVINO or ITK is imported; an explicit setting in the environment wins.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
 
 
 def make_image(array: np.ndarray, spacing=(0.9, 0.9, 4.0), direction=None, origin=(0.0, 0.0, 0.0)) -> sitk.Image:

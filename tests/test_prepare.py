@@ -4,7 +4,14 @@ import SimpleITK as sitk
 import yaml
 from conftest import make_image
 
-from nnsam2_utils.data.geometry import canonical, crop_z, decimation_factor, region_slices, to_stack
+from nnsam2_utils.data.geometry import (
+    canonical,
+    crop_z,
+    decimation_factor,
+    lps_slice_index,
+    region_slices,
+    to_stack,
+)
 from nnsam2_utils.data.io import write_image
 from nnsam2_utils.data.labels import map_labels
 from nnsam2_utils.data.manifest import load_manifest
@@ -43,10 +50,21 @@ def test_region_is_inclusive_and_stack_runs_superior_to_inferior():
 
 
 def test_region_maps_disc_indices_through_an_unusual_orientation():
-    image = make_image(ramp_volume(nz=6, ny=12, nx=8), direction=LIS)
-    low, high = region_slices(image, k_a=2, k_b=9)
+    """LIS storage: the stored j axis runs superior, so a disc's slice number counts along j and its LPS slice
+    holds exactly the voxels of that stored j-plane (each voxel's value encodes its stored i, j, k)."""
+    k, j, i = np.meshgrid(np.arange(6), np.arange(12), np.arange(8), indexing="ij")
+    stored = (k * 1000 + j * 10 + i).astype(np.int16)  # array axes (k, j, i)
+    image = make_image(stored, direction=LIS)
     lps = canonical(image)
-    assert lps.GetSize()[2] == 12 and high - low == 7
+    assert lps.GetSize()[2] == 12
+    lps_array = sitk.GetArrayFromImage(lps)
+    for disc in (1, 4, 9):
+        z = lps_slice_index(image, disc)
+        assert z == disc  # j runs superior, as LPS z does: no flip
+        assert set(lps_array[z].ravel()) == set(stored[:, disc, :].ravel())
+    assert region_slices(image, k_a=9, k_b=1) == (1, 9)
+    # the voxel at stored (i=0, j, k=0) is at the patient's right (x smallest) and most posterior (k runs anterior)
+    assert lps_array[4, -1, 0] == 4 * 10
 
 
 def test_disc_outside_volume_is_a_geometry_error():

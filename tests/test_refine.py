@@ -178,3 +178,124 @@ def test_stage1_floor_per_scan_keeps_a_few_scans_trainable():
         assert set(rest.nlargest(5 - int(paper.loc[rows_.index, "kept"].sum()), "confidence").slice) == set(
             added.loc[added.case == case].slice
         )
+
+
+# ----------------------------------------------------------------------------- stage-2/3 rules on a run's files
+FLAT, GROWS_1_4, GROWS_1_6 = [50] * 4, [40, 56, 56, 56], [40, 64, 64, 64]
+
+
+def _labels(profile: list[int]) -> np.ndarray:
+    """A (z, y, x) LPS label volume whose classes cover ``profile`` pixels per slice, superior → inferior."""
+    stack = np.zeros((len(profile), 10, 20), np.uint8)
+    for s, area in enumerate(profile):
+        block = np.zeros(100, bool)
+        block[:area] = True
+        stack[s, :, :10][block.reshape(10, 10)] = 1
+        stack[s, :, 10:][block.reshape(10, 10)] = 2
+    return stack[::-1]  # stack index 0 is the most superior, the highest LPS z
+
+
+def _write_stage_labels(ws, stage: str, profiles: dict[str, list[int]]) -> None:
+    for case, profile in profiles.items():
+        write_image(make_image(_labels(profile)), ws.labels(stage, "d", case))
+
+
+@pytest.fixture
+def three_stages(tmp_path):
+    """30 scans of dataset ``d`` with stage-0, nnU-Net 1 and nnU-Net 2 labels whose agreements and growths are set.
+
+    Stage 2 (nnU-Net 1 vs stage 0, growth of nnU-Net 1): c29 agrees best and grows 1.4x, c28 grows 1.6x, then
+    c27 > c26 > c25 > c24 > c23 agree above 0.90 (0.980 … 0.936), the rest 0.889.
+    Stage 3 (nnU-Net 2 vs nnU-Net 1, growth of nnU-Net 2): c01 > c02 > c03 > c04 > c05 agree (1.0 … 0.958),
+    c00 (0.931, grows 1.4x), then c06 (0.925) > c07 > c08 (0.901), the rest at most 0.899 or not smooth.
+    """
+    from nnsam2_utils.workflow.workspace import Workspace
+
+    ws = Workspace(tmp_path)
+    cases = [f"c{i:02d}" for i in range(30)]
+    ws.prepared("d").mkdir(parents=True)
+    pd.DataFrame({"case": cases, "has_label": True}).to_csv(ws.prepared("d") / "cases.csv", index=False)
+    for case in cases:
+        write_image(make_image(np.zeros((4, 10, 20), np.float32)), ws.prepared("d", case) / "image.nii.gz")
+    nnunet1 = {c: FLAT for c in cases} | {"c29": GROWS_1_4, "c28": GROWS_1_6}
+    less = lambda profile, r: [a - r for a in profile]  # noqa: E731
+    stage0_less = {"c29": 0, "c28": 1, "c27": 2, "c26": 3, "c25": 4, "c24": 5, "c23": 6}
+    nnunet2_less = {"c01": 0, "c02": 1, "c03": 2, "c04": 3, "c05": 4, "c06": 7, "c07": 8, "c08": 9}
+    _write_stage_labels(ws, "nnunet1", nnunet1)
+    _write_stage_labels(ws, "stage0", {c: less(nnunet1[c], stage0_less.get(c, 10)) for c in cases})
+    nnunet2 = {c: less(nnunet1[c], nnunet2_less.get(c, 10)) for c in cases} | {"c00": GROWS_1_4}
+    _write_stage_labels(ws, "nnunet2", nnunet2)
+    return ws
+
+
+def test_stage2_keeps_the_top_10_percent_growing_at_most_1_5x_against_stage0(three_stages):
+    """Stage 2 compares nnU-Net 1 with stage 0, allows 1.5x growth and keeps ⌊10 % · 30⌋ = 3 scans, trained on
+    nnU-Net 1's labels. 1.25x would drop c29; 20 % would keep 6; comparing other stages would pick others."""
+    from nnsam2_utils.refine.training_set import training_set
+
+    selection, cases = training_set(three_stages, ["d"], 2, {})
+    assert selection.loc[selection["kept"], "case"].tolist() == ["c29", "c27", "c26"]
+    rows = selection.set_index("case")
+    assert rows.loc["c29", "max_growth_seen"] == pytest.approx(1.4) and rows.loc["c29", "smooth"]
+    assert rows.loc["c28", "reason"] == "not smooth" and rows.loc["c00", "reason"] == "low agreement"
+    assert rows.loc["c27", "agreement"] == pytest.approx(384 / 392)  # 2·192 / (200 + 192) per class
+    assert (selection["quota"] == 3).all()
+    labels = {c.case_id: c.label for c in cases}
+    assert sorted(labels) == ["d__c26", "d__c27", "d__c29"]
+    assert (labels["d__c27"] == 1).sum() == 200  # nnU-Net 1's label (stage 0's has 192)
+
+
+def test_stage3_keeps_the_top_20_percent_growing_at_most_1_25x_against_nnunet1(three_stages):
+    """Stage 3 compares nnU-Net 2 with nnU-Net 1, allows 1.25x growth and keeps ⌊20 % · 30⌋ = 6 scans, trained on
+    nnU-Net 2's labels. 1.5x would keep c00 instead of c06; 10 % would keep 3; against stage 0 c01 fails."""
+    from nnsam2_utils.refine.training_set import training_set
+
+    selection, cases = training_set(three_stages, ["d"], 3, {})
+    assert selection.loc[selection["kept"], "case"].tolist() == ["c01", "c02", "c03", "c04", "c05", "c06"]
+    rows = selection.set_index("case")
+    assert rows.loc["c00", "reason"] == "not smooth" and rows.loc["c00", "max_growth_seen"] == pytest.approx(1.4)
+    assert rows.loc["c07", "reason"] == "over the quota"
+    assert (selection["quota"] == 6).all()
+    labels = {c.case_id: c.label for c in cases}
+    assert (labels["d__c02"] == 2).sum() == 196  # nnU-Net 2's label (nnU-Net 1's has 200)
+
+
+def test_the_stage_rules_are_the_papers():
+    """docs/method.md §5.2, the values a profile that sets nothing runs with."""
+    from nnsam2_utils.refine.filters import STAGE_RULES
+    from nnsam2_utils.refine.stages import stage_names
+
+    assert STAGE_RULES == {
+        2: {"min_agreement": 0.90, "max_growth": 1.5, "fraction": 0.10, "min_scans": 2},
+        3: {"min_agreement": 0.90, "max_growth": 1.25, "fraction": 0.20, "min_scans": 2},
+    }
+    assert [stage_names(k) for k in (1, 2, 3)] == [
+        ("nnunet1", "stage0", None),
+        ("nnunet2", "nnunet1", "stage0"),
+        ("nnunet3", "nnunet2", "nnunet1"),
+    ]
+
+
+def test_the_quotas_round_down():
+    """⌊fraction · n⌋, not rounded: 10 % of 38 scans is 3 (not 4); 2 % of 190 frames at a position is 3."""
+    scans = pd.DataFrame({"dataset": "d", "case": [f"c{i:02d}" for i in range(38)], "agreement": 0.95, "smooth": True})
+    out = scan_filter(scans, min_agreement=0.90, fraction=0.10, min_scans=2)
+    assert out["quota"].iloc[0] == 3 and out["kept"].sum() == 3
+    frames = stage1_filter(confidence_table({(f"c{i:03d}", 0): (0.9, 0.9) for i in range(190)}), 90, 0.02)
+    assert frames["quota"].iloc[0] == 3 and frames["kept"].sum() == 3
+
+
+def test_agreement_must_be_strictly_above_the_threshold():
+    """Eligible when the agreement is > 0.90: exactly 0.90 is not (it only fills up to the minimum)."""
+    scans = pd.DataFrame(
+        {
+            "dataset": "d",
+            "case": [f"c{i:02d}" for i in range(20)],
+            "agreement": [0.9000001, 0.90, 0.90] + [0.5] * 17,
+            "smooth": True,
+        }
+    )
+    out = scan_filter(scans, min_agreement=0.90, fraction=0.20, min_scans=2).set_index("case")
+    assert out["eligible"].tolist() == [True] + [False] * 19
+    assert out.loc["c00", "reason"] == "kept" and out.loc["c01", "reason"] == "filled to minimum"
+    assert out.loc["c02", "reason"] == "low agreement"

@@ -25,11 +25,11 @@ book: venv
 # The whole suite (CI runs this): lint first, then every test, the end-to-end ones included, on $(CORES) workers
 # (a test module stays on one worker: its fixtures are built once).
 test: venv lint
-	$(VENV)/bin/python -m pytest -n $(CORES) --dist loadfile tests
+	$(VENV)/bin/python -m pytest -n $(CORES) --dist loadfile --no-loadscope-reorder tests
 
 # The loop while working: every module's tests, without the end-to-end runs marked slow.
 test-fast: venv
-	$(VENV)/bin/python -m pytest -n $(CORES) --dist loadfile tests -m "not slow"
+	$(VENV)/bin/python -m pytest -n $(CORES) --dist loadfile --no-loadscope-reorder tests -m "not slow"
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -34,3 +34,23 @@ def tiny_cohort(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_cohort")
     generate_cohort(folder, size="tiny", seed=0)
     return folder
+
+
+#: Test modules that take minutes, longest first (measured with pytest --durations). make test runs
+#: a module per pytest-xdist worker in collection order (--no-loadscope-reorder): the long ones start first, so no
+#: worker is left with a long module at the end while the other idles.
+LONGEST_FIRST = (
+    "test_workflow.py",
+    "test_apply.py",
+    "test_nnunet.py",
+    "test_resume.py",
+    "test_litemedsam.py",
+    "test_gpu_check.py",
+    "test_encoder_export.py",
+)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Collect the long test modules first (a stable sort: the order inside a module is kept)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("sam2")
+# sam2 is a pinned dependency (pyproject.toml): if it stops importing, these tests fail, never skip
+import sam2  # noqa: E402, F401
 
 from nnsam2_utils.data.checkpoints import verify_checkpoint  # noqa: E402
 from nnsam2_utils.errors import CheckpointError  # noqa: E402

@@ -93,6 +93,7 @@ STEP_CODE: dict[str, tuple[str, ...]] = {
         *_GRID,
     ),
     "own_scans": (*_STAGE0, "data/synthetic/*.py", "data/dicom.py", "data/checks.py", "steps/own_scans.py"),
+    "which_slice": (*_STAGE0, "experiments/*.py", "steps/which_slice.py"),
     "agreement": (
         "evaluate/*.py",
         "report/results.py",
@@ -119,6 +120,7 @@ VIEW_CODE: dict[str, tuple[str, ...]] = {
     "agreement": ("report/provenance.py", "report/findings.py", "report/agreement_page.py"),
     "teaching": ("report/provenance.py",),
     "own_scans": ("report/plots.py",),
+    "which_slice": ("report/which_slice.py", "report/plots.py", "report/provenance.py"),
 }
 
 

@@ -101,6 +101,7 @@ class Baselines(_Section):
     supervised: bool = False
     oneshot: bool = False
     repeat: bool = False
+    which_slice: bool = False  # the "Which slice to annotate" chapter (§10.6): its own page, not a 05_ baseline page
 
 
 class Resources(_Section):
@@ -142,7 +143,7 @@ class RunProfile(_Section):
 
     @property
     def enabled_baselines(self) -> list[str]:
-        return [name for name, on in self.baselines.model_dump().items() if on]
+        return [name for name, on in self.baselines.model_dump().items() if on and name != "which_slice"]
 
     @property
     def compared_backends(self) -> list[str]:

@@ -85,7 +85,7 @@ rule book:
         f"{G}/07_teaching.ipynb",
         f"{G}/08_run_record.ipynb",
         f"{G}/09_own_scans.ipynb",
-        [f"{G}/10_which_slice.ipynb"] if P.baselines.which_slice else [],
+        [f"{G}/07_which_slice.ipynb"] if P.baselines.which_slice else [],
         f"{G}/00_cohort.ipynb",
         expand(f"{G}/01_prepare_{{dataset}}.ipynb", dataset=DATASETS),
         expand(f"{G}/02_stage0_{{dataset}}.ipynb", dataset=DATASETS),
@@ -349,12 +349,12 @@ rule which_slice:
     """Which slice to annotate: stage 0 again on one dataset per annotated slice and reference, each scan encoded once
     (docs/method.md §10.6); it needs only the stage-0 pages and fills a free core."""
     input:
-        notebook("10_which_slice"),
+        notebook("07_which_slice"),
         expand(f"{G}/02_stage0_{{dataset}}.ipynb", dataset=DATASETS),
         ENCODER_DONE,
         code("which_slice"),
     output:
-        f"{G}/10_which_slice.ipynb",
+        f"{G}/07_which_slice.ipynb",
     threads: 1
     priority: 5
     resources:

@@ -26,7 +26,7 @@ import SimpleITK as sitk
 from nnsam2_utils.data.checks import path_sha256
 from nnsam2_utils.data.geometry import canonical, check_same_grid, lps_slice_index, region_slices, slice_axis
 from nnsam2_utils.data.io import check_finite, read_image
-from nnsam2_utils.data.manifest import DISC_LEVELS
+from nnsam2_utils.data.manifest import DISC_LEVELS, EDGE
 from nnsam2_utils.errors import DataError, GeometryError
 
 log = logging.getLogger(__name__)
@@ -91,13 +91,16 @@ def parse_slices(text: str) -> tuple[int, int]:
 def parse_discs(text: str) -> dict[str, int]:
     """``"L3L4=12,L4L5=8,L5S1=3"`` as disc level → slice number; any of the three levels, each at most once.
 
-    ``L3/L4`` is read as ``L3L4`` (any case). ValueError with the expected form for anything else.
+    ``L3/L4`` is read as ``L3L4`` (any case). ``LEVEL=edge`` (as in a manifest: the scan does not reach that disc) is
+    read as the level left out: it is not measured. ValueError with the expected form for anything else.
     """
     form = (
         "expected LEVEL=SLICE pairs separated by commas, LEVEL one of L3L4, L4L5, L5S1 and SLICE a slice number "
-        "counted from 0 along the superior–inferior axis as a viewer shows it (e.g. L3L4=12,L4L5=8,L5S1=3)"
+        "counted from 0 along the superior–inferior axis as a viewer shows it (e.g. L3L4=12,L4L5=8,L5S1=3; "
+        "L5S1=edge or leaving L5S1 out: the scan ends above L5/S1)"
     )
     discs: dict[str, int] = {}
+    edges: set[str] = set()
     for part in text.split(","):
         name, sep, number = part.partition("=")
         level = name.strip().upper().replace("/", "")
@@ -105,11 +108,16 @@ def parse_discs(text: str) -> dict[str, int]:
             raise ValueError(f"--discs {text!r}: {part.strip()!r} is not LEVEL=SLICE; {form}")
         if level not in DISC_LEVELS:
             raise ValueError(f"--discs {text!r}: unknown disc level {name.strip()!r}; {form}")
+        if level in discs or level in edges:
+            raise ValueError(f"--discs {text!r}: {level} is given twice; give each level once")
+        if number.strip().lower() == EDGE:
+            edges.add(level)
+            continue
         if not (number.strip().isascii() and number.strip().isdigit()):
             raise ValueError(f"--discs {text!r}: {level} slice {number.strip()!r} is not a slice number; {form}")
-        if level in discs:
-            raise ValueError(f"--discs {text!r}: {level} is given twice; give each level once")
         discs[level] = int(number.strip())
+    if edges and not discs:
+        raise ValueError(f"--discs {text!r}: every level given is 'edge'; give at least one disc's slice number")
     return discs
 
 

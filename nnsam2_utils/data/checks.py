@@ -145,14 +145,14 @@ class _Checker:
                 )
 
     def discs(self, case, image: sitk.Image, path: Path) -> None:
-        from nnsam2_utils.data.geometry import slice_axis
+        from nnsam2_utils.data.geometry import slice_axis, stored_discs
 
         n = image.GetSize()[slice_axis(image)]
-        d = case.discs
+        given = case.discs
         outside = {
             name: k
-            for name, k in (("L3L4", d.L3L4), ("L4L5", d.L4L5), ("L5S1", d.L5S1))
-            if k is not None and not 0 <= k < n
+            for name, k in (("L3L4", given.L3L4), ("L4L5", given.L4L5), ("L5S1", given.L5S1))
+            if isinstance(k, int) and not 0 <= k < n
         }
         if outside:
             self.add(
@@ -161,7 +161,8 @@ class _Checker:
                 f"case {case.id}: disc slices {outside} are outside the volume (0..{n - 1} along "
                 "the superior–inferior axis).",
                 "read the slice numbers off a viewer along the axial direction (first slice = 0) and correct them "
-                "in the manifest or cases CSV.",
+                "in the manifest or cases CSV; a scan that stops short of L5/S1 (or starts below L3/L4) takes "
+                "`L5S1: edge` (`L3L4: edge`).",
             )
             return
         from nnsam2_utils.data.geometry import case_region
@@ -171,11 +172,12 @@ class _Checker:
         except GeometryError as exc:
             self.add("discs", path, _strip_path(str(exc), path))
             return
+        d = stored_discs(given, image)  # an edge is the volume's end slice on its side
         if d.L4L5 is not None and not min(d.L3L4, d.L5S1) < d.L4L5 < max(d.L3L4, d.L5S1):
             self.add(
                 "discs",
                 path,
-                f"case {case.id}: L4L5 ({d.L4L5}) does not lie between L3L4 ({d.L3L4}) and L5S1 ({d.L5S1}).",
+                f"case {case.id}: L4L5 ({d.L4L5}) does not lie between L3L4 ({given.L3L4}) and L5S1 ({given.L5S1}).",
                 "check the three disc slice numbers of this scan.",
             )
 

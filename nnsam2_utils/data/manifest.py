@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.functional_validators import PlainValidator
+from pydantic_core import PydanticCustomError
 
 from nnsam2_utils.data.io import read_yaml
 from nnsam2_utils.errors import ManifestError, validation_problems
@@ -33,6 +35,12 @@ CLASSES: dict[int, str] = {1: "right_lpm", 2: "left_lpm"}
 MUSCLES: tuple[str, ...] = ("R-ES", "R-MF", "L-MF", "L-ES")
 MUSCLE_TO_CLASS: dict[str, int] = {"R-ES": 1, "R-MF": 1, "L-MF": 2, "L-ES": 2}
 DISC_LEVELS: tuple[str, ...] = ("L3L4", "L4L5", "L5S1")
+#: A region end the scan does not reach: ``L5S1: edge`` (the scan ends above L5/S1), ``L3L4: edge`` (it starts below
+#: L3/L4). The region then runs to the volume's inferior (superior) end slice (docs/method.md §2.1).
+EDGE = "edge"
+#: Which end of the volume an ``edge`` level stands for, and what it means for the scan.
+EDGE_SIDE: dict[str, str] = {"L3L4": "superior", "L5S1": "inferior"}
+EDGE_MEANING: dict[str, str] = {"L3L4": "the scan starts below L3/L4", "L5S1": "the scan ends above L5/S1"}
 
 
 def class_targets(label_map: dict[int, int]) -> dict[int, int]:
@@ -53,13 +61,54 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _disc_slice(value: object) -> int | str:
+    """A region end's value: a slice number (≥ 0, as int, integral float or digits) or ``edge`` (any case)."""
+    if isinstance(value, str) and value.strip().lower() == EDGE:
+        return EDGE
+    number = value.strip() if isinstance(value, str) else value
+    if isinstance(number, str) and number.isascii() and number.lstrip("-").isdigit():
+        number = int(number)
+    if isinstance(number, float) and number.is_integer():
+        number = int(number)
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise PydanticCustomError(
+            "disc_slice",
+            "Input should be a valid integer (the disc's slice number) or 'edge' (the scan does not reach this disc: "
+            "the region runs to the volume's end)",
+        )
+    if number < 0:
+        raise PydanticCustomError("disc_slice", "Input should be greater than or equal to 0 (slices count from 0)")
+    return number
+
+
+#: The slice number of L3/L4 or L5S1, or ``edge``.
+RegionEnd = Annotated[int | Literal["edge"], PlainValidator(_disc_slice)]
+
+
 class Discs(_Strict):
     """Slice index of the disc levels of one scan, counted along the stored axis closest to
-    superior–inferior (k for an axial scan), as a viewer shows it."""
+    superior–inferior (k for an axial scan), as a viewer shows it.
 
-    L3L4: int = Field(ge=0)
+    ``L5S1: edge`` says the scan ends above L5/S1 (``L3L4: edge``: it starts below L3/L4): the region runs to the
+    volume's end slice on that side, with a warning, and that level is not measured. One end at most."""
+
+    L3L4: RegionEnd
     L4L5: int | None = Field(default=None, ge=0)
-    L5S1: int = Field(ge=0)
+    L5S1: RegionEnd
+
+    @model_validator(mode="after")
+    def _one_edge_at_most(self) -> Discs:
+        if self.L3L4 == EDGE and self.L5S1 == EDGE:
+            raise ValueError(
+                "L3L4 and L5S1 are both 'edge': give at least one of the two discs as a slice number (the region "
+                "needs one disc in the scan to stand on)"
+            )
+        return self
+
+    @property
+    def edges(self) -> tuple[str, ...]:
+        """The levels given as ``edge`` (the scan does not reach them)."""
+        return tuple(level for level in ("L3L4", "L5S1") if getattr(self, level) == EDGE)
 
 
 SHA256 = r"^[0-9a-f]{64}$"
@@ -213,7 +262,7 @@ class DatasetManifest(_Strict):
                         f"case {case.id}: no disc levels; give 'discs' or a 'cases_csv' with L3L4 and L5S1 columns"
                     )
                 continue
-            if case.discs.L3L4 == case.discs.L5S1:
+            if case.discs.L3L4 == case.discs.L5S1 and not case.discs.edges:
                 raise ValueError(f"case {case.id}: L3L4 and L5S1 disc slices are the same ({case.discs.L3L4})")
         if (
             self.annotation is not None
@@ -315,6 +364,9 @@ def csv_rows(manifest: DatasetManifest) -> list[dict]:
         for level in DISC_LEVELS:
             if column[level] in table.columns and record[column[level]].strip():
                 text = record[column[level]].strip()
+                if text.lower() == EDGE:
+                    discs[level] = EDGE
+                    continue
                 try:
                     discs[level] = int(float(text)) if float(text).is_integer() else text
                 except ValueError:

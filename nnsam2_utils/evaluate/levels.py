@@ -16,7 +16,8 @@ the disc slice and one slice on each side at the demo's 4.5–5 mm slices; 0 mm 
 
 Edge-case semantics (every row says what happened in ``note``; ``slices`` is how many slices were averaged):
 
-* **Level not given** (position None): every measure NaN, note ``"<level> not given"``.
+* **Level not given** (position None): every measure NaN, note ``"<level> not given"`` (or the reason passed in
+  ``missing``, e.g. ``"L5S1 not given: the scan ends above L5/S1"``).
 * **Slab off the volume's edge**: the slab is cut to the slices the volume has and those are averaged; note
   ``"slab clipped at the volume edge: m of M slices"``.
 * **No slice in the slab** (the disc lies outside the volume, farther than ``half_width_mm`` from its first or last
@@ -178,6 +179,7 @@ def level_rows(
     fat: ArrayOrImage | None = None,
     ct: ArrayOrImage | None = None,
     classes: Mapping[int, int | str] | None = None,
+    missing: Mapping[str, str] | None = None,
 ) -> list[dict]:
     """Tidy rows (level, class, measure, value, slices, note) of a label volume at each disc level given.
 
@@ -185,7 +187,8 @@ def level_rows(
     slice distance). ``positions``: disc level → continuous slice index on that axis (None: not given).
     ``water`` and ``fat`` (both or neither) add the fat ratio, ``ct`` the mean HU; arrays in numpy order
     ``(slice, row, column)`` or images on the label's grid. ``classes``: label value → class name (default the
-    two LPM classes, 1 and 2). Edge cases: see the module docstring.
+    two LPM classes, 1 and 2). ``missing``: the note of a level whose position is None (default ``"<level> not
+    given"``; e.g. why: the scan ends above L5/S1). Edge cases: see the module docstring.
     """
     if (water is None) != (fat is None):
         raise ValueError("the fat ratio needs both `water` and `fat` images; pass both or neither.")
@@ -202,7 +205,7 @@ def level_rows(
     for level in (lv for lv in DISC_LEVELS if lv in positions):
         position = positions[level]
         if position is None:
-            rows += _nan_rows(level, classes, measures, 0, f"{level} not given")
+            rows += _nan_rows(level, classes, measures, 0, (missing or {}).get(level, f"{level} not given"))
             continue
         level_slab = slab(level, position, array.shape[0], spacing[2], half_width_mm)
         if not level_slab.slices:

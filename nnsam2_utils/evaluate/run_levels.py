@@ -17,8 +17,9 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
+from nnsam2_utils.data.geometry import stack_offsets
 from nnsam2_utils.data.io import read_image
-from nnsam2_utils.data.manifest import DISC_LEVELS, Discs
+from nnsam2_utils.data.manifest import DISC_LEVELS, EDGE_MEANING, Discs
 from nnsam2_utils.evaluate.levels import SLAB_HALF_WIDTH_MM, level_rows
 from nnsam2_utils.evaluate.statistics import agreement_table
 
@@ -43,21 +44,22 @@ DELIVERED = "delivered"
 
 
 def prepared_disc_positions(discs: Discs, n_slices: int, decimation: int) -> dict[str, float | None]:
-    """Each disc level's position on a prepared stack (a continuous LPS slice index; None for a level not given).
+    """Each disc level's position on a prepared stack (a continuous LPS slice index; None for a level not given, or
+    given as ``edge``: not in the scan).
 
     ``n_slices`` and ``decimation`` are the prepared case's (``cases.csv``): L3/L4 is slice ``n_slices − 1``, and a
     level ``Δ`` stored slices from L3/L4 towards L5/S1 lies ``Δ / decimation`` slices below it. A level on the far
     side of L3/L4 (an L4/L5 above it) gets a position above the stack, which :func:`level_rows` reports as outside.
+    With ``L3L4: edge`` the stack's lowest slice is L5/S1 (see :func:`~nnsam2_utils.data.geometry.stack_offsets`).
     """
-    if n_slices < 1 or decimation < 1:
-        raise ValueError(f"a prepared stack has at least one slice and a decimation ≥ 1; got {n_slices}, {decimation}.")
-    towards = 1 if discs.L5S1 > discs.L3L4 else -1
     top = n_slices - 1
-    positions: dict[str, float | None] = {}
-    for level in DISC_LEVELS:
-        k = getattr(discs, level)
-        positions[level] = None if k is None else top - (k - discs.L3L4) * towards / decimation
-    return positions
+    offsets = stack_offsets(discs, n_slices, decimation)
+    return {level: None if offset is None else top - offset for level, offset in offsets.items()}
+
+
+def missing_notes(discs: Discs) -> dict[str, str]:
+    """The note of each level the scan does not reach (``edge``): why its measurements are NaN."""
+    return {level: f"{level} not given: {EDGE_MEANING[level]}" for level in discs.edges}
 
 
 def case_level_rows(
@@ -68,15 +70,17 @@ def case_level_rows(
     positions: Mapping[str, float | None],
     stages: Sequence[str],
     half_width_mm: float = SLAB_HALF_WIDTH_MM,
+    missing: Mapping[str, str] | None = None,
 ) -> list[dict]:
-    """Per-level rows of one prepared scan: each stage's mask (``auto``) and the expert label (``expert``, if any)."""
+    """Per-level rows of one prepared scan: each stage's mask (``auto``) and the expert label (``expert``, if any);
+    ``missing``: the note of a level whose position is None (default ``"<level> not given"``)."""
     folder = workspace.prepared(dataset, case)
     image = read_image(folder / "image.nii.gz")
-    extra = {}
+    extra: dict = {"missing": missing}
     if (folder / "fat.nii.gz").exists():
-        extra = {"water": image, "fat": read_image(folder / "fat.nii.gz")}
+        extra |= {"water": image, "fat": read_image(folder / "fat.nii.gz")}
     elif modality == "CT":
-        extra = {"ct": image}
+        extra |= {"ct": image}
     rows = []
     for stage in stages:
         labels = read_image(workspace.labels(stage, dataset, case))
@@ -100,8 +104,9 @@ def level_measurements(
         for row in tqdm(list(cases.itertuples()), desc=f"levels {dataset}", leave=False):
             case = str(row.case)
             positions = prepared_disc_positions(discs[case], int(row.n_slices), int(row.decimation))
+            notes = missing_notes(discs[case])
             for measured in case_level_rows(
-                workspace, dataset, manifest.modality, case, positions, stages, half_width_mm
+                workspace, dataset, manifest.modality, case, positions, stages, half_width_mm, notes
             ):
                 rows.append({**measured, "dataset": dataset, "case": case, "subject": str(row.subject)})
     return pd.DataFrame(rows, columns=list(RUN_LEVEL_COLUMNS))

@@ -14,7 +14,9 @@ variant costs only the prompt encoder and mask decoder along its box chains.
 Slices are indices of the model-input stack, superior → inferior: 0 is the L3/L4 disc (the prepared region's top
 slice), the last is at or just above L5/S1 (docs/method.md §2.2–2.3). A disc Δ stored slices from L3/L4 lies Δ / k
 prepared slices below it (k the CT decimation); a disc between two kept slices is rounded to the nearer (halves
-upward, towards L5/S1), and one beyond the stack's end is clipped to its last slice.
+upward, towards L5/S1), and one beyond the stack's end is clipped to its last slice. A disc given as ``edge`` (the
+scan does not reach it) has no slice: that variant is not run on that scan. With ``L3L4: edge`` slice 0 is the
+volume's top slice, not the disc, but still the run's own annotated slice (the default variant).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from nnsam2_utils.data.geometry import stack_offsets
 from nnsam2_utils.data.manifest import DISC_LEVELS, Discs
 from nnsam2_utils.evaluate.metrics import dsc_rows
 from nnsam2_utils.prepare.model_input import label_from_model, label_to_model
@@ -73,12 +76,11 @@ def level_slice(level: str, scan: ScanShape) -> int | None:
         raise ValueError(f"unknown level {level!r}; use one of {LEVELS}.")
     if level == DEFAULT_LEVEL:
         return 0
-    discs = scan.discs
-    stored = getattr(discs, level) if discs is not None else None
-    if stored is None:
+    if scan.discs is None:
         return None
-    towards = 1 if discs.L5S1 > discs.L3L4 else -1
-    below = (stored - discs.L3L4) * towards / scan.decimation  # prepared slices below L3/L4
+    below = stack_offsets(scan.discs, n, scan.decimation)[level]  # prepared slices below the top; None: not in scan
+    if below is None:
+        return None
     return int(min(max(math.floor(below + 0.5), 0), n - 1))
 
 

@@ -36,12 +36,13 @@ def annotated_level_slice(manifest: DatasetManifest, case_index: int = 0) -> tup
     """A scan's slice at the L3/L4 disc (the level of the one annotated slice), image and classes 0/1/2."""
     import SimpleITK as sitk
 
-    from nnsam2_utils.data.geometry import canonical, region_slices
+    from nnsam2_utils.data.geometry import canonical, region_slices, stored_discs
     from nnsam2_utils.data.io import read_image
 
     case = manifest.cases[case_index]
     image = read_image(manifest.resolve(case.image))
-    top, _ = region_slices(image, case.discs.L3L4, case.discs.L5S1)
+    discs = stored_discs(case.discs, image)
+    top, _ = region_slices(image, discs.L3L4, discs.L5S1)
     pixels = sitk.GetArrayFromImage(canonical(image))[top]
     if not case.label:
         return pixels, None

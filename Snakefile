@@ -10,6 +10,10 @@ import shlex
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
+
+from nnsam2_utils.data.io import read_yaml
+from nnsam2_utils.workflow.book_toc import page_names, toc_for_pages, write_toc
 from nnsam2_utils.workflow.code_deps import step_files, view_files
 from nnsam2_utils.workflow.profile import config_dir, load_profile
 from nnsam2_utils.workflow.session import own_manifests
@@ -78,19 +82,33 @@ def step_command(step, extra=""):
             f"--profile {shlex.quote(PROFILE)} {extra}")
 
 
+# The run's pages: optional ones only where the profile runs them (a profile's own book gets a toc cut to these).
+PAGES = [
+    f"{G}/04_results.ipynb",
+    f"{G}/06_agreement.ipynb",
+    f"{G}/07_teaching.ipynb",
+    f"{G}/08_run_record.ipynb",
+    *([f"{G}/09_own_scans.ipynb"] if P.own_scans_example else []),
+    *([f"{G}/07_which_slice.ipynb"] if P.baselines.which_slice else []),
+    f"{G}/00_cohort.ipynb",
+    *expand(f"{G}/01_prepare_{{dataset}}.ipynb", dataset=DATASETS),
+    *expand(f"{G}/02_stage0_{{dataset}}.ipynb", dataset=DATASETS),
+    *expand(f"{G}/03_refine_{{stage}}.ipynb", stage=STAGES),
+    *expand(f"{G}/05_{{baseline}}.ipynb", baseline=BASELINES),
+]
+PAGE_NAMES = page_names(PAGES, BOOK)
+PROJECT_TOC = read_yaml("book/_toc.yml")
+if Path(BOOK).resolve() == Path("book").resolve() and toc_for_pages(PROJECT_TOC, PAGE_NAMES) != PROJECT_TOC:
+    raise WorkflowError(
+        f"profile '{PROFILE}' leaves out pages that book/_toc.yml lists (a baseline or the example own-scans chapter "
+        "switched off), so the project's book would not build: build it into its own book (leave out "
+        "--config book=book and NNSAM2_BOOK; every profile other than demo gets work/<profile>/book)."
+    )
+
+
 rule book:
     input:
-        f"{G}/04_results.ipynb",
-        f"{G}/06_agreement.ipynb",
-        f"{G}/07_teaching.ipynb",
-        f"{G}/08_run_record.ipynb",
-        f"{G}/09_own_scans.ipynb",
-        [f"{G}/07_which_slice.ipynb"] if P.baselines.which_slice else [],
-        f"{G}/00_cohort.ipynb",
-        expand(f"{G}/01_prepare_{{dataset}}.ipynb", dataset=DATASETS),
-        expand(f"{G}/02_stage0_{{dataset}}.ipynb", dataset=DATASETS),
-        expand(f"{G}/03_refine_{{stage}}.ipynb", stage=STAGES),
-        expand(f"{G}/05_{{baseline}}.ipynb", baseline=BASELINES),
+        PAGES,
         [f"{BOOK}/{name}" for name in BOOK_SOURCES],
         "docs/method.md" if Path(BOOK).resolve() == Path("book").resolve() else f"{BOOK}/../docs/method.md",
     output:
@@ -102,10 +120,12 @@ rule book:
 if Path(BOOK).resolve() != Path("book").resolve():
 
     rule book_sources:
-        """A profile's own book starts as a copy of the project's book sources and the method page."""
+        """A profile's own book starts as a copy of the project's book sources and the method page; its toc lists
+        only the pages this profile makes (nnsam2_utils/workflow/book_toc.py)."""
         input:
             [f"book/{name}" for name in BOOK_SOURCES],
             "docs/method.md",
+            PROFILE_FILE,
         output:
             [f"{BOOK}/{name}" for name in BOOK_SOURCES],
             f"{BOOK}/../docs/method.md",
@@ -113,13 +133,15 @@ if Path(BOOK).resolve() != Path("book").resolve():
             import shutil
 
             for source, target in zip(input, output):
-                shutil.copyfile(source, target)
+                if Path(source).name == "_toc.yml":
+                    write_toc(source, target, PAGE_NAMES)
+                else:
+                    shutil.copyfile(source, target)
 
 
 onstart:
     # A real run (not a dry run) of a profile whose data or checkpoint is missing stops here with the list.
     from nnsam2_utils.workflow.preflight import missing_for_profile
-    from snakemake.exceptions import WorkflowError
 
     _missing = missing_for_profile(PROFILE)
     if _missing:

@@ -90,6 +90,21 @@ def test_the_abstract_names_the_data_the_run_used():
     )
 
 
+def test_the_landing_page_says_what_the_data_are_synthetic_yours_or_both():
+    from nnsam2_utils.data.describe import cohort_caveat
+
+    own = cohort_caveat([], ["clinic"])
+    assert own == (
+        "The data are 1 dataset of your own (clinic), not the synthetic demo cohort: these numbers are about your "
+        "scans (a dataset without expert labels has measurements but no DSC)"
+    )
+    assert "phantoms" not in own
+    assert cohort_caveat(["a"], []).startswith("The cohort is synthetic: on synthetic phantoms (exact ground truth)")
+    assert cohort_caveat(["a"], ["x", "y"]).startswith(
+        "The data mix the synthetic demo cohort with 2 datasets of your own"
+    )
+
+
 def test_every_agreement_row_gets_a_verdict_in_words():
     from nnsam2_utils.report.agreement_page import verdict
 

@@ -1,9 +1,17 @@
 """The typed run profile: read once, every key checked, errors name the file and the key."""
 
+import fnmatch
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import yaml
 
 from nnsam2_utils.errors import ConfigError
+from nnsam2_utils.workflow.book_toc import page_names, toc_for_pages, write_toc
 from nnsam2_utils.workflow.profile import RunProfile, load_profile
 from nnsam2_utils.workflow.session import own_manifests
 
@@ -80,3 +88,99 @@ def test_two_manifests_with_one_name_are_refused(config_dir, tmp_path):
     )
     with pytest.raises(ConfigError, match=r"b/m\.yaml: dataset name 'clinic' is also the name of .*a/m\.yaml"):
         own_manifests(load_profile("mine"))
+
+
+# --- a run of your own data alone: the example chapter and the book's toc ------------------------------------------
+
+
+def test_the_example_own_scans_chapter_is_off_for_your_own_data_and_switchable(config_dir):
+    shipped = ROOT / "config"
+    assert (
+        load_profile(shipped / "demo.yaml").own_scans_example
+        and not load_profile(shipped / "paper.yaml").own_scans_example
+    )
+    write(config_dir, "mine", {"profile": "mine", "cohort": {"generate": False, "datasets": []}})
+    assert load_profile("mine").own_scans_example is False
+    write(config_dir, "mine", {"profile": "mine", "cohort": {"generate": False, "own_scans_example": True}})
+    assert load_profile("mine").own_scans_example is True
+    write(config_dir, "mine", {"profile": "mine", "cohort": {"generate": True, "own_scans_example": False}})
+    assert load_profile("mine").own_scans_example is False
+    write(config_dir, "mine", {"profile": "mine", "cohort": {"own_scans_example": "maybe"}})
+    with pytest.raises(ConfigError, match=r"mine\.yaml: invalid run profile: cohort\.own_scans_example: Input should"):
+        load_profile("mine")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_profiles_toc_lists_only_the_pages_it_makes(tmp_path):
+    """Own data alone, baselines off: no Baselines part, no example chapter; every entry left names a page made."""
+    pages = {"generated/00_cohort", "generated/04_results", "generated/06_agreement", "generated/07_teaching"}
+    pages |= {"generated/08_run_record", "generated/01_prepare_clinic", "generated/02_stage0_clinic"}
+    pages |= {f"generated/03_refine_{k}" for k in (1, 2, 3)}
+    target = write_toc(ROOT / "book" / "_toc.yml", tmp_path / "_toc.yml", pages)
+    toc = yaml.safe_load(target.read_text(encoding="utf-8"))
+    assert [part["caption"] for part in toc["parts"]] == [
+        "The paper",
+        "Teaching",
+        "Stage by stage (executed notebooks of this run)",
+    ]
+    stages = toc["parts"][2]["chapters"][1]
+    assert stages == {
+        "file": "stages",
+        "sections": [
+            {"glob": "generated/01_prepare_*"},
+            {"glob": "generated/02_stage0_*"},
+            {"glob": "generated/03_refine_*"},
+        ],
+    }
+    for entry in (e for part in toc["parts"] for c in part["chapters"] for e in [c, *c.get("sections", [])]):
+        if "glob" in entry:
+            assert any(fnmatch.fnmatchcase(page, entry["glob"]) for page in pages), entry
+        elif entry["file"].startswith("generated/"):
+            assert entry["file"] in pages, entry
+
+
+def test_the_demo_pages_keep_the_whole_toc():
+    full = yaml.safe_load((ROOT / "book" / "_toc.yml").read_text(encoding="utf-8"))
+    pages = {"generated/00_cohort", "generated/04_results", "generated/06_agreement", "generated/07_teaching"}
+    pages |= {"generated/08_run_record", "generated/09_own_scans", "generated/05_oneshot", "generated/01_prepare_a"}
+    pages |= {"generated/02_stage0_a", "generated/03_refine_1"}
+    assert toc_for_pages(full, pages) == full
+    assert page_names(["book/generated/05_repeat.ipynb"], "book") == {"generated/05_repeat"}
+
+
+def test_a_dry_run_of_your_own_data_alone_makes_no_example_chapter(config_dir, tmp_path):
+    """The Snakefile reads the switch: no own_scans job and no baseline job for an own-data profile."""
+    manifest = tmp_path / "clinic.yaml"
+    case = {"id": "p1", "image": "p1.nii.gz", "label": "p1_seg.nii.gz", "discs": {"L3L4": 12, "L5S1": "edge"}}
+    manifest.write_text(
+        yaml.safe_dump({"name": "clinic", "modality": "MRI", "sequence": "T2w", "root": "data", "cases": [case]})
+    )
+    profile = {
+        "profile": "mine",
+        "cohort": {"generate": False, "datasets": []},
+        "manifests": [str(manifest)],
+        "baselines": {"supervised": False, "oneshot": False, "repeat": False, "which_slice": False},
+    }
+    write(config_dir, "mine", profile)
+    env = dict(os.environ, NNSAM2_CONFIG_DIR=str(config_dir), NNSAM2_WORK=str(tmp_path / "work"))
+    env.pop("NNSAM2_BOOK", None)
+    command = [str(Path(sys.executable).parent / "snakemake"), "-n", "--config", "profile=mine", "--", "book"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.MULTILINE))
+    assert jobs == {
+        "book_sources": "1",
+        "cohort": "1",
+        "encoder": "1",
+        "prepare": "1",
+        "stage0": "1",
+        "refine": "3",
+        "results": "1",
+        "agreement": "1",
+        "teaching": "1",
+        "run_record": "1",
+        "book": "1",
+        "total": "13",
+    }

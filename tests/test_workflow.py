@@ -326,7 +326,13 @@ def test_the_landing_page_shows_the_method_figure_and_an_abstract_glued_from_the
     assert pasted[9] == "10" and pasted[10:12] == [str(int((agreement.tost_p < 0.05).sum())), str(len(agreement))]
     variation = pd.read_csv(tmp / "work" / "demo" / "tables" / "variation_vs_margin.csv")
     assert pasted[12] == f"{variation.seed_change_mean_pct.max():.1f}"  # run-to-run variation, worst group
-    assert float(pasted[13]) > 0 and len(pasted) == 14
+    assert float(pasted[13]) > 0 and len(pasted) == 15
+    # what the data are, in "What this run shows": phantoms and the user's dataset, each said
+    assert pasted[14] == (
+        "The data mix the synthetic demo cohort with 1 dataset of your own (clinic_no_labels): on synthetic phantoms "
+        "(exact ground truth) the promptable model finds the muscles harder, and nnU-Net easier, than on real scans, "
+        "so read the rows of your own datasets on their own"
+    )
     # the findings the run wrote are on the landing page, and they are this run's (the stage-0 mean is in them)
     findings = (book / "generated" / "results_findings.md").read_text(encoding="utf-8")
     assert f"from {per_stage['stage0']:.3f} (stage 0)" in findings

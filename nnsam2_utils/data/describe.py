@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from nnsam2_utils.data.geometry import canonical, lps_slice_index
+from nnsam2_utils.data.geometry import canonical, lps_slice_index, stored_discs
 from nnsam2_utils.data.io import read_csv, read_image
 from nnsam2_utils.data.labels import map_muscles
 from nnsam2_utils.data.manifest import MUSCLES, DatasetManifest
@@ -27,9 +27,8 @@ def scan_description(manifest: DatasetManifest, case_index: int) -> dict:
         return row
     label_image = read_image(manifest.resolve(case.label))
     label = sitk.GetArrayFromImage(canonical(label_image))
-    z = lps_slice_index(
-        label_image, case.discs.L4L5 if case.discs.L4L5 is not None else (case.discs.L3L4 + case.discs.L5S1) // 2
-    )
+    discs = stored_discs(case.discs, label_image)
+    z = lps_slice_index(label_image, discs.L4L5 if discs.L4L5 is not None else (discs.L3L4 + discs.L5S1) // 2)
     sx, sy, _ = canonical(label_image).GetSpacing()
     pixel_cm2 = sx * sy / 100.0
     if manifest.muscle_map:
@@ -93,7 +92,8 @@ def middle_slice(manifest: DatasetManifest, case_index: int = 0) -> tuple[np.nda
 
     case = manifest.cases[case_index]
     image = read_image(manifest.resolve(case.image))
-    low, high = region_slices(image, case.discs.L3L4, case.discs.L5S1)
+    discs = stored_discs(case.discs, image)
+    low, high = region_slices(image, discs.L3L4, discs.L5S1)
     z = (low + high) // 2
     array = sitk.GetArrayFromImage(canonical(image))[z]
     if not case.label:
@@ -126,7 +126,8 @@ def cohort_table(manifests: list[DatasetManifest]) -> pd.DataFrame:
             reader.SetFileName(str(manifest.resolve(case.image)))
             reader.ReadImageInformation()
             sx, sy, sz = _lps_spacing(reader)
-            span = abs(case.discs.L3L4 - case.discs.L5S1) + 1
+            discs = stored_discs(case.discs, reader)
+            span = abs(discs.L3L4 - discs.L5S1) + 1
             step = decimation_factor(sz, manifest.decimate_to_mm) if manifest.modality == "CT" else 1
             rows.append(
                 {
@@ -150,3 +151,23 @@ def cohort_phrase(generated: list[str], own: list[str]) -> str:
     synthetic = "the synthetic demo cohort" if generated else ""
     yours = f"{len(own)} dataset{'s' if len(own) != 1 else ''} of your own ({', '.join(own)})" if own else ""
     return " and ".join(p for p in (synthetic, yours) if p) or "no datasets"
+
+
+def cohort_caveat(generated: list[str], own: list[str]) -> str:
+    """How far the run's numbers carry, in one sentence for the landing page: phantoms, your own data, or both."""
+    phantoms = (
+        "on synthetic phantoms (exact ground truth) the promptable model finds the muscles harder, and nnU-Net easier, "
+        "than on real scans"
+    )
+    yours = f"{len(own)} dataset{'s' if len(own) != 1 else ''} of your own ({', '.join(own)})"
+    if generated and own:
+        return (
+            f"The data mix the synthetic demo cohort with {yours}: {phantoms}, so read the rows of your own datasets "
+            "on their own"
+        )
+    if own:
+        return (
+            f"The data are {yours}, not the synthetic demo cohort: these numbers are about your scans (a dataset "
+            "without expert labels has measurements but no DSC)"
+        )
+    return f"The cohort is synthetic: {phantoms}, so the stage-to-stage gains here are not a forecast for your data"

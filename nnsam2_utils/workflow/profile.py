@@ -24,11 +24,16 @@ class _Section(BaseModel):
 
 
 class Cohort(_Section):
-    """The synthetic demo cohort (``generate: false`` for real data only)."""
+    """The synthetic demo cohort (``generate: false`` for real data only).
+
+    ``own_scans_example``: the book's example chapter "Use it on your own scans" (example scans generated and run
+    through stage 0, about 25 s); unset (null): on when the demo cohort is generated, off for a run of your own data.
+    """
 
     generate: bool = False
     size: Literal["default", "tiny"] = "default"
     datasets: list[str] = Field(default_factory=list)
+    own_scans_example: bool | None = None
 
 
 class Propagation(_Section):
@@ -140,6 +145,12 @@ class RunProfile(_Section):
     def generated_datasets(self) -> list[str]:
         """The demo datasets this profile generates (none when ``cohort.generate`` is off)."""
         return list(self.cohort.datasets) if self.cohort.generate else []
+
+    @property
+    def own_scans_example(self) -> bool:
+        """Whether the run makes the example own-scans chapter (``cohort.own_scans_example``; unset: with the demo)."""
+        chosen = self.cohort.own_scans_example
+        return self.cohort.generate if chosen is None else chosen
 
     @property
     def enabled_baselines(self) -> list[str]:

@@ -42,7 +42,7 @@ def annotated_level_slice(manifest: DatasetManifest, case_index: int = 0) -> tup
     case = manifest.cases[case_index]
     image = read_image(manifest.resolve(case.image))
     discs = stored_discs(case.discs, image)
-    top, _ = region_slices(image, discs.L3L4, discs.L5S1)
+    _, top = region_slices(image, discs.L3L4, discs.L5S1)  # (inferior, superior) in LPS: L3/L4 is the superior end
     pixels = sitk.GetArrayFromImage(canonical(image))[top]
     if not case.label:
         return pixels, None

@@ -1,14 +1,19 @@
 """Offline checks of the built book (``book/_build/html``).
 
-Two checks, both working from disk with no network:
+Three checks, all working from disk with no network:
 
 * :func:`check_links` parses every HTML page (stdlib :mod:`html.parser`) and verifies that
   each relative ``href``/``src`` resolves to a file inside the book and that each
   ``#fragment`` exists as an ``id`` (or ``name``) in the page it points into. External
   ``http(s)`` links are reported as warnings.
+* :func:`check_content` fails on what a reader must not see: a Python warning or a traceback
+  in a cell's output, more than :data:`MAX_OUTPUT_LINES` lines of log output in one cell, an
+  absolute path of the build machine, two sidebar entries with the same title, a CSV link
+  pointing to the same file as another link of the page.
 * :func:`browse` opens the pages in headless Chromium from ``file://`` URLs and fails on
-  images that did not load, JavaScript exceptions and resources that failed to load from
-  disk; it also saves full-page screenshots of chosen pages.
+  images that did not load, JavaScript exceptions, resources that failed to load from disk
+  and tables wider than the page's content column with no scroll box; it also saves
+  full-page screenshots of chosen pages.
 
 The browser is driven over the Chrome DevTools Protocol on ``--remote-debugging-pipe``
 (NUL-terminated JSON on file descriptors 3 and 4), so nothing beyond the standard library
@@ -263,48 +268,91 @@ def check_links(html_root: Path, pages: list[str] | None = None, allow: Iterable
 # Content check: what a reader must not see on a page
 # ----------------------------------------------------------------------------------------
 
-#: Lines of one text output (a log, a progress bar) a page may show.
+#: Lines of text output (a log, a progress bar) one executed cell may show.
 MAX_OUTPUT_LINES = 20
-WARNING_PATTERN = re.compile(r"\b[A-Z][A-Za-z]*Warning\b(?::|\s*\()")
-TRACEBACK_PATTERN = re.compile(r"Traceback \(most recent call last\)|^\w*Error: ", re.MULTILINE)
+#: A Python warning as :mod:`warnings` prints it (``x.py:3: FutureWarning: soon``) or its repr.
+WARNING_PATTERN = re.compile(r"\b(?:[A-Z][A-Za-z]*)?Warning\b(?::|\s*\()")
+TRACEBACK_PATTERN = re.compile(r"Traceback \(most recent call last\)|^\w*(?:Error|Exception): ", re.MULTILINE)
 #: Machine paths: the filesystem roots a build machine writes under (a path in prose, such as ``work/demo``, is fine).
 MACHINE_PATH_PATTERN = re.compile(r"(?<![\w.~])/(?:home|root|tmp|work|Users|var/folders|opt)/[\w.-]+")
+#: Output areas of an executed cell whose text is checked: streams (stdout/stderr), plain text, tracebacks.
+OUTPUT_CLASS_PATTERN = re.compile(r"\boutput\b.*\b(stream|stderr|text_plain|traceback|error)\b")
+VOID_TAGS = frozenset(
+    ("area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr")
+)
+
+
+def default_machine_paths() -> list[str]:
+    """Absolute paths of the machine running the check that a page must not show: the repository
+    root, the work folder (``$NNSAM2_WORK``), the home folder and the temporary folder."""
+    candidates = [Path(__file__).resolve().parents[1], Path.home(), Path(tempfile.gettempdir())]
+    if os.environ.get("NNSAM2_WORK"):
+        candidates.append(Path(os.environ["NNSAM2_WORK"]))
+    paths = []
+    for candidate in candidates:
+        for path in {str(candidate), str(candidate.resolve())}:
+            if path.count("/") >= 1 and len(path) > 1 and path not in paths:
+                paths.append(path.rstrip("/"))
+    return paths
+
+
+def machine_path_pattern(paths: Iterable[str] = ()) -> re.Pattern[str]:
+    """:data:`MACHINE_PATH_PATTERN` widened by the absolute ``paths`` (each as a whole path component)."""
+    named = [
+        re.escape(p.rstrip("/")) + r"(?![\w.-])[^\s'\"<>]*"
+        for p in sorted(set(paths), key=len, reverse=True)
+        if p.rstrip("/")
+    ]
+    return re.compile("|".join([*(rf"(?<![\w.~]){p}" for p in named), MACHINE_PATH_PATTERN.pattern]))
 
 
 class _ContentParser(HTMLParser):
-    """Text outputs of executed cells, visible text, sidebar titles and CSV links of one page."""
+    """Text outputs of executed cells (grouped by cell), visible text, sidebar titles and links of one page."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
-        self.outputs: list[str] = []  # the text of each stream / stderr / plain-text output block
+        self.outputs: list[str] = []  # the text of each stream / stderr / plain-text / traceback output block
+        self.output_cell: list[int] = []  # for each output block, the cell it belongs to
         self.text: list[str] = []
         self.sidebar: list[str] = []
-        self.csv_links: list[tuple[str, str]] = []  # (href, link text)
+        self.links: list[tuple[str, str]] = []  # (href, link text) of the page's content (not the sidebar)
         self._stack: list[tuple[str, str]] = []  # (tag, class)
         self._output_depth: int | None = None
+        self._cells = 0
         self._link: str | None = None
         self._link_text: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = {k: v or "" for k, v in attrs}
         cls = values.get("class", "")
-        if tag in ("br", "img", "meta", "link", "input", "hr"):
+        if tag in VOID_TAGS:
             return
         self._stack.append((tag, cls))
-        if self._output_depth is None and tag == "div" and re.search(r"\boutput\b.*\b(stream|stderr|text_plain)", cls):
+        if tag == "div" and "cell_output" in cls.split():
+            self._cells += 1
+        if self._output_depth is None and tag == "div" and OUTPUT_CLASS_PATTERN.search(cls):
             self._output_depth = len(self._stack)
             self.outputs.append("")
+            self.output_cell.append(self._cells)
         if tag == "a":
             self._link, self._link_text = values.get("href", ""), []
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in VOID_TAGS:  # ``<div/>`` and the like: opened and closed at once
+            self.handle_starttag(tag, attrs)
+            self.handle_endtag(tag)
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "a" and self._link is not None:
             text = " ".join("".join(self._link_text).split())
-            if self._inside("bd-sidebar-primary") and self._link_text:
-                self.sidebar.append(text)
-            if self._link.split("#")[0].endswith(".csv"):
-                self.csv_links.append((self._link, text))
+            if self._inside("bd-sidebar-primary"):
+                if text:
+                    self.sidebar.append(text)
+            else:
+                self.links.append((self._link, text))
             self._link = None
+        if all(opened != tag for opened, _ in self._stack):
+            return  # a stray end tag (or a void element's): nothing to close
         while self._stack:
             opened, _ = self._stack.pop()
             if self._output_depth is not None and len(self._stack) < self._output_depth:
@@ -326,38 +374,91 @@ class _ContentParser(HTMLParser):
             self.text.append(data)
 
 
-def check_content(html_root: Path, pages: list[str] | None = None, allow: Iterable[str] = ()) -> list[Problem]:
-    """Per page: no Python warning or traceback, no text output longer than :data:`MAX_OUTPUT_LINES` lines,
-    no absolute path of the build machine, no two sidebar entries with one title, no two CSV links of
-    the page with different names pointing to one file."""
+def _lines(text: str) -> int:
+    return text.strip().count("\n") + 1 if text.strip() else 0
+
+
+def _link_file(html_root: Path, page: str, href: str) -> str | None:
+    """The book-relative file a content link points to (None for an external or in-page link)."""
+    parts = urlsplit(href)
+    if parts.scheme or parts.netloc:
+        return href.split("#")[0] if parts.scheme.lower() in ("http", "https") else None
+    if not parts.path:
+        return None
+    root = Path(os.path.normpath(html_root))
+    target = resolve_target(root, page, parts.path)
+    return target.relative_to(root).as_posix() if _is_inside(target, root) else target.as_posix()
+
+
+def check_content(
+    html_root: Path,
+    pages: list[str] | None = None,
+    allow: Iterable[str] = (),
+    machine_paths: Iterable[str] | None = None,
+) -> list[Problem]:
+    """What a reader must not see, page by page; each problem names the page and what is wrong.
+
+    * ``warning-shown``: a Python warning (``FutureWarning: ...``) in a cell's output;
+    * ``traceback-shown``: a traceback or ``SomeError: ...`` line in a cell's output;
+    * ``long-output``: a cell whose text outputs (stdout, stderr, plain text) have more than
+      :data:`MAX_OUTPUT_LINES` lines together;
+    * ``machine-path``: an absolute path of the build machine in the page's text: one under
+      the usual roots (:data:`MACHINE_PATH_PATTERN`) or under ``machine_paths`` (default:
+      :func:`default_machine_paths`, this machine's repository root, work, home and temporary folders);
+    * ``sidebar-duplicate``: two entries of the sidebar with the same title;
+    * ``csv-link-duplicate``: a link to a CSV file that points to the same file as another link of
+      the page (a table and the data it summarises must be two files).
+    """
     html_root = Path(html_root)
+    paths_pattern = machine_path_pattern(default_machine_paths() if machine_paths is None else machine_paths)
     problems: list[Problem] = []
     for page in pages if pages is not None else find_pages(html_root):
         parser = _ContentParser()
         parser.feed((html_root / page).read_text(encoding="utf-8", errors="replace"))
-        text = "".join(parser.text)
+        parser.close()
         for kind, pattern in (("warning-shown", WARNING_PATTERN), ("traceback-shown", TRACEBACK_PATTERN)):
-            found = pattern.search("\n".join(parser.outputs))
-            if found:
-                problems.append(Problem(kind, page, f"an output shows {found.group(0).strip()!r}"))
-        for output in parser.outputs:
-            lines = output.strip().count("\n") + 1
+            shown = sorted({m.group(0).strip() for output in parser.outputs for m in pattern.finditer(output)})
+            if shown:
+                problems.append(Problem(kind, page, f"a cell's output shows {', '.join(map(repr, shown[:5]))}"))
+        cells: dict[int, list[str]] = {}
+        for cell, output in zip(parser.output_cell, parser.outputs):
+            cells.setdefault(cell, []).append(output)
+        for outputs in cells.values():
+            lines = sum(_lines(o) for o in outputs)
             if lines > MAX_OUTPUT_LINES:
-                first = output.strip().splitlines()[0][:80]
-                problems.append(Problem("long-output", page, f"an output of {lines} lines (first: {first!r})"))
-        machine = MACHINE_PATH_PATTERN.search(text)
-        if machine:
-            problems.append(Problem("machine-path", page, f"shows the build machine's path {machine.group(0)!r}"))
-        titles = [t for t in parser.sidebar if t]
-        repeated = sorted({t for t in titles if titles.count(t) > 1})
+                first = next(o for o in outputs if o.strip()).strip().splitlines()[0][:80]
+                problems.append(
+                    Problem(
+                        "long-output",
+                        page,
+                        f"a cell shows {lines} lines of output (at most {MAX_OUTPUT_LINES}; first: {first!r}):"
+                        " send logs and progress bars to a file",
+                    )
+                )
+        shown_paths = sorted({m.group(0) for m in paths_pattern.finditer("".join(parser.text))})
+        if shown_paths:
+            listed = ", ".join(map(repr, shown_paths[:5])) + (
+                f" and {len(shown_paths) - 5} more" if len(shown_paths) > 5 else ""
+            )
+            problems.append(Problem("machine-path", page, f"shows the build machine's path {listed}"))
+        repeated = sorted({t for t in parser.sidebar if parser.sidebar.count(t) > 1})
         if repeated:
             problems.append(Problem("sidebar-duplicate", page, f"sidebar entries with the same title: {repeated}"))
-        targets: dict[str, set[str]] = {}
-        for href, name in parser.csv_links:
-            targets.setdefault(href, set()).add(name)
-        for href, names in sorted(targets.items()):
+        targets: dict[str, list[str]] = {}
+        for href, name in parser.links:
+            target = _link_file(html_root, page, href)
+            if target is not None and target.lower().endswith(".csv"):
+                targets.setdefault(target, []).append(name or href)
+        for target, names in sorted(targets.items()):
             if len(names) > 1:
-                problems.append(Problem("csv-link-duplicate", page, f"links {sorted(names)} all point to {href}"))
+                problems.append(
+                    Problem(
+                        "csv-link-duplicate",
+                        page,
+                        f"{len(names)} links ({', '.join(map(repr, names))}) point to the same file",
+                        target=target,
+                    )
+                )
     return downgrade(problems, allow)
 
 
@@ -518,6 +619,34 @@ BROKEN_IMAGES_JS = """
 """
 
 
+#: Tables wider than the page's content column that no scroll box holds: a table must fit, or sit in
+#: an element (itself no wider than the column) that scrolls horizontally (``overflow-x: auto|scroll``).
+WIDE_TABLES_JS = r"""
+(() => {
+  const selectors = ['article.bd-article', '.bd-article-container', '[role=main]', 'main', 'article', 'body'];
+  const column = selectors.map(s => document.querySelector(s)).find(e => e) || document.body;
+  const limit = column.getBoundingClientRect().right + 1;
+  const found = [];
+  for (const table of document.querySelectorAll('table')) {
+    const box = table.getBoundingClientRect();
+    if (box.width === 0 || Math.max(box.right, box.left + table.scrollWidth) <= limit) continue;
+    let scroller = null;
+    for (let el = table; el && el !== column && el !== document.body; el = el.parentElement) {
+      const overflow = getComputedStyle(el).overflowX;
+      if (overflow === 'auto' || overflow === 'scroll') { scroller = el; break; }
+    }
+    if (scroller && scroller.getBoundingClientRect().right <= limit) continue;
+    const head = table.querySelector('th, td');
+    found.push({width: Math.round(Math.max(box.width, table.scrollWidth)),
+                column: Math.round(column.getBoundingClientRect().width),
+                first: head ? head.textContent.replace(/\s+/g, ' ').trim().slice(0, 40) : '',
+                scroller: scroller ? 'its scroll box is wider than the column' : 'no scroll box'});
+  }
+  return found;
+})()
+"""
+
+
 def _shorten(url: str, root_url: str) -> str:
     """A file:// URL inside the book as a book-relative path, other URLs unchanged."""
     return url[len(root_url) :] if url.startswith(root_url) else url
@@ -657,6 +786,16 @@ def check_page(cdp: CdpPipe, session: str, html_root: Path, page: str, timeout: 
                 image["src"] or _shorten(image["url"], root_url),
             )
         )
+    wide = cdp.send("Runtime.evaluate", {"expression": WIDE_TABLES_JS, "returnByValue": True}, session=session)
+    for table in wide.get("result", {}).get("value") or []:
+        problems.append(
+            Problem(
+                "wide-table",
+                page,
+                f"a table {table['width']} px wide is cut off or widens the page: the content column is"
+                f" {table['column']} px and the table has {table['scroller']} (first cell: {table['first']!r})",
+            )
+        )
     problems += events_to_problems(page, cdp.pump(0), root_url)
     return problems
 
@@ -674,8 +813,9 @@ def browse(
 ) -> BrowseReport:
     """Open the book's pages in headless Chromium from disk and report what failed.
 
-    Fails (error problems) on images that did not load, JavaScript exceptions and resources
-    that failed to load from disk; external requests are blocked and reported as warnings.
+    Fails (error problems) on images that did not load, JavaScript exceptions, resources
+    that failed to load from disk and tables wider than the content column that no scroll box
+    holds (:data:`WIDE_TABLES_JS`); external requests are blocked and reported as warnings.
     ``pages`` defaults to :func:`find_pages`; ``screenshots`` maps book-relative pages to PNG
     file names written into ``out_dir`` (default :data:`DEFAULT_SCREENSHOTS`, those that exist).
     Errors matching an ``allow`` regex (e.g. a known harmless JS error) become warnings.

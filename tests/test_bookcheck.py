@@ -31,6 +31,11 @@ def png_bytes(width: int = 4, height: int = 3) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 
+def wide_table(columns: int = 80) -> str:
+    """A table far wider than a 1280 px page: ``columns`` cells that do not wrap."""
+    return "<table><tr>" + "<th>column&nbsp;name&nbsp;1</th>" * columns + "</tr></table>"
+
+
 def page(body: str, head: str = "") -> str:
     return f"<!DOCTYPE html><html><head><meta charset='utf-8'>{head}</head><body>{body}</body></html>"
 
@@ -71,6 +76,13 @@ def good_tree(tmp_path: Path) -> Path:
             "_static/style.css": "body { color: #222; }",
             "_static/app.js": "document.getElementById('ok').textContent = 'ran';",
             "_static/template.html": "<a href=\"{{ pathto('x') }}\">template, not a page</a>",
+            "sub/wide.html": page(
+                "<div style='overflow-x: auto'>" + wide_table() + "</div>"
+                "<table style='display: block; overflow-x: auto'><tr>"
+                + "<td>cell&nbsp;value&nbsp;42</td>" * 80
+                + "</tr></table>"
+                + "<table><tr><td>narrow</td></tr></table>"
+            ),
         },
     )
 
@@ -141,7 +153,7 @@ def test_browse_good_tree_is_clean_and_takes_screenshots(good_tree: Path, tmp_pa
     report = browse(good_tree, out, screenshots={"intro.html": "intro.png", "sub/page two.html": "two.png"})
     assert report.problems == [], [str(p) for p in report.problems]
     assert report.ok
-    assert report.pages == ["index.html", "intro.html", "sub/index.html", "sub/page two.html"]
+    assert report.pages == ["index.html", "intro.html", "sub/index.html", "sub/page two.html", "sub/wide.html"]
     for name in ("intro.png", "two.png"):
         assert (out / name).read_bytes().startswith(b"\x89PNG")
     assert report.seconds < 60
@@ -197,42 +209,150 @@ def test_real_book(tmp_path: Path) -> None:
     html = Path(os.environ["NNSAM2_BOOK_HTML"])
     links = check_links(html)
     assert errors(links) == [], "\n".join(map(str, errors(links)))
+    content = bookcheck.check_content(html)
+    assert errors(content) == [], "\n".join(map(str, errors(content)))
     report = browse(html, tmp_path, allow=bookcheck.KNOWN_SPHINX_ISSUES)
     assert report.ok, "\n".join(map(str, report.errors))
     assert set(report.screenshots) == set(bookcheck.DEFAULT_SCREENSHOTS)
     assert report.seconds < 60
 
 
-def test_content_check_passes_a_clean_page_and_names_each_problem(tmp_path: Path):
-    sidebar = "<div class='bd-sidebar-primary'><a href='a.html'>Stage 0: ct</a><a href='b.html'>Stage 0: mri</a></div>"
-    out = (
-        "<div class='cell_output docutils container'>"
-        "<div class='output stream highlight-myst-ansi'><pre>{}</pre></div></div>"
+@needs_chromium
+def test_browse_reports_a_table_wider_than_the_page_without_a_scroll_box(tmp_path: Path) -> None:
+    root = write_tree(
+        tmp_path / "tables",
+        {
+            "no_box.html": page("<p>text</p>" + wide_table()),
+            "cut_off.html": page("<div style='overflow: hidden'>" + wide_table() + "</div>"),
+            "box_too_wide.html": page("<div style='overflow-x: auto; width: 5000px'>" + wide_table() + "</div>"),
+            "scrolls.html": page("<div style='overflow-x: auto'>" + wide_table() + "</div>"),
+            "fits.html": page(wide_table(3)),
+        },
     )
-    clean = page(
-        sidebar
-        + "<p>Files under work/demo/tables.</p>"
-        + out.format("3 lines\nof\nlog")
-        + "<a href='../tables/dsc.csv'>dsc.csv</a><a href='../tables/dsc.csv'>dsc.csv</a>"
+    report = browse(root, tmp_path / "shots", screenshots={})
+    wide = {p.page: p.message for p in report.errors if p.kind == "wide-table"}
+    assert set(wide) == {"no_box.html", "cut_off.html", "box_too_wide.html"}, [str(p) for p in report.problems]
+    assert "no scroll box" in wide["no_box.html"] and "'column name 1'" in wide["no_box.html"]
+    assert "scroll box is wider" in wide["box_too_wide.html"]
+    assert [p for p in report.errors if p.kind != "wide-table"] == []
+
+
+# -- content check: what a reader must not see -----------------------------------------------
+
+SIDEBAR = "<div class='bd-sidebar-primary'><a href='a.html'>Stage 0: ct</a><a href='b.html'>Stage 0: mri</a></div>"
+
+
+def cell(*outputs: str) -> str:
+    """An executed notebook cell as MyST-NB renders it, with the given output areas."""
+    return (
+        "<div class='cell docutils container'><div class='cell_input docutils container'><pre>run()</pre></div>"
+        "<div class='cell_output docutils container'>" + "".join(outputs) + "</div></div>"
     )
-    bad = page(
-        sidebar.replace("Stage 0: mri", "Stage 0: ct")
-        + out.format("\n".join(f"epoch {i}" for i in range(25)))
-        + out.format("/work/main/.venv/lib/python3.11/site-packages/x.py:3: FutureWarning: soon")
-        + out.format("Traceback (most recent call last):\n  boom")
-        + "<p>see /root/project/work/demo</p>"
-        + "<a href='../tables/a.csv'>dsc_summary.csv</a><a href='../tables/a.csv'>dsc.csv</a>"
-    )
-    root = write_tree(tmp_path / "book", {"clean.html": clean, "bad.html": bad})
-    assert bookcheck.check_content(root, ["clean.html"]) == []
-    found = {p.kind: p.message for p in bookcheck.check_content(root, ["bad.html"])}
-    assert set(found) == {
+
+
+def output(text: str, kind: str = "stream") -> str:
+    """One output area: ``stream`` (merged stdout), ``stderr``, ``text_plain`` or ``traceback``."""
+    area = f"<div class='output {kind} highlight-myst-ansi notranslate'>"
+    return area + f"<div class='highlight'><pre>{text}</pre></div></div>"
+
+
+def lines(n: int, prefix: str = "epoch") -> str:
+    return "\n".join(f"{prefix} {i}" for i in range(n))
+
+
+#: A page with everything the content check must let through.
+CLEAN_BODY = (
+    SIDEBAR + "<h1>Stage 0: ct</h1><p>Files under work/demo/tables; the code at https://github.com/work/nnsam2;"
+    " ~/tmp is not shown as a path.</p><img src='x.png' alt=''/><br/>"
+    + cell(output(lines(12)), output(lines(8, "step"), "stderr"))  # 20 lines in one cell: allowed
+    + cell(output(lines(15)))  # another cell: counted on its own
+    + cell(output("0.923", "text_plain"))
+    + "<p>Download as CSV: <a class='reference download internal' href='tables/dsc_summary.csv'>dsc_summary.csv</a>"
+    " (this table) · <a href='tables/dsc.csv'>dsc.csv</a> (the data it summarises)</p>"
+    "<p>Warnings are silenced at their cause; a ValueError is explained in the text.</p>"
+)
+
+#: One defect each: (kind, HTML added to the clean page, text the message must contain).
+DEFECTS = {
+    "python-warning": (
         "warning-shown",
+        cell(output("x/site-packages/tqdm/auto.py:21: TqdmWarning: IProgress not found", "stderr")),
+        "TqdmWarning:",
+    ),
+    "warning-repr": ("warning-shown", cell(output("[FutureWarning('soon')]", "text_plain")), "FutureWarning("),
+    "traceback-in-stream": (
         "traceback-shown",
+        cell(output("Traceback (most recent call last):\n  File 'x.py', line 1\nValueError: boom", "stderr")),
+        "Traceback (most recent call last)",
+    ),
+    "traceback-output": (
+        "traceback-shown",
+        cell(output("KeyError                 Traceback (most recent call last)\nKeyError: 'dsc'", "traceback")),
+        "'KeyError:'",
+    ),
+    "long-log": ("long-output", cell(output(lines(25))), "a cell shows 25 lines of output"),
+    "long-log-split": (
         "long-output",
-        "machine-path",
+        cell(output(lines(12)), output(lines(9, "100%|██████████|"), "stderr")),
+        "a cell shows 21 lines of output",
+    ),
+    "machine-path": ("machine-path", "<p>written to /root/project/work/demo/tables</p>", "'/root/project"),
+    "tmp-path": ("machine-path", cell(output("saved /tmp/tmpab12/stage0.nii.gz", "text_plain")), "'/tmp/tmpab12"),
+    "sidebar-duplicate": (
         "sidebar-duplicate",
+        "<div class='bd-sidebar-primary'><a href='c.html'>Stage 0: ct</a></div>",
+        "'Stage 0: ct'",
+    ),
+    "csv-same-href": (
         "csv-link-duplicate",
-    }
-    assert "25 lines" in found["long-output"] and "'Stage 0: ct'" in found["sidebar-duplicate"]
-    assert "FutureWarning" in found["warning-shown"] and "/root/project" in found["machine-path"]
+        "<p>Download as CSV: <a href='tables/x.csv'>x.csv</a> (this table) · <a href='tables/x.csv'>x.csv</a></p>",
+        "2 links ('x.csv', 'x.csv') point to the same file",
+    ),
+    "csv-same-file": (
+        "csv-link-duplicate",
+        "<p>the same data as <a href='./tables/../tables/y.csv'>y</a> <a href='tables/y.csv'>y.csv</a></p>",
+        "2 links ('y', 'y.csv') point to the same file",
+    ),
+}
+
+
+def test_content_check_passes_a_clean_page(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "book", {"generated/clean.html": page(CLEAN_BODY)})
+    assert bookcheck.check_content(root) == []
+
+
+def test_content_check_passes_the_good_tree(good_tree: Path) -> None:
+    assert bookcheck.check_content(good_tree) == []
+
+
+@pytest.mark.parametrize("defect", sorted(DEFECTS))
+def test_content_check_names_the_page_and_the_defect(tmp_path: Path, defect: str) -> None:
+    kind, html, text = DEFECTS[defect]
+    root = write_tree(tmp_path / "book", {f"generated/{defect}.html": page(CLEAN_BODY + html)})
+    problems = bookcheck.check_content(root)
+    assert [(p.kind, p.page, p.severity) for p in problems] == [(kind, f"generated/{defect}.html", "error")], problems
+    assert text in str(problems[0])
+
+
+def test_content_check_finds_this_machines_own_folders(tmp_path: Path) -> None:
+    """The repository root, work, home and temporary folders, wherever they are, count as machine paths."""
+    defaults = bookcheck.default_machine_paths()
+    assert str(Path(__file__).resolve().parents[1]) in defaults and str(Path.home()) in defaults
+    body = CLEAN_BODY + "<p>read from /srv/build/nnsam2/work/demo/tables/dsc.csv</p>"
+    root = write_tree(tmp_path / "book", {"p.html": page(body)})
+    assert bookcheck.check_content(root, machine_paths=[]) == []
+    found = bookcheck.check_content(root, machine_paths=["/srv/build/nnsam2"])
+    assert [p.kind for p in found] == ["machine-path"] and "/srv/build/nnsam2/work/demo/tables/dsc.csv" in found[
+        0
+    ].message
+    assert bookcheck.check_content(root, machine_paths=["/srv/build/nnsam"]) == []  # a whole folder name only
+
+
+def test_cli_fails_on_a_content_problem(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "book", {"p.html": page(CLEAN_BODY + DEFECTS["long-log"][1])})
+    here = Path(__file__).resolve().parent
+    result = subprocess.run(
+        [sys.executable, "-m", "bookcheck", str(root), "--no-browser"], capture_output=True, text=True, cwd=here
+    )
+    assert result.returncode == 1
+    assert "ERROR long-output: p.html: a cell shows 25 lines of output" in result.stdout

@@ -98,6 +98,11 @@ def test_show_table_writes_the_csv_and_serves_it_and_its_sources_in_the_book(tin
     )
     with pytest.raises(ValueError, match="must end with .csv"):
         provenance.show_table(ws, summary, "dsc_summary")
+    # a table named like the data it summarises would overwrite it in the book: two links, one file
+    with pytest.raises(ValueError, match=r"share the book file\(s\) \['stage0_a_dsc.csv'\]"):
+        provenance.show_table(ws, summary, "stage0_a_dsc.csv", sources=[source])
+    with pytest.raises(ValueError, match="share the book file"):
+        provenance.show_table(ws, summary, "dsc_summary.csv", sources=[source, source])
     with pytest.raises(FileNotFoundError, match="nothing to publish"):
         provenance.publish(ws.root / "missing.csv")
 
@@ -106,6 +111,17 @@ def test_method_figure_is_drawn_around_a_real_slice_with_the_runs_stages(tiny_ru
     manifest = tiny_run.manifest("backpain_t2w")
     image, label = method_figure.annotated_level_slice(manifest)
     assert image.ndim == 2 and set(np.unique(label)) == {0, 1, 2}
+    # the slice at the L3/L4 disc (the superior end of the region), not the L5/S1 one
+    import SimpleITK as sitk
+
+    from nnsam2_utils.data.geometry import canonical, lps_slice_index
+    from nnsam2_utils.data.io import read_image
+
+    case = manifest.cases[0]
+    scan = read_image(manifest.resolve(case.image))
+    volume = sitk.GetArrayFromImage(canonical(scan))
+    assert np.array_equal(image, volume[lps_slice_index(scan, case.discs.L3L4)])
+    assert not np.array_equal(image, volume[lps_slice_index(scan, case.discs.L5S1)])
     fig = method_figure.method_figure(image, label, n_stages=2, backend="sam2", caption="backpain_t2w")
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert "nnU-Net 1" in texts and "nnU-Net 2" in texts and "nnU-Net 3" not in texts

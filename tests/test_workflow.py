@@ -256,6 +256,8 @@ def test_the_built_book_has_no_broken_link_image_or_page_error(built_book):
     html = book / "_build" / "html"
     link_errors = bookcheck.errors(bookcheck.check_links(html))
     assert not link_errors, [str(p) for p in link_errors]
+    content_errors = bookcheck.errors(bookcheck.check_content(html))  # warnings, logs, paths, duplicates
+    assert not content_errors, [str(p) for p in content_errors]
     if bookcheck.find_chromium() is None:
         pytest.skip("Chromium is not installed (apt-get install chromium); the link check above still ran")
     shots = tmp / "work" / "demo" / "screenshots"

@@ -106,15 +106,25 @@ def show_table(
 
     The table is written to ``<work>/tables/<name>`` (index as columns); ``sources`` are CSV
     files the run already wrote (e.g. the long-form ``dsc.csv``). Every file is copied into the
-    book (:func:`publish`) so the links resolve there. Returns the table's CSV path.
+    book (:func:`publish`) so the links resolve there. The table and each source need a file
+    name of their own in the book: a table named like the data it summarises would overwrite
+    it there, and both links would point to one file. Returns the table's CSV path.
     """
     from IPython.display import Markdown, display
 
     if not name.endswith(".csv"):
         raise ValueError(f"table name '{name}' must end with .csv")
+    sources = list(sources)
+    served = [name] + [published_name(s, workspace.root) for s in sources]
+    clashes = sorted({n for n in served if served.count(n) > 1})
+    if clashes:
+        raise ValueError(
+            f"table '{name}' and its sources would share the book file(s) {clashes}: name the table"
+            " differently from the data it summarises (e.g. '<what>_summary.csv')"
+        )
     csv = write_csv(table_frame(frame), workspace.tables / name)
     names = [publish(csv, book=book).name]
-    names += [publish(s, published_name(s, workspace.root), book=book).name for s in sources]
+    names += [publish(source, served_name, book=book).name for source, served_name in zip(sources, served[1:])]
     display(frame.to_frame() if isinstance(frame, pd.Series) else frame)
     what = ["this table"] + ["the data it summarises"] * (len(names) - 1) if len(names) > 1 else None
     display(Markdown(download_links(names, what=what)))

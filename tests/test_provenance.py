@@ -130,3 +130,12 @@ def test_method_figure_is_drawn_around_a_real_slice_with_the_runs_stages(tiny_ru
         method_figure.method_figure(np.zeros((2, 4, 4)), None)
     with pytest.raises(ValueError, match="label shape"):
         method_figure.method_figure(image, label[:-1])
+
+
+def test_paths_on_a_page_name_no_folder_of_the_build_machine(tmp_path):
+    root, home = tmp_path / "repo", tmp_path / "home"
+    assert provenance.shown_path(str(root / "config" / "demo.yaml"), root, home) == "config/demo.yaml"
+    assert provenance.shown_path(str(home / "scans" / "a.yaml"), root, home) == "~/scans/a.yaml"
+    assert provenance.shown_path("/mnt/data/ckpt/sam2.pt", root, home) == "…/sam2.pt"
+    relative = "configs/sam2.1/sam2.1_hiera_t.yaml"
+    assert provenance.shown_path(relative, root, home) == relative

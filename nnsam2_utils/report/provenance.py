@@ -296,3 +296,33 @@ def references_table(records: list[dict]) -> pd.DataFrame:
             if r["step"] == "stage0"
         ]
     )
+
+
+def shown_path(text: str, root: Path | None = None, home: Path | None = None) -> str:
+    """A path as a book page may show it: relative to the repository, ``~/…`` under the home folder, else ``…/name``.
+
+    A page must not carry the build machine's folders (a reader's own data lives anywhere); the file's
+    identity is its SHA-256, shown beside it where it matters. Text that is not an absolute path is kept.
+    """
+    path = Path(text)
+    if not path.is_absolute():
+        return text
+    for base, prefix in ((root or repo_root(), ""), (home or Path.home(), "~/")):
+        try:
+            return prefix + path.resolve().relative_to(Path(base).resolve()).as_posix()
+        except ValueError:
+            continue
+    return f"…/{path.name}"
+
+
+def profile_for_page(run: Run) -> dict:
+    """The run profile as data, every absolute path in it shown by :func:`shown_path`."""
+
+    def clean(value):
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return shown_path(value) if isinstance(value, str) and value.startswith(("/", "\\")) else value
+
+    return clean(run.profile.model_dump(mode="json"))

@@ -143,6 +143,10 @@ def test_notebook_code_cells_are_short():
                 assert len(lines) <= 15, f"{path.name} cell {i}: {len(lines)} lines"
 
 
+#: Page modules whose imports a step's check also follows (the which-slice page's own report module).
+PAGE_MODULES = {"which_slice": ("nnsam2_utils.report.which_slice",)}
+
+
 def test_each_step_declares_the_code_it_runs():
     """A step's run key hashes its modules (workflow/code_deps.py): every module its step function reaches is listed."""
     from nnsam2_utils.workflow.code_deps import step_files, view_files
@@ -159,8 +163,9 @@ def test_each_step_declares_the_code_it_runs():
         "results",
         "own_scans",
         "agreement",
+        "which_slice",
     ):
-        todo, seen = [f"nnsam2_utils.steps.{step}"], set()
+        todo, seen = [f"nnsam2_utils.steps.{step}", *PAGE_MODULES.get(step, ())], set()
         while todo:
             name = todo.pop()
             if name in seen or name not in known:

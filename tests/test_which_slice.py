@@ -165,25 +165,6 @@ def test_stage0_difference():
     assert np.isnan(page.stage0_difference(ours, stage0, "other"))
 
 
-def test_the_step_declares_the_code_it_runs():
-    """As tests/test_layout.py checks for the other steps: every module the step reaches is in code_deps."""
-    from test_layout import PACKAGE, imports_of, modules
-
-    from nnsam2_utils.workflow.code_deps import step_files, view_files
-
-    known = modules()
-    todo, seen = ["nnsam2_utils.steps.which_slice", "nnsam2_utils.report.which_slice"], set()
-    while todo:
-        name = todo.pop()
-        if name in seen or name not in known:
-            continue
-        seen.add(name)
-        todo += [m if m in known else m.rsplit(".", 1)[0] for m in imports_of(known[name])]
-    listed = {str(p.relative_to(PACKAGE)) for p in step_files("which_slice") + view_files("which_slice")}
-    missing = [str(known[n].relative_to(PACKAGE)) for n in sorted(seen)]
-    assert not [m for m in missing if m not in listed and not m.endswith("__init__.py")]
-
-
 # ----------------------------------------------------------------------------- the real path
 def test_variants_with_the_real_litemedsam_reproduce_plain_propagation():
     """Two synthetic scans of 4 slices, LiteMedSAM (eager torch), the L3/L4 and L5/S1 levels and one random draw:

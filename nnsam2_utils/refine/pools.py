@@ -52,15 +52,14 @@ class _InProcessMultiprocessing:
 @contextmanager
 def thread_pools() -> Iterator[None]:
     """Within the block, nnU-Net's fingerprint, integrity check, preprocessing and file-listing pools are threads."""
-    modules = [importlib.import_module(name) for name in POOLED_MODULES]
-    forked = importlib.import_module(FORKED_MODULE)
-    saved = [module.multiprocessing for module in modules], forked.Pool
+    stand_in = _InProcessMultiprocessing()
+    replaced = [(importlib.import_module(name), "multiprocessing", stand_in) for name in POOLED_MODULES]
+    replaced.append((importlib.import_module(FORKED_MODULE), "Pool", _ThreadContext().Pool))
+    originals = [getattr(module, attribute) for module, attribute, _ in replaced]
     try:
-        for module in modules:
-            module.multiprocessing = _InProcessMultiprocessing()
-        forked.Pool = _ThreadContext().Pool
+        for module, attribute, replacement in replaced:
+            setattr(module, attribute, replacement)
         yield
     finally:
-        for module, original in zip(modules, saved[0]):
-            module.multiprocessing = original
-        forked.Pool = saved[1]
+        for (module, attribute, _), original in zip(replaced, originals):
+            setattr(module, attribute, original)

@@ -608,6 +608,26 @@ CATALOGUE: list[Bad] = [
         "holds 1 NaN or Inf voxels",
         "Replace them",
     ),
+    Bad(
+        "manifest-unknown-placeholder",
+        "external predictions' path pattern with {case} (only {id} exists; was a KeyError traceback)",
+        "prepare",
+        _manifest(
+            lambda d: d.update(external=[{"name": "ts", "pattern": "ts/{case}.nii.gz", "label_map": {1: 1, 2: 2}}])
+        ),
+        ManifestError,
+        "external.0.pattern: Value error, path pattern 'ts/{case}.nii.gz' has the unknown placeholder(s) {case}",
+        "placeholders allowed: {id}",
+    ),
+    Bad(
+        "manifest-decimate-nan",
+        "decimate_to_mm: .nan (was a ValueError traceback at the decimation)",
+        "prepare",
+        _manifest(lambda d: d.update(modality="CT", sequence="CT", decimate_to_mm=float("nan"))),
+        ManifestError,
+        "decimate_to_mm: Value error, decimate_to_mm must be a slice thickness in mm above 0",
+        "left out for no decimation",
+    ),
 ]
 
 

@@ -89,3 +89,65 @@ def test_other_labels_background_maps_every_unlisted_value_to_background():
     with pytest.raises(DataError, match=r"label values \[9, 31\] are not in the manifest's label_map"):
         map_labels(whole_body, {5: 1, 7: 2}, "seg.nii.gz")
     assert map_labels(whole_body, {5: 1, 7: 2}, "seg.nii.gz", "background").tolist() == [0, 1, 1, 2, 0, 0]
+
+
+@pytest.mark.parametrize(
+    "where, pattern, named",
+    [
+        ("cases_csv", "{case}.nii.gz", "{case}"),
+        ("cases_csv", "{id}/{ID}_seg.nii.gz", "{ID}"),
+        ("cases_csv", "{}.nii.gz", "{}"),
+        ("cases_csv", "{id:>5}.nii.gz", "{id}"),
+        ("external", "ts/{case_id}.nii.gz", "{case_id}"),
+    ],
+)
+def test_an_unknown_path_placeholder_is_named_when_the_manifest_is_loaded(tmp_path, where, pattern, named):
+    """A path pattern with a placeholder other than {id} (it was a KeyError traceback at the first scan's path)."""
+    data = yaml.safe_load(yaml.safe_dump(GOOD))
+    if where == "cases_csv":
+        (tmp_path / "data").mkdir()
+        (tmp_path / "data" / "cases.csv").write_text("id,L3L4,L5S1\nb02,30,5\n", encoding="utf-8")
+        data["cases_csv"] = {"file": "cases.csv", "image": "{id}.nii.gz", "label": pattern}
+        field = "cases_csv.label"
+    else:
+        data["external"] = [{"name": "TotalSegmentator", "pattern": pattern, "label_map": {1: 1, 2: 2}}]
+        field = "external.0.pattern"
+    path = write(tmp_path, data)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path, cases_csv=False)  # before any CSV row is read
+    message = str(info.value)
+    assert str(path) in message and field in message, message
+    assert f"unknown placeholder(s) {named}" in message and "placeholders allowed: {id}" in message, message
+
+
+def test_an_unbalanced_brace_in_a_path_pattern_is_named(tmp_path):
+    data = {**GOOD, "external": [{"name": "ts", "pattern": "ts/{id.nii.gz", "label_map": {1: 1, 2: 2}}]}
+    path = write(tmp_path, data)
+    with pytest.raises(
+        ManifestError, match=r"external\.0\.pattern: .*not a valid pattern.*placeholders allowed: \{id\}"
+    ):
+        load_manifest(path)
+
+
+def test_known_path_placeholders_build_each_scans_paths(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "cases.csv").write_text("id,L3L4,L5S1\nb02,30,5\n", encoding="utf-8")
+    data = {**GOOD, "cases_csv": {"file": "cases.csv", "image": "{id}/img.nii.gz", "label": "{{raw}}/{id}_seg.nii"}}
+    manifest = load_manifest(write(tmp_path, data))
+    assert (manifest.case("b02").image, manifest.case("b02").label) == ("b02/img.nii.gz", "{raw}/b02_seg.nii")
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "0", "-3.0"])
+def test_decimate_to_mm_must_be_a_positive_finite_thickness(tmp_path, value):
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(GOOD) + f"decimate_to_mm: {value}\n", encoding="utf-8")
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    message = str(info.value)
+    assert str(path) in message and "decimate_to_mm: " in message, message
+    assert "must be a slice thickness in mm above 0" in message and "left out for no decimation" in message, message
+
+
+def test_decimate_to_mm_accepts_a_thickness_and_none(tmp_path):
+    assert load_manifest(write(tmp_path, {**GOOD, "decimate_to_mm": 3.0})).decimate_to_mm == 3.0
+    assert load_manifest(write(tmp_path, {**GOOD, "decimate_to_mm": None}, "n.yaml")).decimate_to_mm is None

@@ -19,7 +19,9 @@ information: R-ES, R-MF, L-MF, L-ES.
 
 from __future__ import annotations
 
+import math
 import os
+import string
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -55,6 +57,42 @@ def class_targets(label_map: dict[int, int]) -> dict[int, int]:
                 f"label value(s) of the {side} muscles to {target}"
             )
     return label_map
+
+
+#: The placeholders a path pattern may hold (``{id}``: the case id).
+PATTERN_PLACEHOLDERS: tuple[str, ...] = ("id",)
+
+
+def path_pattern(value: str | None) -> str | None:
+    """A path pattern holds only the known placeholders (``{id}``), each plain: checked when the manifest is
+    loaded, not when the first scan's path is built (an unknown name was a KeyError traceback there)."""
+    if value is None:
+        return None
+    allowed = ", ".join(f"{{{name}}}" for name in PATTERN_PLACEHOLDERS)
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(value) if name is not None]
+    except ValueError as exc:
+        raise ValueError(
+            f"path pattern {value!r} is not a valid pattern ({exc}); write a literal brace as {{{{ or }}}}, "
+            f"placeholders allowed: {allowed}"
+        ) from exc
+    unknown = [f"{{{name}}}" for name, spec, conv in fields if name not in PATTERN_PLACEHOLDERS or spec or conv]
+    if unknown:
+        raise ValueError(
+            f"path pattern {value!r} has the unknown placeholder(s) {', '.join(unknown)}; placeholders allowed: "
+            f"{allowed} (the case id), without format specs"
+        )
+    return value
+
+
+def slice_thickness_mm(value: float | None) -> float | None:
+    """``decimate_to_mm``: a finite slice thickness in mm above 0, or None (no decimation)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"decimate_to_mm must be a slice thickness in mm above 0 (e.g. 3.0), or left out for no decimation; "
+            f"got {value}"
+        )
+    return value
 
 
 class _Strict(BaseModel):
@@ -178,6 +216,11 @@ class ExternalPredictions(_Strict):
     label_map: dict[int, int]
     citation: str | None = None
 
+    @field_validator("pattern")
+    @classmethod
+    def _known_placeholders(cls, value: str) -> str:
+        return path_pattern(value)
+
     @field_validator("label_map")
     @classmethod
     def _to_classes(cls, value: dict[int, int]) -> dict[int, int]:
@@ -211,6 +254,11 @@ class CasesCsv(_Strict):
             raise ValueError(f"cases_csv.columns: unknown names {unknown}; use id, {', '.join(CSV_FIELDS)}")
         return value
 
+    @field_validator("image", "label", "fat")
+    @classmethod
+    def _known_placeholders(cls, value: str | None) -> str | None:
+        return path_pattern(value)
+
 
 class DatasetManifest(_Strict):
     """A whole dataset."""
@@ -235,6 +283,11 @@ class DatasetManifest(_Strict):
     @classmethod
     def _classes_known(cls, value: dict[int, int]) -> dict[int, int]:
         return class_targets(value)
+
+    @field_validator("decimate_to_mm")
+    @classmethod
+    def _slice_thickness(cls, value: float | None) -> float | None:
+        return slice_thickness_mm(value)
 
     @model_validator(mode="after")
     def _maps_agree(self) -> DatasetManifest:

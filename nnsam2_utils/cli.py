@@ -67,7 +67,7 @@ def _data_check(args: argparse.Namespace) -> int:
         from nnsam2_utils.workflow.profile import load_profile
 
         paths += load_profile(args.profile).manifest_paths()
-    if not paths:
+    if not paths and not args.profile:
         print("error: name at least one MANIFEST or --profile", file=sys.stderr)
         return 2
     problems = []
@@ -75,10 +75,19 @@ def _data_check(args: argparse.Namespace) -> int:
         found = check_manifest(path, checksums=not args.no_checksums, read=not args.quick)
         problems += found
         print(f"{path}: {'OK' if not found else f'{len(found)} problem(s)'}")
+    checkpoints = []
+    if args.profile:  # the checkpoint as the run reads it (nnsam2_utils/workflow/preflight.py)
+        from nnsam2_utils.workflow.preflight import checkpoint_problems
+
+        checkpoints = checkpoint_problems(args.profile, checksums=not args.no_checksums)
+        print(
+            f"run profile '{args.profile}' checkpoints: {'OK' if not checkpoints else f'{len(checkpoints)} problem(s)'}"
+        )
     if problems:
         print(report(problems))
-        return 1
-    return 0
+    for line in checkpoints:
+        print(line)
+    return 1 if problems or checkpoints else 0
 
 
 def _data_fetch(args: argparse.Namespace) -> int:
@@ -232,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="check a dataset: files, checksums, readability, geometry, labels, discs, annotation"
     )
     check.add_argument("manifest", nargs="*", help="data_manifest/<name>.yaml files")
-    check.add_argument("--profile", help="also check every manifest of this run profile")
+    check.add_argument(
+        "--profile", help="also check every manifest of this run profile and the checkpoint it names (SAM2)"
+    )
     check.add_argument("--quick", action="store_true", help="presence and checksums only; read no image")
     check.add_argument("--no-checksums", action="store_true", help="skip the SHA-256 checks")
     check.set_defaults(func=_data_check)

@@ -248,6 +248,15 @@ def _checkpoint_missing(root: Path):
     return (lambda: verify_checkpoint(path, "0" * 64, "Download sam2.1_hiera_large.pt.")), path
 
 
+def _checkpoint_unset_variable(root: Path):
+    """A checkpoint path through a variable that is not set, as ``data check --profile``, the start check and
+    stage 0 expand it."""
+    from nnsam2_utils.data.checkpoints import expand_path
+
+    path = Path("${NNSAM2_UNSET_MODELS}") / "sam2.1_hiera_large.pt"
+    return (lambda: expand_path(path, root, "propagation.sam2_checkpoint")), path
+
+
 def _text_manifest(edit: Callable[[str], str]):
     """A manifest whose text is edited (what YAML cannot say after a load: repeated keys, leading zeros)."""
 
@@ -535,6 +544,15 @@ CATALOGUE: list[Bad] = [
         CheckpointError,
         "checkpoint not found",
         "Put the checkpoint file at",
+    ),
+    Bad(
+        "checkpoint-unset-variable",
+        "SAM2 checkpoint path ${NNSAM2_UNSET_MODELS}/… with the variable unset",
+        "expand_path (data check --profile, start check, stage 0)",
+        _checkpoint_unset_variable,
+        CheckpointError,
+        "environment variable NNSAM2_UNSET_MODELS is not set",
+        "Set it (export NNSAM2_UNSET_MODELS=",
     ),
     Bad(
         "manifest-repeated-key",

@@ -373,3 +373,50 @@ def test_fetch_unreachable_link_folder_destination_and_unpinned_file(tmp_path, c
     write(payload.as_uri(), "b.bin")
     assert main(["data", "fetch", str(manifest)]) == 0
     assert "UNVERIFIED: the manifest pins no sha256" in capsys.readouterr().out
+
+
+def test_data_check_of_a_profile_checks_its_sam2_checkpoint_as_the_run_reads_it(clean, tmp_path, monkeypatch, capsys):
+    """``data check --profile``: the SAM2 checkpoint of a sam2 profile, missing, altered or behind an unset
+    ``${VAR}``, is named with its fix (expanded as the run expands it), beside the manifests' own check."""
+    from nnsam2_utils.workflow.preflight import missing_for_profile
+
+    repo = Path(__file__).resolve().parents[1]
+    profile = yaml.safe_load((repo / "config" / "tiny.yaml").read_text(encoding="utf-8"))
+    profile["manifests"] = [str(clean)]
+    profile["propagation"].update(backend="sam2", sam2_checkpoint="${NNSAM2_TEST_MODELS}/sam2.pt", sam2_sha256=None)
+    config = tmp_path / "config"
+    config.mkdir()
+    monkeypatch.setenv("NNSAM2_CONFIG_DIR", str(config))
+    monkeypatch.delenv("NNSAM2_TEST_MODELS", raising=False)
+
+    def check(*options: str, **propagation) -> tuple[int, str]:
+        profile["propagation"].update(propagation)
+        (config / "tiny.yaml").write_text(yaml.safe_dump(profile), encoding="utf-8")
+        capsys.readouterr()
+        code = main(["data", "check", "--quick", *options, "--profile", "tiny"])
+        return code, capsys.readouterr().out
+
+    code, out = check()
+    assert code == 1 and f"{clean}: OK" in out and "run profile 'tiny' checkpoints: 1 problem(s)" in out, out
+    assert "[checkpoint] propagation.sam2_checkpoint '${NNSAM2_TEST_MODELS}/sam2.pt': environment variable " in out
+    assert "NNSAM2_TEST_MODELS is not set. Set it (export NNSAM2_TEST_MODELS=" in out, out
+
+    models = tmp_path / "models"
+    models.mkdir()
+    monkeypatch.setenv("NNSAM2_TEST_MODELS", str(models))
+    code, out = check()
+    assert code == 1 and f"[checkpoint] {models / 'sam2.pt'}: checkpoint not found. Put the checkpoint file at" in out
+
+    (models / "sam2.pt").write_bytes(b"stands in for the SAM2.1 weights")
+    digest = sha256(models / "sam2.pt")
+    code, out = check(sam2_sha256="0" * 64)
+    assert code == 1 and f"SHA-256 mismatch (expected {'0' * 64}, found {digest})" in out, out
+    assert check("--no-checksums")[0] == 0  # the digest is a checksum: skipped as the manifests' are
+    code, out = check(sam2_sha256=digest)
+    assert code == 0 and "run profile 'tiny' checkpoints: OK" in out, out
+    assert missing_for_profile("tiny") == []  # the start check agrees
+
+    code, out = check(backend="litemedsam", sam2_checkpoint="absent/sam2.pt")
+    assert code == 0, out  # a profile that does not use SAM2 needs no SAM2 checkpoint
+    del profile["manifests"][:]
+    assert check(backend="sam2")[0] == 1  # a profile without own manifests still gets its checkpoint checked

@@ -4,8 +4,31 @@ from __future__ import annotations
 
 from nnsam2_utils.data.checks import check_manifest
 from nnsam2_utils.errors import CheckpointError
-from nnsam2_utils.workflow.profile import load_profile
+from nnsam2_utils.workflow.profile import RunProfile, load_profile
 from nnsam2_utils.workflow.workspace import repo_root
+
+
+def checkpoint_problems(profile: str, loaded: RunProfile | None = None, checksums: bool = True) -> list[str]:
+    """The SAM2 checkpoint of a profile that asks for SAM2 (as its backend or a compared one), checked as the run
+    reads it (``${VAR}`` and ``~`` expanded, relative to the project folder): set, present and, with ``checksums``,
+    matching its pinned SHA-256. One ``[checkpoint]`` line per problem; empty when it is ready or not needed."""
+    settings = (loaded or load_profile(profile)).propagation
+    if settings.backend != "sam2" and "sam2" not in settings.compare_backends:
+        return []
+    from nnsam2_utils.data.checkpoints import expand_path, verify_checkpoint
+    from nnsam2_utils.propagate.sam2 import download_hint
+
+    if not settings.sam2_checkpoint:
+        return [
+            f"[checkpoint] run profile '{profile}': propagation.sam2_checkpoint is not set. Fix: "
+            "download the SAM2.1 checkpoint named by propagation.sam2_config and set its path."
+        ]
+    try:
+        path = expand_path(settings.sam2_checkpoint, repo_root(), "propagation.sam2_checkpoint")
+        verify_checkpoint(path, settings.sam2_sha256 if checksums else None, download_hint(settings.sam2_config))
+    except CheckpointError as exc:
+        return [f"[checkpoint] {exc}"]
+    return []
 
 
 def missing_for_profile(profile: str) -> list[str]:
@@ -15,20 +38,4 @@ def missing_for_profile(profile: str) -> list[str]:
     missing: list[str] = []
     for path in loaded.manifest_paths():
         missing += [str(p) for p in check_manifest(path, checksums=False, read=False)]
-    settings = loaded.propagation
-    if settings.backend == "sam2" or "sam2" in settings.compare_backends:
-        from nnsam2_utils.data.checkpoints import expand_path, verify_checkpoint
-        from nnsam2_utils.propagate.sam2 import download_hint
-
-        if not settings.sam2_checkpoint:
-            missing.append(
-                f"[checkpoint] run profile '{profile}': propagation.sam2_checkpoint is not set. Fix: "
-                "download the SAM2.1 checkpoint named by propagation.sam2_config and set its path."
-            )
-        else:
-            try:
-                path = expand_path(settings.sam2_checkpoint, repo_root(), "propagation.sam2_checkpoint")
-                verify_checkpoint(path, settings.sam2_sha256, download_hint(settings.sam2_config))
-            except CheckpointError as exc:
-                missing.append(f"[checkpoint] {exc}")
-    return missing
+    return missing + checkpoint_problems(profile, loaded)

@@ -70,7 +70,7 @@ def papermill(*parameters):
 
     Every notebook runs under THREAD_LIMITS. Names and paths are shell-quoted.
     """
-    extra = " ".join(f"-p {name} {{wildcards.{name}}}" if value is None else f"-p {name} {shlex.quote(str(value))}"
+    extra = " ".join(f"-p {name} {{wildcards.{name}:q}}" if value is None else f"-p {name} {shlex.quote(str(value))}"
                      for name, value in parameters)
     return (f"{THREAD_LIMITS} {shlex.quote(str(BIN / 'nnsam2'))} execute -p profile {shlex.quote(PROFILE)} {extra} "
             "{input[0]:q} {output:q}")

@@ -3,6 +3,7 @@
 import fnmatch
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -184,3 +185,48 @@ def test_a_dry_run_of_your_own_data_alone_makes_no_example_chapter(config_dir, t
         "book": "1",
         "total": "13",
     }
+
+
+def test_every_shell_command_of_the_workflow_quotes_its_paths_and_names(tmp_path):
+    """The Snakefile's shell commands, as Snakemake formats them (a dry run printing them) with a work folder whose
+    name a shell would split or expand: every path arrives as one argument, every name as itself."""
+    work = tmp_path / "work dir $HOME 'x'"
+    env = dict(os.environ, NNSAM2_WORK=str(work))
+    for name in ("NNSAM2_CONFIG_DIR", "NNSAM2_BOOK"):
+        env.pop(name, None)
+    snakemake = str(Path(sys.executable).parent / "snakemake")
+    command = [snakemake, "-n", "-p", "--forceall", "--config", "profile=tiny", "--", "book"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shells = [s for s in re.findall(r"^Shell command: (.*)$", result.stdout, flags=re.MULTILINE) if s != "None"]
+    assert len(shells) >= 15, result.stdout[-3000:]  # (None: the run: block of book_sources, no shell)
+    book = work / "tiny" / "book"
+    datasets = set(load_profile("tiny").generated_datasets)
+    pages = per_dataset = 0
+    for shell in shells:
+        words = shlex.split(shell)  # what the shell hands the program, $HOME not expanded
+        assert not [w for w in words if "{" in w or "}" in w], shell  # no placeholder left unformatted
+        if "execute" in words:
+            at, parameters = words.index("execute") + 1, {}
+            while words[at] == "-p":
+                parameters[words[at + 1]] = words[at + 2]
+                at += 3
+            notebook, page = words[at:]
+            assert Path(page).parent == book / "generated" and page.endswith(".ipynb"), shell
+            assert (ROOT / notebook).is_file(), shell
+            assert parameters.pop("profile") == "tiny", shell
+            assert set(parameters) <= {"dataset", "stage", "backend"}, shell
+            assert parameters.get("dataset", next(iter(datasets))) in datasets, shell
+            pages += 1
+            per_dataset += "dataset" in parameters
+        elif "build" in words:
+            assert words[words.index("build") + 1 :] == [str(book), "--quiet", "--keep-going", "-W"], shell
+        else:
+            assert words[words.index("--profile") + 1] == "tiny", shell
+            if "--dataset" in words:
+                assert words[words.index("--dataset") + 1] in datasets, shell
+    assert pages >= 10 and per_dataset >= 2 * len(datasets)
+    # names that a rule takes from a wildcard are quoted too (the dataset names of a profile's own manifests)
+    snakefile = (ROOT / "Snakefile").read_text(encoding="utf-8")
+    wildcards = re.findall(r"\{+wildcards\.\w+(?::\w+)?\}+", snakefile)
+    assert wildcards and all(w.rstrip("}").endswith(":q") for w in wildcards), wildcards

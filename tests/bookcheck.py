@@ -12,7 +12,9 @@ Three checks, all working from disk with no network:
   pointing to the same file as another link of the page.
 * :func:`browse` opens the pages in headless Chromium from ``file://`` URLs and fails on
   images that did not load, JavaScript exceptions, resources that failed to load from disk
-  and tables wider than the page's content column with no scroll box; it also saves
+  and tables wider than the page's content column with no scroll box; on every slice viewer
+  (``data-nnsam2-viewer``, :mod:`nnsam2_utils.report.viewer`) it moves the slider and the arrow keys
+  and fails when the shown frame, its image or its slice label does not follow; it also saves
   full-page screenshots of chosen pages.
 
 The browser is driven over the Chrome DevTools Protocol on ``--remote-debugging-pipe``
@@ -110,6 +112,7 @@ class BrowseReport:
     problems: list[Problem] = field(default_factory=list)
     pages: list[str] = field(default_factory=list)
     screenshots: dict[str, Path] = field(default_factory=dict)
+    viewers: list[str] = field(default_factory=list)  # "page: title (n slices)" of each slice viewer that worked
     seconds: float = 0.0
 
     @property
@@ -647,6 +650,91 @@ WIDE_TABLES_JS = r"""
 """
 
 
+#: Every slice viewer of the page (``[data-nnsam2-viewer]``) driven as a reader would: the slider moved (value set,
+#: ``input`` event), then the arrow keys pressed on the viewer. Each step must show exactly one frame, the one asked
+#: for, with its image decoded and a slice label that changed. Returns per viewer its title, slices and problems.
+VIEWERS_JS = r"""
+(async () => {
+  const tick = () => new Promise(r => requestAnimationFrame(() => setTimeout(r, 0)));
+  const out = [];
+  for (const viewer of document.querySelectorAll('[data-nnsam2-viewer]')) {
+    const title = (viewer.querySelector('.nnsam2-title') || viewer).textContent.trim().slice(0, 80);
+    const frames = Array.from(viewer.querySelectorAll('.nnsam2-frame'));
+    const slider = viewer.querySelector('input[type=range]');
+    const label = viewer.querySelector('.nnsam2-where');
+    const problems = [];
+    let declared = null;
+    try { declared = JSON.parse(viewer.getAttribute('data-nnsam2-viewer')).slices; } catch (e) {}
+    const visible = (f) => getComputedStyle(f).display !== 'none'
+      && Array.from(f.querySelectorAll('img')).some(i => i.getBoundingClientRect().height > 0);
+    const shown = () => frames.map((f, i) => (visible(f) ? i : -1)).filter(i => i >= 0);
+    const loaded = async (k) => {
+      const imgs = Array.from(frames[k].querySelectorAll('img'));
+      await Promise.all(imgs.map(i => i.decode().catch(() => null)));
+      return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);
+    };
+    const expect = async (k, how, before) => {
+      await tick();
+      const now = shown();
+      if (now.length !== 1 || now[0] !== k) {
+        problems.push(`${how}: frame ${k} should show, frames [${now}] do`);
+      } else if (!(await loaded(k))) {
+        problems.push(`${how}: the image of frame ${k} did not load`);
+      } else if (!label || label.textContent === before) {
+        problems.push(`${how}: the slice label did not change (${label ? label.textContent : 'no label'})`);
+      }
+    };
+    if (!frames.length || !slider) {
+      problems.push(`no ${frames.length ? 'slider' : 'frames'}`);
+    } else if (declared !== null && declared !== frames.length) {
+      problems.push(`${frames.length} frames for the ${declared} slices it declares`);
+    } else {
+      const first = shown();
+      if (first.length !== 1) problems.push(`frames [${first}] show before any move (one should)`);
+      else if (!(await loaded(first[0]))) problems.push(`the image of frame ${first[0]} did not load`);
+      if (frames.length > 1 && !problems.length) {
+        const target = first[0] === frames.length - 1 ? 0 : frames.length - 1;
+        let before = label ? label.textContent : '';
+        slider.value = String(target);
+        slider.dispatchEvent(new Event('input', {bubbles: true}));
+        await expect(target, `slider moved to ${target}`, before);
+        if (!problems.length) {
+          const step = target === 0 ? 1 : -1;
+          before = label ? label.textContent : '';
+          viewer.focus();
+          viewer.dispatchEvent(new KeyboardEvent('keydown', {key: step > 0 ? 'ArrowDown' : 'ArrowUp', bubbles: true}));
+          await expect(target + step, `arrow key ${step > 0 ? 'down' : 'up'}`, before);
+        }
+      }
+    }
+    out.push({title: title, slices: frames.length, problems: problems});
+  }
+  return out;
+})()
+"""
+
+
+def check_viewers(
+    cdp: CdpPipe, session: str, html_root: Path, page: str, timeout: float = 20.0
+) -> tuple[list[Problem], list[str]]:
+    """Drive every slice viewer of the loaded page (:data:`VIEWERS_JS`): its problems (a JavaScript error thrown
+    meanwhile included), and ``page: title (n slices)`` of each viewer that followed the slider and the arrow keys."""
+    answer = cdp.send(
+        "Runtime.evaluate",
+        {"expression": VIEWERS_JS, "awaitPromise": True, "returnByValue": True},
+        session=session,
+        timeout=timeout,
+    )
+    problems, working = [], []
+    for found in answer.get("result", {}).get("value") or []:
+        if found["problems"]:
+            problems += [Problem("viewer", page, message, target=found["title"]) for message in found["problems"]]
+        else:
+            working.append(f"{page}: {found['title']} ({found['slices']} slices)")
+    problems += events_to_problems(page, cdp.pump(0), html_root.resolve().as_uri() + "/")
+    return problems, working
+
+
 def _shorten(url: str, root_url: str) -> str:
     """A file:// URL inside the book as a book-relative path, other URLs unchanged."""
     return url[len(root_url) :] if url.startswith(root_url) else url
@@ -814,8 +902,10 @@ def browse(
     """Open the book's pages in headless Chromium from disk and report what failed.
 
     Fails (error problems) on images that did not load, JavaScript exceptions, resources
-    that failed to load from disk and tables wider than the content column that no scroll box
-    holds (:data:`WIDE_TABLES_JS`); external requests are blocked and reported as warnings.
+    that failed to load from disk, tables wider than the content column that no scroll box
+    holds (:data:`WIDE_TABLES_JS`) and slice viewers that do not follow their slider or the arrow
+    keys (:data:`VIEWERS_JS`; those that do are listed in ``report.viewers``); external requests
+    are blocked and reported as warnings.
     ``pages`` defaults to :func:`find_pages`; ``screenshots`` maps book-relative pages to PNG
     file names written into ``out_dir`` (default :data:`DEFAULT_SCREENSHOTS`, those that exist).
     Errors matching an ``allow`` regex (e.g. a known harmless JS error) become warnings.
@@ -839,6 +929,9 @@ def browse(
             for page in pages:
                 page_started = time.monotonic()
                 report.problems += check_page(cdp, session, html_root, page, page_timeout)
+                viewer_problems, working = check_viewers(cdp, session, html_root, page, page_timeout)
+                report.problems += viewer_problems
+                report.viewers += working
                 if page in screenshots:
                     report.screenshots[page] = _screenshot(cdp, session, out_dir / screenshots[page], width, height)
                 log.info("%s checked in %.1f s", page, time.monotonic() - page_started)
@@ -903,6 +996,8 @@ def main(argv: list[str] | None = None) -> int:
         _print_problems(f"browser ({len(report.pages)} pages, {report.seconds:.1f} s)", report.problems)
         for page, path in report.screenshots.items():
             print(f"  screenshot of {page}: {path}")
+        for viewer in report.viewers:
+            print(f"  slice viewer follows its slider and arrow keys: {viewer}")
         failed = failed or not report.ok
     print("FAILED" if failed else "OK")
     return 1 if failed else 0

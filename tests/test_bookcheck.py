@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -214,6 +215,9 @@ def test_real_book(tmp_path: Path) -> None:
     report = browse(html, tmp_path, allow=bookcheck.KNOWN_SPHINX_ISSUES)
     assert report.ok, "\n".join(map(str, report.errors))
     assert set(report.screenshots) == set(bookcheck.DEFAULT_SCREENSHOTS)
+    # the teaching page's slice viewer, inline and as its own file, followed the slider and the arrow keys
+    assert any(v.startswith("generated/07_teaching.html") for v in report.viewers), report.viewers
+    assert any(v.startswith("_downloads/") for v in report.viewers), report.viewers
     assert report.seconds < 60
 
 
@@ -235,6 +239,52 @@ def test_browse_reports_a_table_wider_than_the_page_without_a_scroll_box(tmp_pat
     assert "no scroll box" in wide["no_box.html"] and "'column name 1'" in wide["no_box.html"]
     assert "scroll box is wider" in wide["box_too_wide.html"]
     assert [p for p in report.errors if p.kind != "wide-table"] == []
+
+
+# -- slice viewers: moved in the browser ------------------------------------------------------
+
+
+def viewer_page(slices: int = 4) -> str:
+    """A page with one slice viewer as nnsam2_utils.report.viewer writes it (tiny phantom slices)."""
+    import numpy as np
+
+    from nnsam2_utils.report.viewer import Layer, slice_positions, standalone_html, viewer_html
+
+    image = np.arange(slices * 8 * 8, dtype=float).reshape(slices, 8, 8)
+    labels = np.zeros(image.shape, np.uint8)
+    labels[:, 2:6, 1:4], labels[:, 2:6, 4:7] = 1, 2
+    positions = slice_positions(slices, {"L3L4": 0.0, "L4L5": None, "L5S1": slices - 1.0})
+    return standalone_html(viewer_html(image, [Layer("expert", "expert label", labels)], "test scan", positions), "t")
+
+
+#: Ways a viewer breaks (page name -> (text replaced, its replacement, words of the expected problem)).
+BROKEN_VIEWERS = {
+    "no_script.html": ("document.querySelectorAll('[data-nnsam2-viewer]", "[].slice.call(([]", "should show"),
+    "off_by_one.html": ("f.hidden = (i !== k);", "f.hidden = (i !== Math.max(0, k - 1));", "frame 3 should show"),
+    "no_keys.html": ("ArrowUp: -1", "ArrowUpX: -1", "arrow key up: frame 2 should show"),
+    "frozen_label.html": ("where.textContent =", "void", "slice label did not change"),
+    "broken_frame.html": ("", "", "image of frame 3 did not load"),
+}
+
+
+@needs_chromium
+def test_browse_moves_each_slice_viewer_and_fails_a_broken_one(tmp_path: Path) -> None:
+    good = viewer_page()
+    pages = {"good.html": good}
+    for name, (old, new, _) in BROKEN_VIEWERS.items():
+        assert old in good, name
+        pages[name] = good.replace(old, new)
+    # the broken frame: the last frame's image is not a PNG
+    pages["broken_frame.html"] = re.sub(
+        r'(alt="slice 3" src=")[^"]+"', r'\1data:image/png;base64,AAAA"', pages["broken_frame.html"]
+    )
+    report = browse(write_tree(tmp_path / "viewers", pages), tmp_path / "shots", screenshots={})
+    found = {p.page: p.message for p in report.errors if p.kind == "viewer"}
+    assert report.viewers == ["good.html: test scan (4 slices)"], [str(p) for p in report.problems]
+    assert set(found) == set(BROKEN_VIEWERS), [str(p) for p in report.problems]
+    for name, (_, _, words) in BROKEN_VIEWERS.items():
+        assert words in found[name], (name, found[name])
+    assert not [p for p in report.errors if p.page == "good.html"]
 
 
 # -- content check: what a reader must not see -----------------------------------------------

@@ -115,3 +115,16 @@ def test_every_agreement_row_gets_a_verdict_in_words():
     untested = row.copy()
     untested["tost_p"], untested["note"] = float("nan"), "TOST: at least 3 pairs needed; ICC: ..."
     assert verdict(untested) == "not tested (TOST: at least 3 pairs needed)"
+
+
+def test_the_supervised_bound_sentence_follows_its_folds_and_the_numbers():
+    bounded = {**FLAT, "supervised": [0.95, 0.95]}
+    optimistic = findings.baseline_finding(dsc_table(bounded), supervised_folds=1)
+    assert "scored on the scans it was trained on" in optimistic
+    fair = findings.baseline_finding(dsc_table(bounded), supervised_folds=3)
+    assert "3-fold cross-validated over subjects" in fair and "trained on" not in fair.split("reaches")[1]
+    # nnU-Net 3 (0.921) closes (0.921 − 0.755) / (0.95 − 0.755) = 85 % of the gap
+    assert "(nnsam2) (0.921) closes 85% of the gap from stage 0 (0.755)" in fair
+    below = {**FLAT, "supervised": [0.90, 0.90]}
+    assert "matches or passes it" in findings.baseline_finding(dsc_table(below), supervised_folds=2)
+    assert "supervised" not in findings.results_findings(dsc_table(FLAT), supervised_folds=2).lower()

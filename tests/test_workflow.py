@@ -212,8 +212,17 @@ def test_a_dataset_without_expert_labels_goes_through_every_stage_and_is_measure
         assert sorted(p.name for p in (work / stage / "clinic_no_labels" / "labels").glob("*.nii.gz")) == sorted(
             f"{c}.nii.gz" for c in cases.case
         ), stage
-    supervised = json.loads((work / "runlog" / "supervised_train__pooled.json").read_text(encoding="utf-8"))
-    assert supervised["parameters"]["cases"] == 6  # expert labels only: 2 datasets x 3 scans
+    # the supervised bound, cross-validated: every expert-labelled scan (2 datasets x 3) in one fold, each fold's
+    # model trained on the other fold's scans only, and the unlabelled scans predicted too
+    folds = pd.read_csv(work / "supervised" / "folds.csv")
+    assert len(folds) == 6 and set(folds.dataset) == {"backpain_t2w", "totalseg_ct"} and set(folds.fold) == {0, 1}
+    assert (folds.groupby("subject").fold.nunique() == 1).all()
+    for fold, scored in folds.groupby("fold"):
+        record = json.loads((work / "runlog" / f"supervised_train__fold{fold}.json").read_text(encoding="utf-8"))
+        assert record["parameters"]["cases"] == 6 - len(scored)
+    assert sorted(p.name for p in (work / "supervised" / "clinic_no_labels" / "labels").glob("*.nii.gz")) == sorted(
+        f"{c}.nii.gz" for c in cases.case
+    )
     measurements = pd.read_csv(work / "tables" / "measurements.csv")
     own = measurements[measurements.dataset == "clinic_no_labels"]
     assert set(own.source) == {"auto"} and len(own.case.unique()) == 3

@@ -18,6 +18,16 @@ def predict_all(model_folder: Path, budget, datasets: list[str], workspace, stag
     Scans whose prediction already exists are not predicted again (resume). DSC is computed from the
     written files by :func:`nnsam2_utils.evaluate.scans.stage_dsc`. Returns the label files.
     """
+    scans = [(dataset, case) for dataset in datasets for case in workspace.case_ids(dataset)]
+    return predict_scans(model_folder, budget, scans, workspace, stage)
+
+
+def predict_scans(model_folder: Path, budget, scans: list[tuple[str, str]], workspace, stage: str) -> list[Path]:
+    """Predict the given (dataset, case) scans with one model, post-process, write ``<stage>/<dataset>/labels``.
+
+    A scan whose prediction already exists is not predicted again (resume); the model is loaded only
+    when a scan needs it. Returns the label files, in the order of ``scans``.
+    """
     from tqdm.auto import tqdm
 
     from nnsam2_utils.data.io import write_image
@@ -26,16 +36,14 @@ def predict_all(model_folder: Path, budget, datasets: list[str], workspace, stag
 
     predictor = None
     written = []
-    for dataset in datasets:
-        for case in tqdm(workspace.case_ids(dataset), desc=f"{stage} predict {dataset}", leave=False):
-            out = workspace.labels(stage, dataset, case)
-            if not out.exists():
-                predictor = predictor or load_predictor(model_folder, budget)
-                image = read_image(workspace.prepared(dataset, case) / "image.nii.gz")
-                labels = clean_volume(predict_image(predictor, image))
-                result = array_to_image(labels, image)
-                write_image(result, out)
-            written.append(out)
+    for dataset, case in tqdm(scans, desc=f"{stage} predict", leave=False):
+        out = workspace.labels(stage, dataset, case)
+        if not out.exists():
+            predictor = predictor or load_predictor(model_folder, budget)
+            image = read_image(workspace.prepared(dataset, case) / "image.nii.gz")
+            labels = clean_volume(predict_image(predictor, image))
+            write_image(array_to_image(labels, image), out)
+        written.append(out)
     return written
 
 

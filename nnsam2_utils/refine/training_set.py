@@ -9,6 +9,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from nnsam2_utils.data.io import read_csv, read_image
+from nnsam2_utils.errors import ConfigError
 from nnsam2_utils.refine.filters import (
     STAGE_RULES,
     area_profile,
@@ -106,14 +107,41 @@ def training_set(workspace, datasets: list[str], stage: int, settings: dict) -> 
     return selection, full_training_cases(selection.loc[selection["kept"]], label_path, image_path)
 
 
-def supervised_cases(workspace, datasets: list[str]) -> list[TrainingCase]:
-    """Every scan with its expert label: the fully supervised upper bound's training set."""
+def labelled_scans(workspace, datasets: list[str]) -> pd.DataFrame:
+    """Every scan with an expert label: dataset, case, subject (the case id where the manifest names none)."""
     rows = []
     for dataset in datasets:
         cases = workspace.case_table(dataset)
-        rows += [{"dataset": dataset, "case": c} for c in cases.loc[cases["has_label"].astype(bool), "case"]]
+        for _, row in cases.loc[cases["has_label"].astype(bool)].iterrows():
+            subject = row.get("subject")
+            rows.append(
+                {"dataset": dataset, "case": row["case"], "subject": str(subject if pd.notna(subject) else row["case"])}
+            )
+    return pd.DataFrame(rows, columns=["dataset", "case", "subject"])
+
+
+def subject_folds(scans: pd.DataFrame, k: int) -> pd.Series:
+    """The cross-validation fold (0 … k−1) of every scan of ``scans`` (columns ``subject``, …).
+
+    Subjects, sorted by id, are dealt to the folds in turn: a subject's scans, in every dataset that has
+    them (the same person scanned T1w and T2w, or at several time points), share one fold, and the subjects
+    of one dataset alternate between folds. ``k`` = 1 puts every scan in fold 0. More folds than subjects
+    is a :class:`ConfigError`.
+    """
+    subjects = sorted(scans["subject"].astype(str).unique())
+    if k > max(len(subjects), 1):
+        raise ConfigError(
+            f"baselines.supervised_folds is {k}, but the run's expert-labelled scans come from {len(subjects)} "
+            f"subject(s): set it to at most {len(subjects)} (1: train and score on the same scans, optimistic)."
+        )
+    fold_of = {subject: i % k for i, subject in enumerate(subjects)}
+    return scans["subject"].astype(str).map(fold_of).astype(int).rename("fold")
+
+
+def supervised_cases(workspace, scans: pd.DataFrame) -> list[TrainingCase]:
+    """Training cases of the supervised bound: the given scans (dataset, case) with their expert labels."""
     return full_training_cases(
-        pd.DataFrame(rows, columns=["dataset", "case"]),
+        scans[["dataset", "case"]],
         lambda d, c: workspace.prepared(d, c) / "label.nii.gz",
         lambda d, c: workspace.prepared(d, c) / "image.nii.gz",
     )

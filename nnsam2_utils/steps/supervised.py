@@ -1,35 +1,73 @@
-"""Step ``supervised`` (docs/method.md §10): nnU-Net on every expert label at the same budget — the upper bound."""
+"""Step ``supervised`` (docs/method.md §10.1): nnU-Net on expert labels, cross-validated over subjects — the bound."""
 
 from __future__ import annotations
+
+import math
+from dataclasses import replace
 
 import pandas as pd
 
 from nnsam2_utils.data.io import write_csv
 from nnsam2_utils.evaluate.scans import stage_dsc
 from nnsam2_utils.refine.nnunet import Budget, fit
-from nnsam2_utils.refine.stages import dataset_id, predict_all
-from nnsam2_utils.refine.training_set import supervised_cases
+from nnsam2_utils.refine.stages import dataset_id, predict_scans
+from nnsam2_utils.refine.training_set import labelled_scans, subject_folds, supervised_cases
 from nnsam2_utils.workflow.runlog import captured_output, claim_folder, run_key, step_record
 from nnsam2_utils.workflow.session import Run
 
 STAGE = "supervised"
 
 
+def fold_budget(budget: Budget, folds: int, mode: str) -> Budget:
+    """The budget of one fold: ``split`` shares one training's epochs among the folds (rounded up), ``per_fold``
+    gives each fold the whole budget. nnU-Net's default of 1000 epochs stands in for an unset ``epochs``."""
+    if mode == "per_fold" or folds == 1:
+        return budget
+    return replace(budget, epochs=math.ceil((budget.epochs or 1000) / folds))
+
+
+def fold_plan(run: Run) -> pd.DataFrame:
+    """Every expert-labelled scan with its fold (dataset, case, subject, fold)."""
+    scans = labelled_scans(run.workspace, run.datasets)
+    return scans.assign(fold=subject_folds(scans, run.profile.baselines.supervised_folds))
+
+
 def supervised(run: Run) -> tuple[int, pd.DataFrame]:
-    """Train on every expert-labelled scan and predict every scan; returns (training scans, DSC rows)."""
+    """Train one nnU-Net per fold on the other folds' expert labels and predict the fold's scans.
+
+    Scans without an expert label are predicted by fold 0's model (they have no DSC; their measurements
+    are the bound's). Writes ``supervised/folds.csv`` and ``supervised/dsc.csv``; returns (expert-labelled
+    scans, DSC rows).
+    """
     ws = run.workspace
     settings = run.section("refine")
-    budget = Budget.from_settings(settings, seed=run.seed)
+    options = run.profile.baselines
+    k = options.supervised_folds
+    plan = fold_plan(run)
+    budget = fold_budget(Budget.from_settings(settings, seed=run.seed), k, options.supervised_budget)
     claim_folder(
         ws.stage(STAGE),
-        run_key({"supervised": True, **settings}, [ws.prepared(d) for d in run.datasets], step="supervised"),
+        run_key(
+            {"supervised": True, **settings, "folds": k, "budget": options.supervised_budget},
+            [ws.prepared(d) for d in run.datasets],
+            step="supervised",
+        ),
     )
-    cases = supervised_cases(ws, run.datasets)
+    write_csv(plan, ws.stage(STAGE) / "folds.csv")
+    labelled = set(zip(plan.dataset, plan.case))
+    unlabelled = [(d, c) for d in run.datasets for c in ws.case_ids(d) if (d, c) not in labelled]
     log = ws.logs / f"{STAGE}.log"
-    with step_record(ws.runlog, "supervised_train", "pooled", {**settings, "cases": len(cases)}), captured_output(log):
-        model = fit(ws.stage(STAGE) / "nnunet", dataset_id(STAGE), STAGE, cases, budget)
-    with step_record(ws.runlog, "supervised_predict", "pooled"), captured_output(log):
-        predict_all(model, budget, run.datasets, ws, STAGE)
+    for fold in range(k):
+        train = plan if k == 1 else plan.loc[plan.fold != fold]
+        scored = plan.loc[plan.fold == fold]
+        where = "pooled" if k == 1 else f"fold{fold}"
+        root = ws.stage(STAGE) / "nnunet" if k == 1 else ws.stage(STAGE) / f"nnunet_fold{fold}"
+        parameters = {**settings, "epochs": budget.epochs, "cases": len(train), "fold": fold, "folds": k}
+        with step_record(ws.runlog, "supervised_train", where, parameters), captured_output(log):
+            model = fit(root, dataset_id(STAGE), STAGE, supervised_cases(ws, train), budget)
+        scans = list(zip(scored.dataset, scored.case)) + (unlabelled if fold == 0 else [])
+        with step_record(ws.runlog, "supervised_predict", where, {"scans": len(scans)}), captured_output(log):
+            predict_scans(model, budget, scans, ws, STAGE)
     dsc = stage_dsc(ws, run.datasets, STAGE)
     write_csv(dsc, ws.stage(STAGE) / "dsc.csv")
-    return len(cases), dsc
+    return len(plan), dsc

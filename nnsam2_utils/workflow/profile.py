@@ -104,9 +104,19 @@ class Baselines(_Section):
     """Which comparisons run beside nnsam2 (docs/method.md §10)."""
 
     supervised: bool = False
+    # the supervised bound by k-fold cross-validation over subjects (§10.1): each scan scored by a model that saw
+    # neither it nor its subject's other scans; 1: trained and scored on the same scans (optimistic)
+    supervised_folds: int = Field(2, ge=1, le=10)
+    # split: the folds share one training's budget (refine.epochs / folds each, the CPU demo); per_fold: each fold
+    # trains for the whole refine budget (the paper profile)
+    supervised_budget: Literal["split", "per_fold"] = "split"
     oneshot: bool = False
     repeat: bool = False
     which_slice: bool = False  # the "Which slice to annotate" chapter (§10.6): its own page, not a 05_ baseline page
+
+
+#: The baselines with a page of their own (05_<name>), in the book's order; the other ``baselines`` keys are settings.
+BASELINE_PAGES: tuple[str, ...] = ("supervised", "oneshot", "repeat")
 
 
 class Resources(_Section):
@@ -154,7 +164,7 @@ class RunProfile(_Section):
 
     @property
     def enabled_baselines(self) -> list[str]:
-        return [name for name, on in self.baselines.model_dump().items() if on and name != "which_slice"]
+        return [name for name in BASELINE_PAGES if getattr(self.baselines, name)]
 
     @property
     def compared_backends(self) -> list[str]:

@@ -101,15 +101,18 @@ def variation_beside_margin(workspace, agreement: pd.DataFrame) -> pd.DataFrame 
     return beside
 
 
-def agreement_figure(table: pd.DataFrame, groups: dict[str, str]):
-    """Bland–Altman (left) and automated vs expert (right), one row per measure and group."""
+def agreement_figure(table: pd.DataFrame, groups: dict[str, str], agreement: pd.DataFrame | None = None):
+    """Bland–Altman (left) and automated vs expert (right), one row per measure and group; with the agreement
+    table, each Bland–Altman panel also draws its TOST equivalence band (± the row's ``margin``)."""
     wide, _ = pair_measurements(table)
     wide = wide[wide["class"].isin(["1", "2"])].assign(group=lambda w: w.dataset.map(groups))
+    margins = {} if agreement is None else agreement.set_index(["measure", "group"])["margin"].to_dict()
     panels = wide.groupby(["measure", "group"], sort=True)
     fig, axes = plt.subplots(len(panels), 2, figsize=(8, 3.2 * len(panels)), squeeze=False)
     for ((measure, group), part), row in zip(panels, axes):
         title = f"{MEASURE_LABELS[measure]}, {group}"
-        bland_altman_axes(row[0], part.auto, part.expert, title, UNITS[measure])
+        margin = margins.get((measure, group))
+        bland_altman_axes(row[0], part.auto, part.expert, title, UNITS[measure], margin=margin)
         agreement_scatter_axes(row[1], part.auto, part.expert, title, UNITS[measure])
     fig.tight_layout()
     return fig

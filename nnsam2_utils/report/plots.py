@@ -96,21 +96,39 @@ def save(fig, path: str | Path, dpi: int = 110) -> Path:
     return path
 
 
-def bland_altman_axes(ax, auto, expert, title: str, unit: str, colour: str = "#4361ee") -> None:
-    """Bland–Altman plot: difference (auto − expert) against the mean, bias and 95 % limits."""
+def bland_altman_axes(
+    ax, auto, expert, title: str, unit: str, colour: str = "#4361ee", margin: float | None = None
+) -> dict[str, float]:
+    """Bland–Altman plot: difference (automated − expert) against the mean, the bias (solid), the 95 % limits of
+    agreement (bias ± 1.96 SD, dashed) and, given the TOST ``margin``, the equivalence band ±margin (green), each
+    labelled with its value. Returns what it drew: ``bias``, ``loa_low``, ``loa_high``, ``margin`` (NaN if not drawn).
+    """
     auto, expert = np.asarray(auto, float), np.asarray(expert, float)
     keep = np.isfinite(auto) & np.isfinite(expert)
     auto, expert = auto[keep], expert[keep]
     mean, diff = (auto + expert) / 2, auto - expert
-    ax.scatter(mean, diff, s=14, color=colour, alpha=0.8)
+    ax.scatter(mean, diff, s=14, color=colour, alpha=0.8, zorder=3)
+    drawn = {"bias": np.nan, "loa_low": np.nan, "loa_high": np.nan, "margin": np.nan}
+    label_at = ax.get_yaxis_transform()  # x in axes fraction, y in data
+    if margin is not None and np.isfinite(margin) and margin > 0:
+        ax.axhspan(-margin, margin, color="#2b9348", alpha=0.12, linewidth=0, zorder=1)
+        for sign in (-1, 1):
+            ax.axhline(sign * margin, color="#2b9348", linewidth=0.8, zorder=2)
+        ax.text(0.01, -margin, f"equivalence margin ±{margin:.3g}", transform=label_at, fontsize=6.5, color="#2b9348",
+                va="bottom", ha="left")  # fmt: skip
+        drawn["margin"] = float(margin)
     if len(diff) > 1:
         bias, sd = diff.mean(), diff.std(ddof=1)
-        for value, style in ((bias, "-"), (bias - 1.96 * sd, "--"), (bias + 1.96 * sd, "--")):
-            ax.axhline(value, color="0.3", linestyle=style, linewidth=1)
+        drawn.update(bias=float(bias), loa_low=float(bias - 1.96 * sd), loa_high=float(bias + 1.96 * sd))
+        for key, style, name in (("bias", "-", "bias"), ("loa_low", "--", "−1.96 SD"), ("loa_high", "--", "+1.96 SD")):
+            ax.axhline(drawn[key], color="0.3", linestyle=style, linewidth=1, zorder=2)
+            ax.text(0.99, drawn[key], f"{name} {drawn[key]:.3g}", transform=label_at, fontsize=6.5, color="0.2",
+                    va="bottom", ha="right")  # fmt: skip
     ax.axhline(0, color="0.7", linewidth=0.8)
     ax.set_xlabel(f"mean of automated and expert ({unit})")
     ax.set_ylabel(f"automated − expert ({unit})")
     ax.set_title(title, fontsize=9)
+    return drawn
 
 
 def agreement_scatter_axes(ax, auto, expert, title: str, unit: str, colour: str = "#4361ee") -> None:

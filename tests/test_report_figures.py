@@ -217,8 +217,9 @@ def test_bland_altman_draws_and_labels_bias_limits_and_the_equivalence_band():
         corners = band.get_patch_transform().transform(band.get_path().vertices)[:, 1]
         assert (min(corners), max(corners)) == pytest.approx((-row.margin, row.margin))
         texts = " | ".join(t.get_text() for t in ax.texts)
-        assert f"equivalence margin ±{row.margin:.3g}" in texts and f"bias {row.bias:.3g}" in texts
-        assert f"+1.96 SD {row.loa_high:.3g}" in texts and f"−1.96 SD {row.loa_low:.3g}" in texts
+        shown = {key: f"{getattr(row, key):.3g}".replace("-", "−") for key in ("bias", "loa_low", "loa_high")}
+        assert f"equivalence margin ±{row.margin:.3g}" in texts and f"bias {shown['bias']}" in texts
+        assert f"+1.96 SD {shown['loa_high']}" in texts and f"−1.96 SD {shown['loa_low']}" in texts
     plt.close(fig)
 
 

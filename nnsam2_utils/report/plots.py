@@ -122,7 +122,8 @@ def bland_altman_axes(
         drawn.update(bias=float(bias), loa_low=float(bias - 1.96 * sd), loa_high=float(bias + 1.96 * sd))
         for key, style, name in (("bias", "-", "bias"), ("loa_low", "--", "−1.96 SD"), ("loa_high", "--", "+1.96 SD")):
             ax.axhline(drawn[key], color="0.3", linestyle=style, linewidth=1, zorder=2)
-            ax.text(0.99, drawn[key], f"{name} {drawn[key]:.3g}", transform=label_at, fontsize=6.5, color="0.2",
+            value = f"{drawn[key]:.3g}".replace("-", "−")  # a typographic minus, as in the label "−1.96 SD"
+            ax.text(0.99, drawn[key], f"{name} {value}", transform=label_at, fontsize=6.5, color="0.2",
                     va="bottom", ha="right")  # fmt: skip
     ax.axhline(0, color="0.7", linewidth=0.8)
     ax.set_xlabel(f"mean of automated and expert ({unit})")

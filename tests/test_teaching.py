@@ -75,8 +75,8 @@ def test_trend_sentence(values, words) -> None:
 
 def run_commands(command: str, folder: Path) -> str:
     """Run an exercise's ``sed`` line in ``folder`` (with a copy of config/); returns the new profile's name."""
-    sed, make = command.splitlines()
-    subprocess.run(sed, shell=True, check=True, cwd=folder)
+    *sed, make = command.splitlines()
+    subprocess.run("\n".join(sed), shell=True, check=True, cwd=folder, executable="/bin/bash")
     return re.fullmatch(r"make book PROFILE=(\w+)", make).group(1)
 
 
@@ -110,7 +110,12 @@ def test_each_exercise_command_turns_its_knob_and_nothing_else(profile, tmp_path
         assert after["refine"][key] != before["refine"][key], (key, block)
         after["refine"][key], after["profile"] = before["refine"][key], before["profile"]
         assert after == before, f"{block} changed more than {key}"
-    assert "took 30 min" in markdown
+    assert "took 30 min in all" in markdown
+
+
+def test_run_minutes_adds_the_steps() -> None:
+    records = [{"seconds": 90.0}, {"seconds": 30}, {"seconds": None}]
+    assert teaching.run_minutes(records) == 2.0
 
 
 def test_a_key_missing_from_the_profile_is_an_error_naming_it() -> None:

@@ -255,8 +255,10 @@ def profile_edit_command(profile: str, text: str, key: str, value: object, new_p
     indent, old = found.group(1).rstrip(), found.group(2).replace(".", r"\.")
     new = str(value).lower() if isinstance(value, bool) else str(value)
     edit = rf"/^{section}:/,/^[a-z]/s/^\({indent}\) *{old}\b/\1 {new}/"
-    copy = f"config/{profile}.yaml > config/{new_profile}.yaml"
-    return f"sed -e 's/^profile:.*/profile: {new_profile}/' -e '{edit}' {copy}\nmake book PROFILE={new_profile}"
+    return (
+        f"sed -e 's/^profile:.*/profile: {new_profile}/' \\\n    -e '{edit}' \\\n"
+        f"    config/{profile}.yaml > config/{new_profile}.yaml\nmake book PROFILE={new_profile}"
+    )
 
 
 def kept_frames(confidence: pd.DataFrame, percentile: float, slice_fraction: float, min_per_scan: int) -> int:
@@ -267,14 +269,8 @@ def kept_frames(confidence: pd.DataFrame, percentile: float, slice_fraction: flo
 
 
 def run_minutes(records: list[dict]) -> float:
-    """Minutes from the first step's start to the last step's end, from the run's step records."""
-    import datetime as dt
-
-    if not records:
-        return float("nan")
-    starts = [dt.datetime.fromisoformat(r["started"]) for r in records]
-    ends = [start + dt.timedelta(seconds=float(r.get("seconds") or 0)) for start, r in zip(starts, records)]
-    return (max(ends) - min(starts)).total_seconds() / 60
+    """Minutes the run's steps took together, from its step records (steps that ran side by side count each)."""
+    return sum(float(r.get("seconds") or 0) for r in records) / 60
 
 
 def exercises(run, profile_text: str, confidence: pd.DataFrame, dsc: pd.DataFrame, minutes: float) -> str:
@@ -364,8 +360,9 @@ def exercises(run, profile_text: str, confidence: pd.DataFrame, dsc: pd.DataFram
         "(`case:` and `file:`, see `data_manifest/TEMPLATE.yaml` and the chapter *Use it on your own scans*).",
         "",
         "Each command writes a new profile next to this one and builds its own book in `work/<profile>/book/` "
-        f"(this book is left as it is), a whole run of its own: this one took {minutes:.0f} min from its first step to "
-        "its last (the run record page has each step's time). Compare the new book's results page with this one's.",
+        f"(this book is left as it is), a whole run of its own: this run's steps took {minutes:.0f} min in all (its "
+        "step records, on the run record page; a step that reused earlier results counts only its check). Compare "
+        "the new book's results page with this one's.",
     ]
     return "\n".join(lines)
 

@@ -126,5 +126,8 @@ def test_the_supervised_bound_sentence_follows_its_folds_and_the_numbers():
     # nnU-Net 3 (0.921) closes (0.921 − 0.755) / (0.95 − 0.755) = 85 % of the gap
     assert "(nnsam2) (0.921) closes 85% of the gap from stage 0 (0.755)" in fair
     below = {**FLAT, "supervised": [0.90, 0.90]}
-    assert "matches or passes it" in findings.baseline_finding(dsc_table(below), supervised_folds=2)
+    passed = findings.baseline_finding(dsc_table(below), supervised_folds=2, supervised_budget="split")
+    assert "(0.921) is above it" in passed and "train on the very scans they segment" in passed
+    assert "1/2 of nnU-Net 1's epochs" in passed
+    assert "epochs" not in findings.baseline_finding(dsc_table(below), supervised_folds=2, supervised_budget="per_fold")
     assert "supervised" not in findings.results_findings(dsc_table(FLAT), supervised_folds=2).lower()

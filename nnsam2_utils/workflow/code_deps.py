@@ -109,17 +109,23 @@ STEP_CODE: dict[str, tuple[str, ...]] = {
 #: provenance, the method figure). Snakemake re-runs the notebook when one changes, but they are not
 #: part of the step's run key: editing them never discards a computed result.
 VIEW_CODE: dict[str, tuple[str, ...]] = {
-    "cohort": ("report/provenance.py", "report/method_figure.py", "report/plots.py"),
+    "cohort": ("report/provenance.py", "report/method_figure.py", "report/plots.py", "prepare/model_input.py"),
     "prepare": ("report/plots.py",),
     "stage0": ("report/results.py", "report/plots.py"),
-    "refine": ("report/provenance.py",),
+    "refine": ("report/provenance.py", "report/curves.py", "report/plots.py", "report/results.py"),
     "results": ("report/provenance.py", "report/findings.py", "report/paper.py"),
     "oneshot": ("report/provenance.py",),
-    "supervised": ("report/provenance.py", "report/findings.py"),
+    "supervised": (
+        "report/provenance.py",
+        "report/findings.py",
+        "report/curves.py",
+        "report/plots.py",
+        "report/results.py",
+    ),
     "repeat": ("report/provenance.py",),
     "agreement": ("report/provenance.py", "report/findings.py", "report/agreement_page.py"),
-    "teaching": ("report/provenance.py",),
-    "own_scans": ("report/plots.py",),
+    "teaching": ("report/provenance.py", "report/viewer.py", "evaluate/quality.py", "refine/filters.py"),
+    "own_scans": ("report/plots.py", "report/own_scans.py", "report/provenance.py"),
     "which_slice": ("report/which_slice.py", "report/plots.py", "report/provenance.py"),
 }
 

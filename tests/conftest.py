@@ -47,6 +47,7 @@ LONGEST_FIRST = (
     "test_litemedsam.py",
     "test_gpu_check.py",
     "test_encoder_export.py",
+    "test_report_figures.py",
 )
 
 

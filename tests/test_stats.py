@@ -352,3 +352,79 @@ def test_agreement_table_degenerate_groups():
         agreement_table(pd.concat([table, table]), {"a": "A"})
     with pytest.raises(StatsError, match="lacks columns"):
         agreement_table(table.drop(columns="source"), {"a": "A"})
+
+
+def test_two_subjects_get_a_fixed_subject_model_with_a_number_not_nan():
+    from scipy import stats as sps
+
+    from nnsam2_utils.evaluate.statistics import fixed_subject_tost
+
+    # per subject: auto = expert + 1 exactly in the mean, ±1 around it
+    rows = [("A", "expert", 10), ("A", "expert", 12), ("A", "auto", 11), ("A", "auto", 13)]
+    rows += [("B", "expert", 20), ("B", "expert", 22), ("B", "auto", 21), ("B", "auto", 23)]
+    table = pd.DataFrame(rows, columns=["subject", "source", "value"])
+    result = fixed_subject_tost(table, margin_fraction=0.10)
+    # RSS 8 on 8 − 3 = 5 df → variance 1.6; balanced: se² = 1.6 × (1/4 + 1/4) = 0.8; margin 0.1 × 16
+    assert result.estimate == pytest.approx(1.0)
+    assert result.residual_var == pytest.approx(1.6)
+    assert result.se == pytest.approx(np.sqrt(0.8))
+    assert result.margin == pytest.approx(1.6)
+    assert result.p == pytest.approx(sps.t.cdf((1.0 - 1.6) / np.sqrt(0.8), 5))
+    assert result.ci_low == pytest.approx(1.0 - sps.t.ppf(0.95, 5) * np.sqrt(0.8))
+    assert np.isnan(result.icc) and result.n_subjects == 2 and "fixed effect" in result.note
+
+
+def test_the_fixed_subject_model_agrees_with_statsmodels_ols():
+    import statsmodels.formula.api as smf
+
+    from nnsam2_utils.evaluate.statistics import fixed_subject_tost
+
+    rng = np.random.default_rng(3)
+    subjects = np.repeat(["s1", "s2"], 6)
+    expert = rng.normal(100, 10, 12) + np.where(subjects == "s1", 0, 30)
+    auto = expert + 4 + rng.normal(0, 2, 12)
+    table = pd.DataFrame(
+        {"subject": np.tile(subjects, 2), "source": ["expert"] * 12 + ["auto"] * 12, "value": [*expert, *auto]}
+    )
+    ours = fixed_subject_tost(table)
+    fit = smf.ols("value ~ C(source, Treatment('expert')) + C(subject)", table).fit()
+    name = "C(source, Treatment('expert'))[T.auto]"
+    assert ours.estimate == pytest.approx(fit.params[name])
+    assert ours.se == pytest.approx(fit.bse[name])
+    assert ours.residual_var == pytest.approx(fit.scale)
+
+
+def test_an_agreement_row_of_two_subjects_has_a_mixed_model_p_value():
+    from nnsam2_utils.evaluate.statistics import agreement_table
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for subject in ("s1", "s2"):
+        for timepoint in range(3):
+            case = f"{subject}_{timepoint}"
+            for cls in (1, 2):
+                truth = rng.normal(100, 10)
+                rows += [
+                    {
+                        "dataset": "d",
+                        "case": case,
+                        "class": cls,
+                        "measure": "volume_ml",
+                        "source": "expert",
+                        "value": truth,
+                    },
+                    {
+                        "dataset": "d",
+                        "case": case,
+                        "class": cls,
+                        "measure": "volume_ml",
+                        "source": "auto",
+                        "value": truth * 1.01 + rng.normal(0, 1),
+                    },
+                ]
+    table = agreement_table(
+        pd.DataFrame(rows), subjects={("d", f"s{s}_{t}"): f"s{s}" for s in (1, 2) for t in range(3)}
+    )
+    row = table.iloc[0]
+    assert np.isfinite(row.lmm_p) and row.lmm_p < 0.05  # a 1 % bias inside a 10 % margin
+    assert "fixed effect" in row.note and np.isnan(row.lmm_icc)

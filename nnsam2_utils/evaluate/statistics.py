@@ -423,6 +423,70 @@ def mixed_model_tost(
     )
 
 
+def fixed_subject_tost(
+    table: pd.DataFrame,
+    margin_fraction: float = 0.10,
+    alpha: float = 0.05,
+    subject: str = "subject",
+    source: str = "source",
+    value: str = "value",
+) -> MixedTostResult:
+    """Equivalence with repeated scans per subject when subjects are too few for a random effect.
+
+    Fits ``value ~ auto + C(subject)`` by least squares: each subject its own level, so the source
+    effect (auto − expert) is estimated within subjects, as the mixed model does, but without a
+    between-subject variance (which needs at least ``MIN_SUBJECTS``). The effect is tested against
+    ±margin (margin = fraction × |expert mean|) with two one-sided t-tests on the residual degrees of
+    freedom; CI at level 1 − 2α. ``icc``, ``subject_var`` are NaN (not estimable). Rows with NaN are
+    dropped. Raises StatsError for a missing source, no residual degrees of freedom or no residual
+    variance.
+    """
+    data = table[[subject, source, value]].dropna()
+    sources = set(data[source])
+    if not {"auto", "expert"} <= sources or sources - {"auto", "expert"}:
+        raise StatsError(
+            f"fixed-subject model: {source} must hold exactly 'auto' and 'expert', found {sorted(map(str, sources))}."
+        )
+    y = data[value].to_numpy(dtype=np.float64)
+    auto = (data[source] == "auto").to_numpy(dtype=float)
+    levels = sorted(data[subject].astype(str).unique())
+    codes = data[subject].astype(str).map({s: i for i, s in enumerate(levels)}).to_numpy()
+    design = np.column_stack([np.ones_like(y), auto, *[(codes == i).astype(float) for i in range(1, len(levels))]])
+    df = len(y) - design.shape[1]
+    if df < 1:
+        raise StatsError(f"fixed-subject model: {len(y)} values for {design.shape[1]} parameters; no residual left.")
+    coef, _, rank, _ = np.linalg.lstsq(design, y, rcond=None)
+    if rank < design.shape[1]:
+        raise StatsError("fixed-subject model is singular: the source effect cannot be told from the subjects.")
+    residual_var = float(((y - design @ coef) ** 2).sum() / df)
+    se = float(np.sqrt(residual_var * np.linalg.inv(design.T @ design)[1, 1]))
+    if not se > 0:
+        raise StatsError("fixed-subject model: no residual variance; automated and expert values differ exactly.")
+    estimate = float(coef[1])
+    margin = relative_margin(y[auto == 0], margin_fraction)
+    p_lower = float(sps.t.sf((estimate + margin) / se, df))
+    p_upper = float(sps.t.cdf((estimate - margin) / se, df))
+    half = float(sps.t.ppf(1 - alpha, df)) * se
+    return MixedTostResult(
+        max(p_lower, p_upper),
+        p_lower,
+        p_upper,
+        margin,
+        estimate,
+        se,
+        estimate - half,
+        estimate + half,
+        float("nan"),
+        float("nan"),
+        residual_var,
+        len(levels),
+        len(y),
+        True,
+        f"{len(levels)} subject(s), fewer than {MIN_SUBJECTS} for a between-subject variance: subject as a fixed "
+        "effect (the source effect within subjects; no ICC)",
+    )
+
+
 # --------------------------------------------------------------------------- table
 
 
@@ -555,7 +619,8 @@ def _group_row(pairs: pd.DataFrame, margin_fraction: float, alpha: float) -> dic
         long = complete.melt(
             id_vars=["subject_key"], value_vars=["auto", "expert"], var_name="source", value_name="value"
         )
-        mixed = _try(notes, "mixed model", mixed_model_tost, long, margin_fraction, alpha, subject="subject_key")
+        model = mixed_model_tost if row["n_subjects"] >= MIN_SUBJECTS else fixed_subject_tost
+        mixed = _try(notes, "mixed model", model, long, margin_fraction, alpha, subject="subject_key")
         if mixed:
             row.update(lmm_p=mixed.p, lmm_estimate=mixed.estimate, lmm_icc=mixed.icc)
             if mixed.note or not mixed.converged:

@@ -110,7 +110,7 @@ def test_each_exercise_command_turns_its_knob_and_nothing_else(profile, tmp_path
         assert after["refine"][key] != before["refine"][key], (key, block)
         after["refine"][key], after["profile"] = before["refine"][key], before["profile"]
         assert after == before, f"{block} changed more than {key}"
-    assert "took 30 min in all" in markdown
+    assert "took 30 min in all" in markdown and "None" not in markdown
 
 
 def test_run_minutes_adds_the_steps() -> None:

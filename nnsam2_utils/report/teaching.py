@@ -287,6 +287,7 @@ def exercises(run, profile_text: str, confidence: pd.DataFrame, dsc: pd.DataFram
     rotation = refine.rotation_deg
     fewer_stages = 1 if refine.stages > 1 else 3
     stage2 = refine.stage2.epochs if refine.stage2 and refine.stage2.epochs else refine.epochs
+    stage2_words = f"{stage2} epochs each" if stage2 else "nnU-Net's default epochs"
     items = [
         (
             "Confidence percentile",
@@ -329,7 +330,7 @@ def exercises(run, profile_text: str, confidence: pd.DataFrame, dsc: pd.DataFram
             str(not refine.warm_start).lower(),
             "Stages 2–3 then "
             + ("start from random weights, as the paper does" if refine.warm_start else "start from the previous stage")
-            + f", with {stage2} epochs each (`refine.stage2.epochs`): "
+            + f", with {stage2_words} (`refine.stage2.epochs`): "
             + (
                 "expect them to fall below nnU-Net 1 unless you also raise that budget."
                 if refine.warm_start

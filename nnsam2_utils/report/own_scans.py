@@ -240,4 +240,4 @@ def show(frame: pd.DataFrame) -> None:
 
     from nnsam2_utils.report.provenance import markdown_table
 
-    display(Markdown(markdown_table(frame)))
+    display(Markdown(markdown_table(frame) if len(frame) else "*(none in this run yet)*"))

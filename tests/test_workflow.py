@@ -311,10 +311,11 @@ RESULTS_PAGES = ["00_cohort", "04_results", "05_oneshot", "05_repeat", "05_super
 
 
 def downloads(html: str) -> dict[str, str]:
-    """Download links of a built page: file name → href."""
+    """CSV download links of a built page: file name → href (other downloads, e.g. a slice viewer, left out)."""
     return {
         href.rsplit("/", 1)[-1]: href
         for href in re.findall(r'class="reference download internal"[^>]*href="([^"]+)"', html)
+        if href.endswith(".csv")
     }
 
 

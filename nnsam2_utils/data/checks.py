@@ -160,7 +160,8 @@ class _Checker:
                 path,
                 f"case {case.id}: disc slices {outside} are outside the volume (0..{n - 1} along "
                 "the superior–inferior axis).",
-                "read the slice numbers off a viewer along the axial direction (first slice = 0: 3D Slicer's IJK index, ITK-SNAP's number minus 1) and correct them "
+                "read the slice numbers off a viewer along the axial direction (first slice = 0: 3D Slicer's IJK "
+                "index, ITK-SNAP's number minus 1) and correct them "
                 "in the manifest or cases CSV; a scan that stops short of L5/S1 (or starts below L3/L4) takes "
                 "`L5S1: edge` (`L3L4: edge`).",
             )

@@ -139,3 +139,25 @@ def test_paths_on_a_page_name_no_folder_of_the_build_machine(tmp_path):
     assert provenance.shown_path("/mnt/data/ckpt/sam2.pt", root, home) == "…/sam2.pt"
     relative = "configs/sam2.1/sam2.1_hiera_t.yaml"
     assert provenance.shown_path(relative, root, home) == relative
+
+
+def test_pages_name_the_git_commit_and_whether_the_code_differs_from_it(tmp_path):
+    import subprocess
+
+    from nnsam2_utils.report.provenance import git_commit
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True).stdout
+
+    assert git_commit(tmp_path) == "not a git checkout"
+    git("init", "-q")
+    (tmp_path / "nnsam2_utils").mkdir()
+    (tmp_path / "nnsam2_utils" / "a.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")
+    head = git("rev-parse", "--short=12", "HEAD").strip()
+    assert git_commit(tmp_path) == head
+    (tmp_path / "notes.txt").write_text("untracked, outside the code\n")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "nnsam2_utils" / "a.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == f"{head} + uncommitted changes"

@@ -247,6 +247,28 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def git_commit(root: Path | None = None) -> str:
+    """The code's git commit as a page shows it: short hash, ``+ uncommitted changes`` when the package,
+    notebooks, Snakefile or profiles differ from it; ``not a git checkout`` where git or the history is missing."""
+    import subprocess
+
+    root = Path(root or repo_root())
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True, timeout=20
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        changed = git(
+            "status", "--porcelain", "--untracked-files=no", "--", "nnsam2_utils", "notebooks", "Snakefile", "config"
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "not a git checkout"
+    return f"{commit}" + (" + uncommitted changes" if changed else "")
+
+
 def page_provenance(run: Run, steps: Sequence[str] | None = None, now: dt.datetime | None = None) -> str:
     """Markdown: profile, seed, datasets, models, package versions and the steps behind a page.
 
@@ -259,7 +281,7 @@ def page_provenance(run: Run, steps: Sequence[str] | None = None, now: dt.dateti
     digest = sha256(profile) if profile.is_file() else None
     lines = [
         f"- **Run profile** `{run.name}` (`{profile.name}`, SHA-256 {short(digest)}), "
-        f"seed {run.seed}; helper code {short(code_fingerprint())}.",
+        f"seed {run.seed}; helper code {short(code_fingerprint())}, git commit {git_commit()}.",
         f"- **Page executed** {now.strftime('%Y-%m-%d %H:%M')} UTC; its steps ran for "
         f"{sum(r.get('seconds', 0) for r in records) / 60:.1f} min in all.",
         f"- **Packages**: {packages_line(records)} (Python {records[-1]['python'] if records else '—'}).",

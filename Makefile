@@ -8,7 +8,7 @@ CORES ?= 2
 # nnU-Net, for one, writes its logs in the locale's encoding).
 export PYTHONUTF8 := 1
 
-.PHONY: book test test-fast lint format lab venv clean
+.PHONY: book test test-fast lint format lab venv clean mutation
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ test: venv lint
 # The loop while working: every module's tests, without the end-to-end runs marked slow.
 test-fast: venv
 	$(VENV)/bin/python -m pytest -n $(CORES) --dist loadfile --no-loadscope-reorder tests -m "not slow"
+
+# Mutation testing (not in `make test` nor CI; docs/mutation.md): mutmut over the metrics, statistics, stage filters
+# and the geometry's region/orientation code, each mutant against the fast tests that reach it; fails below 85 %.
+mutation: venv
+	test -x $(VENV)/bin/mutmut || $(VENV)/bin/pip install -q -e ".[mutation]"
+	$(PY) tools/mutation.py --jobs $(CORES)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -99,7 +99,7 @@ def test_the_landing_page_says_what_the_data_are_synthetic_yours_or_both():
         "scans (a dataset without expert labels has measurements but no DSC)"
     )
     assert "phantoms" not in own
-    assert cohort_caveat(["a"], []).startswith("The cohort is synthetic: on synthetic phantoms (exact ground truth)")
+    assert cohort_caveat(["a"], []).startswith("The cohort is synthetic: phantoms with exact ground truth")
     assert cohort_caveat(["a"], ["x", "y"]).startswith(
         "The data mix the synthetic demo cohort with 2 datasets of your own"
     )
@@ -131,3 +131,24 @@ def test_the_supervised_bound_sentence_follows_its_folds_and_the_numbers():
     assert "1/2 of nnU-Net 1's epochs" in passed
     assert "epochs" not in findings.baseline_finding(dsc_table(below), supervised_folds=2, supervised_budget="per_fold")
     assert "supervised" not in findings.results_findings(dsc_table(FLAT), supervised_folds=2).lower()
+
+
+def test_the_real_scan_reference_point_is_worded_by_the_runs_numbers():
+    # FLAT: stage 0 0.755 (below the real 0.876: harder), best nnU-Net 0.921 (+0.166, the real test lost 0.059)
+    text = findings.real_scan_finding(dsc_table(FLAT))
+    assert "phantoms are harder for the promptable model" in text and "(+0.166)" in text
+    assert "(-0.059)" in text and "opposite direction" in text
+    easy = {**FLAT, "stage0": [0.95, 0.95], "nnunet1": [0.90, 0.90], "nnunet2": [0.9, 0.9], "nnunet3": [0.9, 0.9]}
+    text = findings.real_scan_finding(dsc_table(easy))
+    assert "not harder" in text and "the same direction as on the real scans" in text
+    assert "Real scans" in findings.results_findings(dsc_table(FLAT), synthetic=True)
+    assert "Real scans" not in findings.results_findings(dsc_table(FLAT))
+
+
+def test_the_cohort_chapter_compares_phantoms_with_the_real_two_scan_test():
+    from nnsam2_utils.data.describe import phantoms_vs_real
+
+    text = phantoms_vs_real()
+    real = findings.REAL_TWO_SCAN_DIXON
+    assert f"scored {real['stage0']:.3f}" in text and f"{real['supervised']:.2f}" in text
+    assert "two real scans" in text and "method §11" in text

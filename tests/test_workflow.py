@@ -368,9 +368,9 @@ def test_the_landing_page_shows_the_method_figure_and_an_abstract_glued_from_the
     assert float(pasted[13]) > 0 and len(pasted) == 15
     # what the data are, in "What this run shows": phantoms and the user's dataset, each said
     assert pasted[14] == (
-        "The data mix the synthetic demo cohort with 1 dataset of your own (clinic_no_labels): on synthetic phantoms "
-        "(exact ground truth) the promptable model finds the muscles harder, and nnU-Net easier, than on real scans, "
-        "so read the rows of your own datasets on their own"
+        "The data mix the synthetic demo cohort with 1 dataset of your own (clinic_no_labels): phantoms with exact "
+        "ground truth, made hard in the ways real scans are but not real scans (the results page sets their numbers "
+        "beside a real two-scan test), so read the rows of your own datasets on their own"
     )
     # the findings the run wrote are on the landing page, and they are this run's (the stage-0 mean is in them)
     findings = (book / "generated" / "results_findings.md").read_text(encoding="utf-8")

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import pandas as pd
-import pytest
 
-from nnsam2_utils.errors import ConfigError
 from nnsam2_utils.refine.nnunet import Budget
 from nnsam2_utils.refine.training_set import subject_folds
-from nnsam2_utils.steps.supervised import fold_budget
+from nnsam2_utils.steps.supervised import fold_budget, fold_count
 
 
 def scans(subjects: list[tuple[str, str]]) -> pd.DataFrame:
@@ -33,12 +31,14 @@ def test_a_subject_keeps_one_fold_across_datasets_and_time_points():
         assert set(folds[table["dataset"] == dataset]) == {0, 1}
 
 
-def test_one_fold_is_every_scan_and_more_folds_than_subjects_is_refused():
+def test_one_fold_is_every_scan_and_fewer_subjects_than_folds_give_a_fold_each(caplog):
     table = scans([("a", "s1"), ("a", "s2"), ("b", "s1")])
     assert subject_folds(table, 1).tolist() == [0, 0, 0]
     assert subject_folds(table, 2).tolist() == [0, 1, 0]
-    with pytest.raises(ConfigError, match="supervised_folds is 3.*2 subject"):
-        subject_folds(table, 3)
+    assert subject_folds(table, 5).tolist() == [0, 1, 0]  # two subjects: two folds, not five
+    assert "supervised_folds is 5" in caplog.text and "2 subject(s)" in caplog.text
+    assert subject_folds(scans([("a", "s1"), ("a", "s1")]), 2).tolist() == [0, 0]
+    assert fold_count(pd.DataFrame({"fold": [0, 1, 0]})) == 2 and fold_count(pd.DataFrame({"fold": []})) == 1
 
 
 def test_the_fold_budget_splits_or_keeps_the_epochs():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 import numpy as np
@@ -9,7 +10,6 @@ import pandas as pd
 import SimpleITK as sitk
 
 from nnsam2_utils.data.io import read_csv, read_image
-from nnsam2_utils.errors import ConfigError
 from nnsam2_utils.refine.filters import (
     STAGE_RULES,
     area_profile,
@@ -21,6 +21,8 @@ from nnsam2_utils.refine.filters import (
 )
 from nnsam2_utils.refine.nnunet import IGNORE, TrainingCase
 from nnsam2_utils.refine.stages import stage_names
+
+log = logging.getLogger(__name__)
 
 
 def sparse_training_cases(
@@ -125,15 +127,19 @@ def subject_folds(scans: pd.DataFrame, k: int) -> pd.Series:
 
     Subjects, sorted by id, are dealt to the folds in turn: a subject's scans, in every dataset that has
     them (the same person scanned T1w and T2w, or at several time points), share one fold, and the subjects
-    of one dataset alternate between folds. ``k`` = 1 puts every scan in fold 0. More folds than subjects
-    is a :class:`ConfigError`.
+    of one dataset alternate between folds. ``k`` = 1 puts every scan in fold 0. With fewer subjects than
+    ``k`` each subject is its own fold (one subject: a single fold, trained and scored on the same scans),
+    with a warning: a run is not stopped for it after its expensive steps.
     """
     subjects = sorted(scans["subject"].astype(str).unique())
-    if k > max(len(subjects), 1):
-        raise ConfigError(
-            f"baselines.supervised_folds is {k}, but the run's expert-labelled scans come from {len(subjects)} "
-            f"subject(s): set it to at most {len(subjects)} (1: train and score on the same scans, optimistic)."
+    if k > len(subjects):
+        log.warning(
+            "baselines.supervised_folds is %d, but the expert-labelled scans come from %d subject(s): %d fold(s)",
+            k,
+            len(subjects),
+            max(len(subjects), 1),
         )
+        k = max(len(subjects), 1)
     fold_of = {subject: i % k for i, subject in enumerate(subjects)}
     return scans["subject"].astype(str).map(fold_of).astype(int).rename("fold")
 

@@ -32,6 +32,11 @@ def fold_plan(run: Run) -> pd.DataFrame:
     return scans.assign(fold=subject_folds(scans, run.profile.baselines.supervised_folds))
 
 
+def fold_count(plan: pd.DataFrame) -> int:
+    """The folds a fold plan uses (fewer than ``baselines.supervised_folds`` when subjects are fewer)."""
+    return int(plan["fold"].max()) + 1 if len(plan) else 1
+
+
 def supervised(run: Run) -> tuple[int, pd.DataFrame]:
     """Train one nnU-Net per fold on the other folds' expert labels and predict the fold's scans.
 
@@ -42,8 +47,8 @@ def supervised(run: Run) -> tuple[int, pd.DataFrame]:
     ws = run.workspace
     settings = run.section("refine")
     options = run.profile.baselines
-    k = options.supervised_folds
     plan = fold_plan(run)
+    k = fold_count(plan)
     budget = fold_budget(Budget.from_settings(settings, seed=run.seed), k, options.supervised_budget)
     claim_folder(
         ws.stage(STAGE),

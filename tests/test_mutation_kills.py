@@ -177,6 +177,8 @@ def test_stack_offsets_without_edges_in_either_storage_order():
         "L4L5": None,
         "L5S1": 1.0,
     }  # one slice is a stack
+    # a level given on the far side of L3/L4 lies above the top slice: a negative offset, not its distance
+    assert stack_offsets(Discs(L3L4=10, L4L5=12, L5S1=2), 9, 1) == {"L3L4": 0.0, "L4L5": -2.0, "L5S1": 8.0}
     with pytest.raises(ValueError, match=r"at least one slice and a decimation ≥ 1; got 0, 1"):
         stack_offsets(Discs(L3L4=2, L5S1=5), 0, 1)
 
@@ -196,10 +198,12 @@ def test_from_stack_inverts_to_stack_on_the_reference_grid():
     )
 
 
-def test_labels_go_back_to_a_scans_own_grid_and_orientation():
+@pytest.mark.parametrize("region", [(3, 9), (0, 6)])
+def test_labels_go_back_to_a_scans_own_grid_and_orientation(region):
     """A scan stored LSA (its j axis runs superior) with voxel values naming their LPS (z, y, x); labels on the
-    prepared grid (LPS z 3 … 9 kept every third slice: 3, 6, 9) name their slice and side. Back on the scan's grid,
-    each voxel holds the label of the nearest kept slice at its own y, x, and 0 outside z 3 … 9."""
+    prepared grid (LPS z 3 … 9 kept every third slice: 3, 6, 9; or 0 … 6 from the scan's first slice) name their slice
+    and side, stored as 16-bit integers. Back on the scan's grid (8-bit), each voxel holds the label of the nearest kept
+    slice at its own y, x, and 0 outside the region."""
     nz, ny, nx = 12, 4, 6
     z, y, x = np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij")
     lps = sitk.GetImageFromArray((z * 10000 + y * 100 + x).astype(np.int32))
@@ -207,10 +211,11 @@ def test_labels_go_back_to_a_scans_own_grid_and_orientation():
     lps.SetOrigin((-3.0, 5.0, 40.0))
     scan = sitk.DICOMOrient(lps, "LSA")  # i: left, j: superior, k: anterior
     assert int(np.argmax(np.abs(np.asarray(scan.GetDirection()).reshape(3, 3)[2]))) == 1  # stored j: superior
-    prepared = crop_z(canonical(scan), 3, 9, step=3)
+    low, high = region
+    prepared = crop_z(canonical(scan), low, high, step=3)
     assert prepared.GetSize()[2] == 3
     kept = np.arange(3)[:, None, None] + np.zeros((3, ny, nx), int)
-    labels_array = (10 * (kept + 1) + np.where(np.arange(nx) < nx // 2, 1, 2)).astype(np.uint8)
+    labels_array = (10 * (kept + 1) + np.where(np.arange(nx) < nx // 2, 1, 2)).astype(np.int16)
     labels = sitk.GetImageFromArray(labels_array)
     labels.CopyInformation(prepared)
 
@@ -218,7 +223,7 @@ def test_labels_go_back_to_a_scans_own_grid_and_orientation():
     ids = sitk.GetArrayFromImage(scan)
     assert restored.shape == ids.shape
     vz, vx = ids // 10000, ids % 100
-    nearest = np.abs(vz[..., None] - np.array([3, 6, 9])).argmin(axis=-1)
-    expected = np.where((vz >= 3) & (vz <= 9), 10 * (nearest + 1) + np.where(vx < nx // 2, 1, 2), 0)
+    nearest = np.abs(vz[..., None] - np.array([low, low + 3, high])).argmin(axis=-1)
+    expected = np.where((vz >= low) & (vz <= high), 10 * (nearest + 1) + np.where(vx < nx // 2, 1, 2), 0)
     assert np.array_equal(restored, expected)
     assert to_input_grid(labels, scan).GetPixelID() == sitk.sitkUInt8

@@ -3,7 +3,7 @@
 Runs mutmut (configured in pyproject.toml, ``[tool.mutmut]``) over the overlap metrics, the agreement statistics,
 the stage filters and the region/orientation functions of the geometry, each mutant against the fast unit tests
 that reach it, then prints the score per module and every mutant not killed. mutmut works in ``mutants/`` (ignored
-by git); every run tries every selected mutant again (``--survivors``: only those not killed last time).
+by git), made afresh by every run (``--survivors``: keep it and try again only the mutants the last run left).
 
     .venv/bin/python tools/mutation.py [--jobs 2] [--survivors | --report-only]
 """
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -42,6 +44,9 @@ GEOMETRY = (
     "from_stack",
     "to_input_grid",
 )
+#: mutmut forks each mutant's test run from a process whose ITK and OpenMP thread pools already run: a forked child
+#: waits for pool threads that were not forked and hangs (it used to end as a false timeout). One thread each.
+SINGLE_THREADED = {"ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 #: Outcomes that count as detected (mutmut's own score: killed and timed out over all mutants tried).
 DETECTED = ("killed", "timeout")
 
@@ -117,10 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.report_only:
         names = selection()
-        if args.survivors:
+        if not args.survivors:  # a fresh copy: mutmut's incremental test mapping went stale when the code changed
+            shutil.rmtree(ROOT / "mutants", ignore_errors=True)
+        else:  # the last results kept; which test reaches which function measured again (tests may have changed)
             names = [n for codes in results().values() for n, code in codes.items() if outcome(code) not in DETECTED]
+            (ROOT / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
         mutmut = Path(sys.executable).parent / "mutmut"
-        code = subprocess.call([str(mutmut), "run", "--max-children", str(args.jobs), *names], cwd=ROOT) if names else 0
+        command = [str(mutmut), "run", "--max-children", str(args.jobs), *names]
+        code = subprocess.call(command, cwd=ROOT, env={**os.environ, **SINGLE_THREADED}) if names else 0
         if code not in (0, 1):
             return code
     text, score = report(results())

@@ -136,3 +136,24 @@ def test_stage1_iterations_of_the_real_profiles() -> None:
     demo = load_profile("demo").refine
     assert guide.stage1_iterations(demo) == demo.epochs * demo.iterations_per_epoch
     assert guide.stage1_iterations(load_profile("paper").refine) == guide.NNUNET_DEFAULT_ITERATIONS
+
+
+def test_stage0_confidence_per_scan_and_whether_it_points_at_the_worst_scan() -> None:
+    def frames(case: str, ious: list[tuple[float, float]]) -> list[dict]:
+        rows = [{"case": case, "slice": 0, "class": k, "iou": None, "prompted": True} for k in (1, 2)]
+        for i, pair in enumerate(ious, 1):
+            rows += [{"case": case, "slice": i, "class": k, "iou": v, "prompted": False} for k, v in zip((1, 2), pair)]
+        return rows
+
+    confidence = pd.DataFrame(frames("a", [(0.9, 0.9), (0.8, 0.8)]) + frames("b", [(0.5, 0.6), (0.9, 0.2)]))
+    dsc = pd.DataFrame([{"case": c, "class": k, "dsc": v} for c, v in (("a", 0.9), ("b", 0.4)) for k in (1, 2)])
+    table = guide.confidence_table(confidence, dsc)
+    # a: frames 1.8 and 1.6 → mean 1.7, lowest 1.6; b: 1.1 and 1.1; prompted frames (no IoU) left out
+    assert table.index.tolist() == ["b", "a"]
+    assert table.loc["a", "mean confidence"] == pytest.approx(1.7) and table.loc["a", "lowest slice"] == 1.6
+    assert table.loc["b", "DSC"] == pytest.approx(0.4)
+    assert "points the right way" in guide.confidence_sentence(table)
+    wrong = dsc.assign(dsc=dsc["case"].map({"a": 0.3, "b": 0.9}))
+    text = guide.confidence_sentence(guide.confidence_table(confidence, wrong))
+    assert "its worst scan is a (DSC 0.30" in text and "would have missed it" in text
+    assert "scan to look at first" in guide.confidence_sentence(guide.confidence_table(confidence))

@@ -93,6 +93,41 @@ def stage0_sentence(dsc: pd.DataFrame, reference_case: str) -> str:
     )
 
 
+def confidence_table(confidence: pd.DataFrame, dsc: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Stage 0's own confidence per scan, a quality signal without expert labels: the mean and the lowest
+    frame confidence (predicted IoU summed over the two classes, 0–2; prompted frames left out), with the
+    scan's DSC beside them where expert labels exist. Sorted from least to most confident."""
+    frames = confidence.loc[~confidence["prompted"].astype(bool)]
+    per_frame = frames.groupby(["case", "slice"])["iou"].sum(min_count=1)
+    table = (
+        per_frame.groupby("case")
+        .agg(["mean", "min"])
+        .rename(columns={"mean": "mean confidence", "min": "lowest slice"})
+    )
+    if dsc is not None and len(dsc):
+        table["DSC"] = dsc.groupby("case")["dsc"].mean()
+    return table.sort_values("mean confidence").round(3)
+
+
+def confidence_sentence(table: pd.DataFrame) -> str:
+    """Whether stage 0's confidence points at its worst scan, decided by the table of :func:`confidence_table`."""
+    least = table.index[0]
+    text = f"Stage 0 is least sure of {least} (mean confidence {table.loc[least, 'mean confidence']:.2f} of 2)"
+    if "DSC" not in table or table["DSC"].isna().all():
+        return text + ": without expert labels, that is the scan to look at first."
+    worst = table["DSC"].idxmin()
+    if worst == least:
+        return (
+            text
+            + f", and that is its worst scan (DSC {table.loc[worst, 'DSC']:.2f}): here the signal points the right way."
+        )
+    return (
+        text + f", but its worst scan is {worst} (DSC {table.loc[worst, 'DSC']:.2f}, confidence "
+        f"{table.loc[worst, 'mean confidence']:.2f}): on these scans confidence alone would have missed it, so look "
+        "at every scan's overlay, not only the least confident one."
+    )
+
+
 #: The run's tables a user of their own data reads first, and what each holds.
 DELIVERED_TABLES = {
     "delivered.csv": "which stage's labels each dataset gets, and why",

@@ -3,6 +3,7 @@ boundaries of the overlap metrics, the agreement statistics, the stage filters a
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 
@@ -10,10 +11,36 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+from scipy import stats as sps
 
-from nnsam2_utils.data.geometry import canonical, crop_z, from_stack, stack_offsets, to_input_grid, to_stack
-from nnsam2_utils.data.manifest import Discs
+from nnsam2_utils.data.geometry import (
+    canonical,
+    case_region,
+    crop_z,
+    from_stack,
+    region_crop,
+    stack_offsets,
+    to_input_grid,
+    to_stack,
+)
+from nnsam2_utils.data.manifest import Case, DatasetManifest, Discs
+from nnsam2_utils.errors import GeometryError
 from nnsam2_utils.evaluate import metrics
+from nnsam2_utils.evaluate.statistics import (
+    AGREEMENT_COLUMNS,
+    StatsError,
+    agreement_table,
+    bland_altman,
+    fixed_subject_tost,
+    icc,
+    icc_from_matrix,
+    mixed_model_tost,
+    pair_measurements,
+    paired_arrays,
+    relative_margin,
+    smallest_equivalence_margin,
+    tost_paired,
+)
 from nnsam2_utils.refine.filters import is_smooth, largest_growth, scan_agreement, scan_filter, stage1_filter
 
 
@@ -227,3 +254,304 @@ def test_labels_go_back_to_a_scans_own_grid_and_orientation(region):
     expected = np.where((vz >= low) & (vz <= high), 10 * (nearest + 1) + np.where(vx < nx // 2, 1, 2), 0)
     assert np.array_equal(restored, expected)
     assert to_input_grid(labels, scan).GetPixelID() == sitk.sitkUInt8
+
+
+def _axial(n: int, spacing_z: float) -> sitk.Image:
+    """An axial LPS volume of ``n`` slices (4 × 5 pixels of 1 mm); value = stored slice number."""
+    image = sitk.GetImageFromArray(np.repeat(np.arange(n, dtype=np.int16)[:, None, None], 20).reshape(n, 4, 5))
+    image.SetSpacing((1.0, 1.0, spacing_z))
+    return image
+
+
+def _case(**discs) -> Case:
+    return Case(id="c1", image="img.nii.gz", discs=Discs(**discs))
+
+
+def test_a_region_error_names_the_scan_the_case_and_the_fix_in_full():
+    with pytest.raises(GeometryError) as out:
+        case_region(_axial(10, 4.0), _case(L3L4=12, L5S1=1), "scans/img.nii.gz")
+    assert str(out.value) == (
+        "scans/img.nii.gz (case c1): disc slice index 12 is outside the volume (0..9 along the superior–inferior "
+        "axis). Fix the disc levels in the manifest."
+    )
+    with pytest.raises(GeometryError) as out:
+        case_region(_axial(10, 4.0), _case(L3L4=1, L5S1=8), "scans/img.nii.gz")
+    assert str(out.value) == (
+        "scans/img.nii.gz (case c1): disc L3L4 (slice 1) lies inferior to L5S1 (slice 8) in the image's orientation. "
+        "Swap the two disc levels in the manifest, or fix the image header's direction if the scan is stored upside "
+        "down."
+    )
+    with pytest.raises(GeometryError) as out:
+        case_region(_axial(10, 4.0), _case(L3L4=8, L5S1=6), "scans/img.nii.gz")  # slices 6 … 8: 8 mm
+    assert str(out.value) == (
+        "scans/img.nii.gz (case c1): discs L3L4 (slice 8) and L5S1 (slice 6) lie 8 mm apart; no lumbar spine spans "
+        "L3/L4 to L5/S1 in less than 10 or more than 160 mm (adults: about 60–100 mm). Check that the slice numbers "
+        "are of these discs (count in the viewer, first slice = 0) and the slice spacing in the header; a scan that "
+        "stops short of a disc takes `edge` for it."
+    )
+
+
+def test_the_region_may_span_exactly_10_and_exactly_160_mm():
+    assert case_region(_axial(10, 2.0), _case(L3L4=7, L5S1=2), "img.nii.gz") == (2, 7)  # 5 × 2 mm
+    assert case_region(_axial(82, 2.0), _case(L3L4=81, L5S1=1), "img.nii.gz") == (1, 81)  # 80 × 2 mm
+    with pytest.raises(GeometryError, match="lie 162 mm apart"):
+        case_region(_axial(82, 2.0), _case(L3L4=81, L5S1=0), "img.nii.gz")
+
+
+def test_a_region_of_one_slice_is_refused_even_at_the_volumes_end():
+    """L3/L4 on the inferior end slice of a scan that ends above L5/S1: L3/L4 does not lie superior to L5/S1."""
+    with pytest.raises(GeometryError, match=r"disc L3L4 \(slice 0\) lies inferior to L5S1 \(edge: slice 0\)"):
+        case_region(_axial(10, 4.0), _case(L3L4=0, L5S1="edge"), "img.nii.gz")
+
+
+def test_the_edge_warning_is_given_once_per_scan_case_and_level(caplog):
+    image = _axial(10, 4.0)
+    with caplog.at_level(logging.WARNING, logger="nnsam2_utils.data.geometry"):
+        for path in ("mutation/once/a.nii.gz", "mutation/once/a.nii.gz", "mutation/once/b.nii.gz"):
+            assert case_region(image, _case(L3L4=8, L5S1="edge"), path) == (0, 8)
+    warned = [r.getMessage() for r in caplog.records if "is 'edge'" in r.getMessage()]
+    assert [m.split(" ")[0] for m in warned] == ["mutation/once/a.nii.gz", "mutation/once/b.nii.gz"], warned
+
+
+def test_only_a_ct_is_decimated_and_a_region_error_names_the_scan():
+    image = _axial(20, 1.0)
+    case = _case(L3L4=15, L5S1=3)
+    for modality, sequence, step in (("CT", "CT", 4), ("MRI", "T2w", 1)):
+        manifest = DatasetManifest(
+            name="t", modality=modality, sequence=sequence, root=".", decimate_to_mm=4.0, cases=[case]
+        )
+        crop, found = region_crop(manifest, case, image, "scans/img.nii.gz")
+        assert found == step
+        assert sitk.GetArrayFromImage(crop(image))[:, 0, 0].tolist() == list(range(3, 16, step))
+    with pytest.raises(GeometryError, match=r"^scans/img\.nii\.gz \(case c1\): disc L3L4"):
+        region_crop(manifest, _case(L3L4=3, L5S1=15), image, "scans/img.nii.gz")
+
+
+# --------------------------------------------------------------------------- agreement statistics
+def _long_measurements(groups: dict[str, tuple[int, int]], seed: int = 5, classes=(1, 2)) -> pd.DataFrame:
+    """Tidy measurements: per dataset (cases, first case number), each case its own subject, both classes."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for dataset, (cases, first) in groups.items():
+        for number in range(first, first + cases):
+            base = rng.normal(300.0, 60.0)
+            for cls in classes:
+                expert = base + rng.normal(0.0, 10.0)
+                auto = expert * 1.02 + rng.normal(0.0, 5.0)
+                for source, value in (("auto", auto), ("expert", expert)):
+                    rows.append(
+                        {"dataset": dataset, "case": f"c{number}", "class": cls, "measure": "volume_ml"}
+                        | {"source": source, "value": value}
+                    )
+    return pd.DataFrame(rows)
+
+
+def test_an_agreement_row_holds_every_statistic_of_its_pairs_and_says_what_was_dropped():
+    table = _long_measurements({"a": (6, 0), "b": (4, 10)})
+    dropped = table.index[(table.dataset == "a") & (table.case == "c5") & (table["class"] == 2)]
+    holed = table.drop(index=dropped[dropped.isin(table.index[table.source == "expert"])])
+    out = agreement_table(holed, {"a": "Z", "b": "A"})  # group A comes from the later dataset: sorted by group
+    assert list(out.columns) == list(AGREEMENT_COLUMNS) and out.group.tolist() == ["A", "Z"]
+    row = out.set_index("group").loc["Z"]
+    pairs = holed[holed.dataset == "a"].pivot_table(index=["case", "class"], columns="source", values="value")
+    auto, expert = pairs["auto"].to_numpy(), pairs["expert"].to_numpy()
+    complete = ~np.isnan(expert)
+    a, e = auto[complete], expert[complete]
+    assert (row.n, row.n_dropped) == (11, 1) and row.expert_mean == pytest.approx(e.mean())
+    ratings, tost, ba = icc(a, e), tost_paired(a, e, 0.10), bland_altman(a, e)
+    assert [row.icc, row.icc_low, row.icc_high, row.icc2, row.icc2_low, row.icc2_high] == pytest.approx(
+        [ratings.icc3, ratings.icc3_low, ratings.icc3_high, ratings.icc2, ratings.icc2_low, ratings.icc2_high]
+    )
+    assert [row.tost_p, row.margin, row.tost_ci_low, row.tost_ci_high] == pytest.approx(
+        [tost.p, tost.margin, tost.ci_low, tost.ci_high]
+    )
+    assert row.margin == pytest.approx(0.10 * e.mean())  # the default margin: 10 % of the expert mean
+    assert [row.bias, row.sd_diff, row.loa_low, row.loa_high] == pytest.approx(
+        [ba.bias, ba.sd, ba.loa_low, ba.loa_high]
+    )
+    assert row.smallest_margin == pytest.approx(smallest_equivalence_margin(a, e))
+    subjects = pairs.index.get_level_values("case")[complete]
+    mixed = mixed_model_tost(
+        pd.DataFrame({"subject": [*subjects, *subjects], "source": ["auto"] * 11 + ["expert"] * 11, "value": [*a, *e]})
+    )
+    assert row.n_subjects == 6
+    assert [row.lmm_p, row.lmm_estimate, row.lmm_icc] == pytest.approx([mixed.p, mixed.estimate, mixed.icc])
+    assert row.note == (
+        "1 pairs dropped (NaN or one source missing); 11 pairs from 6 subjects: the paired TOST and ICC treat them as "
+        "independent, the mixed model does not"
+    )
+    by_class = agreement_table(holed, {"a": "Z", "b": "A"}, by_class=True)
+    assert list(by_class.columns) == ["measure", "group", "class", *AGREEMENT_COLUMNS[2:]]
+
+
+def test_the_mixed_model_needs_repeated_values_of_a_subject_and_three_subjects():
+    one_each = agreement_table(_long_measurements({"a": (5, 0)}, classes=(1,))).iloc[0]
+    assert one_each.n_subjects == 5 and math.isnan(one_each.lmm_p) and one_each.note == ""
+    three = agreement_table(_long_measurements({"a": (3, 0)})).iloc[0]  # 3 subjects × 2 classes: the mixed model
+    assert three.n_subjects == 3 and np.isfinite(three.lmm_icc) and "fixed effect" not in three.note
+
+
+def test_agreement_notes_name_the_statistic_that_could_not_be_computed():
+    flat = _long_measurements({"f": (4, 0)}).assign(value=5.0)
+    row = agreement_table(flat).iloc[0]
+    assert row.note.split("; ")[0] == "ICC: all 16 values are equal (5): no variance, so the ICC is undefined."
+    tiny = agreement_table(_long_measurements({"t": (1, 0)})).iloc[0]  # 2 pairs
+    assert tiny.note.split("; ")[:4] == [
+        "ICC: only 2 complete pairs (0 dropped for NaN): at least 3 automated/expert pairs are needed.",
+        "TOST: only 2 complete pairs (0 dropped for NaN): at least 3 automated/expert pairs are needed.",
+        "Bland-Altman: only 2 complete pairs (0 dropped for NaN): at least 3 automated/expert pairs are needed.",
+        "smallest margin: only 2 complete pairs (0 dropped for NaN): at least 3 automated/expert pairs are needed.",
+    ]
+
+
+def test_subjects_mapped_by_case_fall_back_to_the_case_itself():
+    table = _long_measurements({"a": (6, 0)})
+    row = agreement_table(table, subjects={"c0": "s", "c1": "s", "c2": "s"}).iloc[0]
+    assert row.n_subjects == 4  # s, c3, c4, c5
+
+
+def test_pair_measurements_counts_keys_with_one_source_and_names_what_repeats():
+    table = _long_measurements({"a": (3, 0)})
+    wide, unpaired = pair_measurements(table.iloc[1:])  # the first key keeps its expert value only
+    assert unpaired == 1 and list(wide.columns) == ["dataset", "case", "class", "measure", "auto", "expert"]
+    assert wide.columns.name is None and wide["auto"].isna().sum() == 1 and wide["class"].tolist()[:2] == ["1", "2"]
+    assert pair_measurements(table)[1] == 0
+    with pytest.raises(StatsError) as out:
+        pair_measurements(pd.concat([table, table.iloc[[2]]]))
+    assert str(out.value) == (
+        "2 rows repeat a (dataset, case, class, measure, source), e.g. {'dataset': 'a', 'case': 'c0', 'class': '2', "
+        "'measure': 'volume_ml', 'source': 'auto'}; keep one value per scan, class, measure and source."
+    )
+    with pytest.raises(StatsError, match=r"^source values \['manual'\] unknown; use 'auto' and 'expert'\.$"):
+        pair_measurements(table.assign(source="manual"))
+
+
+def test_tost_of_identical_differences_is_decided_by_the_margin_alone():
+    expert = np.array([10.0, 20.0, 30.0, 40.0])  # mean 25: margin 2.5
+    for shift, p_lower, p_upper in ((2.5, 0.0, 1.0), (-2.5, 1.0, 0.0), (2.4, 0.0, 0.0), (-2.4, 0.0, 0.0)):
+        r = tost_paired(expert + shift, expert)
+        assert (r.p, r.p_lower, r.p_upper) == (max(p_lower, p_upper), p_lower, p_upper), shift
+        assert (r.margin, r.mean_difference, r.ci_low, r.ci_high) == pytest.approx((2.5, shift, shift, shift))
+        assert (r.n, r.n_dropped, r.df) == (4, 0, 3)
+    # differences equal up to rounding of values near 1e6 are identical; a spread of 1e-4 is not
+    big = np.array([1e6, 2e6, 3e6])
+    assert tost_paired(big + 1.0 + np.array([0.0, 2e-10, 0.0]), big).p_lower == 0.0
+    assert tost_paired(np.array([1.0, 2.0, 3.0]) + np.array([0.1, 0.1001, 0.1]), np.array([1.0, 2.0, 3.0])).p > 0.0
+
+
+def test_tost_fields_and_degrees_of_freedom():
+    auto, expert = np.array([10.0, 12.0, 14.0, 16.0]), np.array([11.0, 11.0, 15.0, 14.0])
+    r = tost_paired(auto, expert)
+    # d = −1, 1, −1, 2: mean 0.25, SE 1.5 / 2 = 0.75; margin 0.1 × 12.75
+    assert (r.mean_difference, r.n, r.df) == (pytest.approx(0.25), 4, 3)
+    assert r.p_lower == pytest.approx(sps.t.sf((0.25 + 1.275) / 0.75, 3))
+    assert r.p_upper == pytest.approx(sps.t.cdf((0.25 - 1.275) / 0.75, 3))
+    ba = bland_altman(auto, expert)
+    assert (ba.n, ba.n_dropped) == (4, 0) and bland_altman([*auto, np.nan], [*expert, 1.0]).n_dropped == 1
+
+
+def test_paired_values_are_floats_of_two_1d_sequences():
+    a, e, dropped = paired_arrays([1, 2, 3], [2, 2, 4])
+    assert a.dtype == e.dtype == np.float64 and dropped == 0
+    with pytest.raises(StatsError, match=r"^auto and expert must be 1-D sequences, got shapes \(3,\) and \(1, 3\)\.$"):
+        paired_arrays([1, 2, 3], [[1, 2, 3]])
+    with pytest.raises(StatsError, match="got shapes"):
+        paired_arrays([[1, 2, 3]], [1, 2, 3])
+    with pytest.raises(StatsError, match=r"in the same order\.$"):
+        paired_arrays([1, 2, 3], [1, 2])
+    assert icc([1, 2, 3, 5], [1, 3, 3, 4]).icc3 == pytest.approx(icc([1.0, 2.0, 3.0, 5.0], [1.0, 3.0, 3.0, 4.0]).icc3)
+
+
+def test_relative_margin_and_its_errors():
+    assert relative_margin(np.array([-10.0, -30.0]), 0.1) == pytest.approx(2.0)
+    with pytest.raises(StatsError, match=r"^margin_fraction must be positive, got 0\.0\.$"):
+        relative_margin(np.array([1.0]), 0.0)
+    with pytest.raises(StatsError, match=r"^the expert mean is 0, so a margin relative to it is 0: equivalence"):
+        relative_margin(np.array([1.0, -1.0]), 0.1)
+    with pytest.raises(StatsError, match="expert mean is 0"):
+        smallest_equivalence_margin([1.0, 2.0, 3.0], [1.0, -1.0, 0.0])
+
+
+def test_icc_errors_and_notes_in_full():
+    with pytest.raises(StatsError, match=r"^ICC needs at least 3 targets × 2 raters, got shape \(3, 1\)\.$"):
+        icc_from_matrix(np.ones((3, 1)))
+    with pytest.raises(StatsError, match=r"got shape \(2, 2\)"):
+        icc_from_matrix(np.array([[1.0, 2.0], [3.0, 4.0]]))
+    with pytest.raises(StatsError, match=r"got shape \(4,\)"):
+        icc_from_matrix(np.ones(4))
+    assert icc_from_matrix(np.array([[1.0, 2.0], [2.0, 2.5], [4.0, 3.0]])).n == 3  # 3 targets are enough
+    with pytest.raises(StatsError, match=r"^ICC ratings hold NaN/Inf; drop incomplete targets first\.$"):
+        icc_from_matrix(np.array([[1.0, 2.0], [np.nan, 2.5], [4.0, 3.0]]))
+    with pytest.raises(StatsError, match=r"^all 6 values are equal \(7\): no variance"):
+        icc_from_matrix(np.full((3, 2), 7.0))
+    offset = icc_from_matrix(np.column_stack([[1.0, 2.0, 4.0], [3.0, 4.0, 6.0]]))
+    assert (
+        offset.note == "raters differ by a constant (residual variance 0): ICC CIs undefined" and offset.n_dropped == 0
+    )
+    assert icc_from_matrix(np.array([[1, 2], [2, 2], [4, 3]])).icc3 == pytest.approx(
+        icc_from_matrix(np.array([[1.0, 2.0], [2.0, 2.0], [4.0, 3.0]])).icc3
+    )
+    with pytest.raises(StatsError, match=r"^target ids repeat: each pair \(scan and class\) must have a unique id\.$"):
+        icc([1.0, 2.0, 3.0], [1.0, 2.5, 3.5], targets=["a", "b", "a"])
+
+
+def _subjects_table(auto, expert, subjects) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"subject": [*subjects, *subjects], "source": ["auto"] * len(auto) + ["expert"] * len(expert)}
+        | {"value": np.concatenate([auto, expert])}
+    )
+
+
+def test_the_mixed_model_result_in_full_and_its_scale_invariance():
+    rng = np.random.default_rng(11)
+    subjects = np.repeat(np.arange(3), 4)  # 3 subjects (the fewest) × 4 scans
+    expert = rng.normal(50.0, 10.0, 3)[subjects] + rng.normal(0.0, 2.0, 12)
+    auto = expert + 1.0 + rng.normal(0.0, 1.0, 12)
+    r = mixed_model_tost(_subjects_table(auto, expert, subjects))
+    assert r.p_lower == pytest.approx(sps.norm.sf((r.estimate + r.margin) / r.se))
+    assert r.p_upper == pytest.approx(sps.norm.cdf((r.estimate - r.margin) / r.se))
+    assert r.p == max(r.p_lower, r.p_upper)
+    half = sps.norm.ppf(0.95) * r.se
+    assert (r.ci_low, r.ci_high) == pytest.approx((r.estimate - half, r.estimate + half))
+    assert r.icc == pytest.approx(r.subject_var / (r.subject_var + r.residual_var))
+    assert (r.n_subjects, r.n_obs) == (3, 24)
+    small = mixed_model_tost(_subjects_table(auto / 1000, expert / 1000, subjects))  # litres instead of ml
+    assert (small.p, small.icc) == pytest.approx((r.p, r.icc), rel=1e-4)
+    assert small.estimate == pytest.approx(r.estimate / 1000, rel=1e-4)
+
+
+def test_mixed_model_errors_in_full():
+    with pytest.raises(StatsError) as out:
+        mixed_model_tost(_subjects_table(np.arange(4.0), np.arange(4.0) + 1, [0, 0, 1, 1]))
+    assert str(out.value) == "mixed model: 2 subjects; at least 3 are needed to estimate a between-subject variance."
+    with pytest.raises(StatsError, match=r"^mixed model: all values are equal; nothing to model\.$"):
+        mixed_model_tost(_subjects_table(np.ones(6), np.ones(6), [0, 0, 1, 1, 2, 2]))
+
+
+def test_the_fixed_subject_model_in_full():
+    rows = [("A", "expert", 10), ("A", "expert", 12), ("A", "auto", 11), ("A", "auto", 13)]
+    rows += [("B", "expert", 20), ("B", "expert", 22), ("B", "auto", 21), ("B", "auto", 23)]
+    table = pd.DataFrame(rows, columns=["subject", "source", "value"])
+    r = fixed_subject_tost(table)  # estimate 1, se √0.8 on 5 df, margin 0.1 × 16 (the default fraction)
+    se = math.sqrt(0.8)
+    assert r.margin == pytest.approx(1.6)
+    assert r.p_lower == pytest.approx(sps.t.sf((1.0 + 1.6) / se, 5))
+    assert r.p_upper == pytest.approx(sps.t.cdf((1.0 - 1.6) / se, 5))
+    assert r.ci_high == pytest.approx(1.0 + sps.t.ppf(0.95, 5) * se)
+    assert math.isnan(r.subject_var) and (r.n_subjects, r.n_obs, r.converged) == (2, 8, True)
+    assert r.note == (
+        "2 subject(s), fewer than 3 for a between-subject variance: subject as a fixed effect (the source effect "
+        "within subjects; no ICC)"
+    )
+    three = pd.DataFrame(rows + [("C", "expert", 30), ("C", "auto", 32)], columns=["subject", "source", "value"])
+    # within subjects, each weighted by n_auto · n_expert / n: (1 · 1 + 1 · 1 + 0.5 · 2) / 2.5
+    assert fixed_subject_tost(three).estimate == pytest.approx(1.2)
+    with pytest.raises(StatsError) as out:
+        fixed_subject_tost(table.assign(source="auto"))
+    assert str(out.value) == "fixed-subject model: source must hold exactly 'auto' and 'expert', found ['auto']."
+    with pytest.raises(StatsError, match=r"found \['auto', 'expert', 'manual'\]"):
+        fixed_subject_tost(pd.concat([table, table.iloc[:1].assign(source="manual")]))
+    two = table[table.subject == "A"].iloc[[0, 2]]
+    with pytest.raises(StatsError, match=r"^fixed-subject model: 2 values for 2 parameters; no residual left\.$"):
+        fixed_subject_tost(two)
+    assert fixed_subject_tost(table.iloc[[0, 2, 4, 6, 1]]).n_obs == 5  # one residual degree of freedom is enough

@@ -304,13 +304,14 @@ def test_a_region_of_one_slice_is_refused_even_at_the_volumes_end():
         case_region(_axial(10, 4.0), _case(L3L4=0, L5S1="edge"), "img.nii.gz")
 
 
-def test_the_edge_warning_is_given_once_per_scan_case_and_level(caplog):
+def test_the_edge_warning_is_given_once_per_scan_case_and_level(caplog, tmp_path):
     image = _axial(10, 4.0)
+    first, second = str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz")  # new to this process
     with caplog.at_level(logging.WARNING, logger="nnsam2_utils.data.geometry"):
-        for path in ("mutation/once/a.nii.gz", "mutation/once/a.nii.gz", "mutation/once/b.nii.gz"):
+        for path in (first, first, second):
             assert case_region(image, _case(L3L4=8, L5S1="edge"), path) == (0, 8)
     warned = [r.getMessage() for r in caplog.records if "is 'edge'" in r.getMessage()]
-    assert [m.split(" ")[0] for m in warned] == ["mutation/once/a.nii.gz", "mutation/once/b.nii.gz"], warned
+    assert [m.split(" ")[0] for m in warned] == [first, second], warned
 
 
 def test_only_a_ct_is_decimated_and_a_region_error_names_the_scan():

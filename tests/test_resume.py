@@ -271,6 +271,17 @@ def test_nnunet_training_killed_after_a_checkpoint_resumes_and_finishes(tmp_path
     print(f"nnU-Net resumed vs uninterrupted: {record}")
     for name in seg:
         assert set(np.unique(seg[name])) <= {0, 1, 2}
+    # Both learned: each scores a mean class DSC above 0.2 on a new case, which no constant prediction (what a network
+    # that learned nothing outputs: background or one class everywhere) reaches (each blob covers ~5 % of the image).
+    constant = max(
+        np.mean(list(dice_per_class(np.full_like(case.label, k), case.label, (1, 2)).values())) for k in (0, 1, 2)
+    )
+    assert constant < 0.1, constant
+    for name, dsc in truth.items():
+        assert np.mean(list(dsc.values())) > 0.2, (name, record)
+    # The resumed model segments as the uninterrupted one does (measured: DSC 0.85 and 0.96 between the two; not
+    # identical, as the module docstring says).
+    assert np.mean(list(between.values())) > 0.8 and min(between.values()) > 0.7, record
 
 
 def test_a_resumed_step_removes_a_killed_runs_temporary_files_only(tmp_path):

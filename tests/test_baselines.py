@@ -163,5 +163,6 @@ def test_threshold_scores_clearly_below_registration_on_the_phantom(tiny_cohort,
     assert set(np.unique(thresholded)) <= {0, 1, 2}
     assert np.nonzero(thresholded == 1)[2].mean() < np.nonzero(thresholded == 2)[2].mean()
     reg, thr = _mean_dsc(registered, truth), _mean_dsc(thresholded, truth)
-    assert reg >= 0.8, reg  # measured 0.88 (T2w), 0.86 (CT)
-    assert thr <= reg - 0.1, (thr, reg)  # measured 0.48 (T2w), 0.70 (CT)
+    # measured 0.74 (T2w), 0.80 (CT) on the issue-16 phantoms (sex, shape, neighbours; 0.88, 0.86 before)
+    assert reg >= 0.7, reg
+    assert thr <= reg - 0.1, (thr, reg)  # measured 0.57 (T2w), 0.69 (CT)

@@ -58,6 +58,8 @@ SOFT_INTERIOR = (T["visceral_fat"], T["muscle"], *CAVITY, T["fascia"])
 
 DISCS: tuple[str, ...] = ("L3L4", "L4L5", "L5S1")
 
+FASCIA_MM = 1.0  # thickness of the fascial envelope around each back muscle
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -123,6 +125,10 @@ class Subject:
     aorta_r: float
     field_seed: int
     muscle_wobble: tuple[tuple[float, ...], ...] = ()  # per R-ES, R-MF, L-MF, L-ES: (amp, phase, rate) x 3
+    sex: str = "M"
+    es_aspect: float = 1.0  # per-subject shape of the cross-sections (multiplies the nominal aspect ratio)
+    mf_aspect: float = 1.0
+    ql_contact: float = 0.0  # 0..1: how far the quadratus lumborum reaches back onto the erector spinae
 
     def wobble(self, index: int, z: float) -> tuple[float, ...]:
         """Outline harmonics of muscle ``index`` at height z (they drift slowly along z)."""
@@ -148,12 +154,16 @@ class Subject:
 
 
 COHORTS: dict[str, dict[str, tuple[float, float]]] = {
-    # uniform ranges per cohort; areas in cm² (nominal shapes, before bone/partial volume)
+    # uniform ranges per cohort (men; women scaled below); areas in cm² (nominal shapes, before bone/partial
+    # volume). Erector spinae about 12-20 cm² and multifidus 6-11 cm² per side at L4/L5 in adults, the athletes
+    # larger and leaner (Marras et al. 2001; Crawford et al. 2016); fat fraction 5-20 % in the back-pain and
+    # older groups, multifidus above erector spinae (Crawford et al. 2016). Wider ranges between people
+    # (erector spinae 7-20 % in back pain) were tried: nnU-Net from a few slices gained on stage 0, so not kept
     "backpain": dict(
         age=(28, 72),
         sc_post=(10, 30),
-        es_area=(13.5, 18.0),
-        mf_area=(7.5, 10.5),
+        es_area=(12.5, 19.5),
+        mf_area=(7.0, 11.0),
         ff_es=(0.10, 0.16),
         ff_mf_extra=(0.03, 0.06),
         marbling=(0.25, 0.40),
@@ -174,7 +184,7 @@ COHORTS: dict[str, dict[str, tuple[float, float]]] = {
     "bedrest": dict(
         age=(24, 55),
         sc_post=(8, 20),
-        es_area=(15.0, 18.5),
+        es_area=(14.0, 19.5),
         mf_area=(8.5, 10.5),
         ff_es=(0.07, 0.10),
         ff_mf_extra=(0.02, 0.035),
@@ -185,7 +195,7 @@ COHORTS: dict[str, dict[str, tuple[float, float]]] = {
     "ct": dict(
         age=(40, 82),
         sc_post=(10, 32),
-        es_area=(13.0, 17.5),
+        es_area=(12.0, 18.5),
         mf_area=(7.0, 9.5),
         ff_es=(0.06, 0.09),
         ff_mf_extra=(0.015, 0.03),
@@ -196,16 +206,27 @@ COHORTS: dict[str, dict[str, tuple[float, float]]] = {
 }
 
 
+# Sex: the back-pain, bed-rest and CT pools are mixed, the football players male. Women's trunk muscles have
+# roughly three quarters of men's cross-sectional area at L3-L5 (Marras et al., Clin Biomech 2001;16:38-46,
+# MRI), a smaller frame and thicker subcutaneous fat; paraspinal fat fraction rises with age and towards
+# L5/S1 and is a few points higher in women (Crawford et al., AJNR 2016;37:742-748, Dixon MRI of healthy
+# volunteers).
+FEMALE_SHARE: dict[str, float] = {"backpain": 0.5, "athletes": 0.0, "bedrest": 0.35, "ct": 0.45}
+FEMALE_MUSCLE, FEMALE_FRAME, FEMALE_SC_FAT, FEMALE_FF = 0.78, 0.94, 1.3, 0.025
+
+
 def sample_subject(rng: np.random.Generator, subject_id: str, cohort: str, level_mm: float) -> Subject:
-    """Draw one participant of a cohort (``backpain``, ``athletes``, ``bedrest``, ``ct``)."""
+    """Draw one participant of a cohort (``backpain``, ``athletes``, ``bedrest``, ``ct``).
+
+    The draws of issue 16 (sex, shape) come after the older ones, so a seed keeps its subjects' other traits.
+    """
     c = COHORTS[cohort]
     u = lambda key: float(rng.uniform(*c[key]))  # noqa: E731
     age = u("age")
     older = (age - 40) / 40  # about -0.5 .. 1
-    scale = float(np.clip(rng.normal(1.0, 0.05), 0.9, 1.1))
+    scale = float(np.clip(rng.normal(1.0, 0.06), 0.86, 1.14))
     sc_post = u("sc_post")
-    sc_lat = sc_post * float(rng.uniform(1.1, 1.6))
-    sc_ant = sc_post * float(rng.uniform(1.0, 1.5))
+    sc_lat_factor, sc_ant_factor = float(rng.uniform(1.1, 1.6)), float(rng.uniform(1.0, 1.5))
     visceral = u("visceral")
     ff_es = u("ff_es") + 0.015 * max(older, 0.0)
     deg_lo, deg_hi = c["degeneration"]
@@ -214,43 +235,69 @@ def sample_subject(rng: np.random.Generator, subject_id: str, cohort: str, level
     level_l5 = level_mm * float(rng.uniform(0.94, 1.0))
     disc_base = 0.34 * level_mm
     disc_height = tuple(float(disc_base * f * (1 - 0.3 * d)) for f, d in zip((0.95, 1.05, 0.9), degeneration))
+    width, depth = float(rng.uniform(138, 165)), float(rng.uniform(150, 175))
+    es_area, mf_area = u("es_area"), u("mf_area") * (1 - 0.08 * max(older, 0.0))
+    es_asym = float(np.clip(rng.normal(1.0, 0.05), 0.9, 1.1))
+    mf_asym = float(np.clip(rng.normal(1.0, 0.06), 0.88, 1.12))
+    psoas_area = float(rng.uniform(12, 18)) * (1.15 if cohort == "athletes" else 1.0)
+    ff_mf_extra = u("ff_mf_extra")
+    ff_slope = float(rng.uniform(0.02, 0.05)) * (0.4 if cohort == "athletes" else 1.0)
+    ff_texture, marbling = float(rng.uniform(0.02, 0.035)), u("marbling")
+    lordosis = float(rng.uniform(1.0, 4.0))
+    marrow_ff = float(np.clip(0.3 + 0.006 * (age - 25) + rng.normal(0, 0.04), 0.2, 0.75))
+    cancellous_hu = float(np.clip(250 - 1.6 * (age - 25) + rng.normal(0, 15), 150, 250))
+    aorta_r = float(rng.uniform(8.0, 10.5) + 0.03 * (age - 40))
+    field_seed = int(rng.integers(0, 2**31 - 1))
+    muscle_wobble = tuple(
+        tuple(
+            float(x)
+            for h in range(3)
+            for x in (rng.uniform(0.02, 0.05) / (1 + 0.5 * h), rng.uniform(0, 2 * math.pi), rng.normal(0, 0.02))
+        )
+        for _ in range(4)
+    )
+    es_aspect, mf_aspect, ql_contact = (float(rng.uniform(*r)) for r in ((0.82, 1.18), (0.85, 1.15), (0.3, 1.0)))
+    female = bool(rng.uniform() < FEMALE_SHARE[cohort])
+    if female:
+        scale *= FEMALE_FRAME
+        sc_post *= FEMALE_SC_FAT
+        es_area, mf_area, psoas_area = (x * FEMALE_MUSCLE for x in (es_area, mf_area, psoas_area))
+        ff_es += FEMALE_FF
+    sc_lat, sc_ant = sc_post * sc_lat_factor, sc_post * sc_ant_factor
     return Subject(
         id=subject_id,
         age=age,
         body_scale=scale,
-        half_width=float(rng.uniform(138, 165)) * scale + 0.6 * sc_lat,
+        half_width=width * scale + 0.6 * sc_lat,
         sc_post=sc_post,
         sc_lat=sc_lat,
         sc_ant=sc_ant,
-        ant_depth=float(rng.uniform(150, 175)) * scale + 25 * visceral + 0.8 * sc_ant,
+        ant_depth=depth * scale + 25 * visceral + 0.8 * sc_ant,
         visceral=visceral,
-        es_area=u("es_area"),
-        mf_area=u("mf_area") * (1 - 0.08 * max(older, 0.0)),
-        es_asym=float(np.clip(rng.normal(1.0, 0.05), 0.9, 1.1)),
-        mf_asym=float(np.clip(rng.normal(1.0, 0.06), 0.88, 1.12)),
-        psoas_area=float(rng.uniform(12, 18)) * (1.15 if cohort == "athletes" else 1.0),
+        es_area=es_area,
+        mf_area=mf_area,
+        es_asym=es_asym,
+        mf_asym=mf_asym,
+        psoas_area=psoas_area,
         ff_es=ff_es,
-        ff_mf=ff_es + u("ff_mf_extra"),
-        ff_slope=float(rng.uniform(0.02, 0.05)) * (0.4 if cohort == "athletes" else 1.0),
-        ff_texture=float(rng.uniform(0.02, 0.035)),
-        marbling=u("marbling"),
+        ff_mf=ff_es + ff_mf_extra,
+        ff_slope=ff_slope,
+        ff_texture=ff_texture,
+        marbling=marbling,
         level_l4=level_l4,
         level_l5=level_l5,
         disc_height=disc_height,
         disc_degeneration=degeneration,
-        lordosis=float(rng.uniform(1.0, 4.0)),
-        marrow_ff=float(np.clip(0.3 + 0.006 * (age - 25) + rng.normal(0, 0.04), 0.2, 0.75)),
-        cancellous_hu=float(np.clip(250 - 1.6 * (age - 25) + rng.normal(0, 15), 150, 250)),
-        aorta_r=float(rng.uniform(8.0, 10.5) + 0.03 * (age - 40)),
-        field_seed=int(rng.integers(0, 2**31 - 1)),
-        muscle_wobble=tuple(
-            tuple(
-                float(x)
-                for h in range(3)
-                for x in (rng.uniform(0.02, 0.05) / (1 + 0.5 * h), rng.uniform(0, 2 * math.pi), rng.normal(0, 0.02))
-            )
-            for _ in range(4)
-        ),
+        lordosis=lordosis,
+        marrow_ff=marrow_ff,
+        cancellous_hu=cancellous_hu,
+        aorta_r=aorta_r,
+        field_seed=field_seed,
+        muscle_wobble=muscle_wobble,
+        sex="F" if female else "M",
+        es_aspect=es_aspect,
+        mf_aspect=mf_aspect,
+        ql_contact=ql_contact,
     )
 
 
@@ -278,11 +325,14 @@ def paraspinal_shapes(subject: Subject, z: float) -> dict[str, Shape]:
     out: dict[str, Shape] = {}
     for side, sigma in (("R", -1.0), ("L", 1.0)):
         mf_area = subject.mf_area * (0.72 + 0.56 * zeta) * (subject.mf_asym if side == "L" else 1.0) * 100
-        es_area = subject.es_area * (1.2 - 0.5 * zeta) * (subject.es_asym if side == "L" else 1.0) * 100
-        n_mf, asp_mf = 2.4, 1.45
+        # caudally the erector spinae turns into its aponeurosis and the multifidus fills the space over the
+        # sacrum (Bogduk, Clinical and Radiological Anatomy of the Lumbar Spine, 5th ed. 2012, ch. 9): erector
+        # spinae area falls by more than half from L3/L4 to L5/S1 while the multifidus grows
+        es_area = subject.es_area * (1.25 - 0.75 * zeta) * (subject.es_asym if side == "L" else 1.0) * 100
+        n_mf, asp_mf = 2.4, 1.45 * subject.mf_aspect
         a_mf = math.sqrt(mf_area / (superellipse_area_factor(n_mf) * asp_mf))
         b_mf = asp_mf * a_mf
-        n_es, asp_es = 2.2, 0.85 - 0.15 * zeta
+        n_es, asp_es = 2.2, (0.85 - 0.15 * zeta) * subject.es_aspect
         a_es = math.sqrt(es_area / (superellipse_area_factor(n_es) * asp_es))
         b_es = asp_es * a_es
         i_mf, i_es = (1, 0) if side == "R" else (2, 3)
@@ -460,7 +510,8 @@ def soft_tissue_shapes(subject: Subject, z: float) -> list[Shape]:
                     SOFT_INTERIOR,
                 )
             )
-    # quadratus lumborum: thins out towards the iliac crest
+    # quadratus lumborum: thins out towards the iliac crest; its posterior face lies against the erector spinae,
+    # only the thin middle layer of the thoracolumbar fascia between them (Willard et al., J Anat 2012;221:507-536)
     g_ql = float(np.clip((0.9 - zeta) / 0.9, 0.0, 1.0)) ** 0.6
     paraspinal = paraspinal_shapes(subject, z)
     for sigma, side in ((-1.0, "R"), (1.0, "L")):
@@ -470,8 +521,8 @@ def soft_tissue_shapes(subject: Subject, z: float) -> list[Shape]:
             shapes.append(
                 Shape(
                     T["muscle"],
-                    sigma * (es_lat - 14.0),
-                    -8.0 + dv,
+                    sigma * (es_lat - 14.0 + 3.0 * subject.ql_contact),
+                    -8.0 + 6.0 * subject.ql_contact + dv,
                     20.0 * g_ql + 3,
                     9.0 * g_ql + 2.5,
                     2.0,
@@ -525,7 +576,9 @@ def soft_tissue_shapes(subject: Subject, z: float) -> list[Shape]:
     # back muscles: fascial envelope, erector spinae, multifidus (medial, on top), interspinous ligament
     for key in ("R-ES", "R-MF", "L-MF", "L-ES"):
         m = paraspinal[key]
-        shapes.append(Shape(T["fascia"], m.cu, m.cv, m.a + 1.6, m.b + 1.6, m.n, m.angle, wobble=m.wobble))
+        # epimysium and thoracolumbar fascia layers are about 1 mm thick (Willard et al. 2012): thinner than a
+        # voxel, so partial volume leaves a faint line, not a crisp dark ring
+        shapes.append(Shape(T["fascia"], m.cu, m.cv, m.a + FASCIA_MM, m.b + FASCIA_MM, m.n, m.angle, wobble=m.wobble))
     for key in ("R-ES", "L-ES", "R-MF", "L-MF"):
         shapes.append(paraspinal[key])
     shapes.append(Shape(T["fascia"], 0.0, 31.0 + dv, 1.4, 19.0, 2.0))

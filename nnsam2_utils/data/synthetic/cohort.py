@@ -8,8 +8,25 @@ tissue fractions of every output voxel then give the partial-volume image and th
 (arg-max over background and the four muscles). Fat infiltration of the back muscles is a
 smooth random field plus thin "marbling" streaks, fixed in the subject's anatomy, so repeated
 scans of one subject share it. Contrasts are linear in the tissue fractions (T1w, T2w,
-Dixon water/fat, CT in HU), followed by a smooth coil bias field and Rician noise (MRI) or
-Gaussian noise (CT).
+Dixon water/fat, CT in HU), followed by a smooth coil bias field, respiratory ghosts and Rician
+noise (MRI) or Gaussian noise (CT).
+
+Realism, so that a few annotated slices do not make the task easy (docs/method.md §11 lists the
+sources; the constants sit where they are used):
+
+* between subjects: men and women (women's back muscles ~0.78× the area, thicker subcutaneous fat,
+  +2.5 points of fat fraction), frame size SD 6 %, erector spinae 12-20 cm² and multifidus 7-11 cm²
+  per side at L4/L5 (men), per-subject aspect ratios of both muscles (±15-18 %), left/right asymmetry;
+* along the spine: the erector spinae shrinks by more than half from L3/L4 to L5/S1 while the
+  multifidus grows; ilium, gluteal and iliacus muscles appear below the iliac crest;
+* neighbours: psoas, quadratus lumborum (its back face against the erector spinae, only a ~1 mm
+  fascia between them) and the abdominal wall carry the same muscle texture at half amplitude;
+* texture: patchy fat streaks (marbling gated by the smooth fat field, elongated antero-posteriorly
+  and along z) instead of a net over the whole muscle;
+* between scans of one dataset: pose (±4°, ±8 mm; bed-rest repositioning; a spine field of view
+  centred on the vertebral body, so fat thickness moves the skin, not the muscles), noise ×0.75-1.35,
+  posterior bias gradient ×0.6-1.4 with a left-right tilt and ripples, and faint ghosts of the
+  breathing anterior abdomen along the phase-encoding (antero-posterior) axis.
 
 Everything is deterministic from ``seed``: every subject, scan and noise field draws from
 ``numpy.random.default_rng`` seeded by (seed, dataset or subject group, index, purpose).

@@ -217,6 +217,34 @@ MARBLING_WIDTH = 0.28  # ridge width in SD units of the marbling field
 _MARBLING_MEAN = 1.0 / math.sqrt(1.0 + 2.0 / MARBLING_WIDTH**2)  # E[exp(-(g/w)^2)], g ~ N(0, 1)
 
 
+# Intramuscular fat is patchy: streaks along the fascicles where the muscle is fattier, not a net over the whole
+# muscle (Crawford et al., AJNR 2016;37:742-748; Kjaer et al., BMC Med 2007;5:2 grade it as spots and streaks).
+# The marbling ridges are gated by the smooth fat field: a logistic step, about a third of the muscle open.
+MARBLING_GATE = (3.0, 0.45)  # slope, threshold (SD units of the smooth field)
+
+
+def marbling_gate(smooth: np.ndarray) -> np.ndarray:
+    """Share of the marbling ridges shown at each point (0..1) from the smooth fat field."""
+    slope, threshold = MARBLING_GATE
+    return 1.0 / (1.0 + np.exp(-slope * (smooth - threshold)))
+
+
+def _gate_mean() -> float:
+    """E[gate(g)] for g ~ N(0, 1) (quadrature), so the gated streaks add no mean fat."""
+    g = np.linspace(-6.0, 6.0, 2401)
+    weights = np.exp(-0.5 * g**2)
+    return float((marbling_gate(g) * weights).sum() / weights.sum())
+
+
+_GATED_MARBLING_MEAN = _MARBLING_MEAN * _gate_mean()  # the two fields are independent
+
+
+# The other skeletal muscles (psoas, quadratus lumborum, abdominal wall, gluteal) share the back muscles' texture at
+# a lower amplitude: psoas fat fraction is a few per cent, below multifidus and erector spinae (Crawford 2016), so
+# texture is no cue that a muscle is a labelled one.
+OTHER_MUSCLE_TEXTURE = 0.5
+
+
 def subject_fields(subject: Subject, body: BodyOutline) -> SubjectFields:
     """Fat-infiltration and bowel texture fields of one subject (deterministic from its seed)."""
     rng = np.random.default_rng(subject.field_seed)
@@ -225,7 +253,8 @@ def subject_fields(subject: Subject, body: BodyOutline) -> SubjectFields:
     muscle_origin, muscle_extent = (z0, -20.0, -112.0), (z_extent, 125.0, 224.0)
     return SubjectFields(
         muscle_smooth=gaussian_field(rng, muscle_origin, muscle_extent, (5.0, 2.5, 2.5), (14.0, 6.0, 6.0)),
-        muscle_marbling=gaussian_field(rng, muscle_origin, muscle_extent, (4.0, 1.0, 1.0), (6.0, 1.6, 1.6)),
+        # streaks run along z and, in-plane, mostly antero-posteriorly (the fascicles' septa): an elongated kernel
+        muscle_marbling=gaussian_field(rng, muscle_origin, muscle_extent, (4.0, 1.0, 1.0), (6.0, 2.6, 1.4)),
         tubes=bowel_loops(rng, subject, body),
     )
 
@@ -356,6 +385,11 @@ def reposition(pose: Pose, rng: np.random.Generator) -> Pose:
     )
 
 
+# A spine field of view is centred on the vertebral body and canal (where the radiographer puts it on the sagittal
+# localiser), not on the skin: thicker or thinner subcutaneous fat moves the skin, not the muscles, in the image.
+SPINE_FOV_CENTRE_V = -15.0  # mm, anatomical v (0: the canal's centre)
+
+
 def plan_grid(spec: DatasetSpec, subject: Subject, body: BodyOutline, pose: Pose) -> tuple[Grid, dict[str, int]]:
     """The canonical voxel grid of a scan and the canonical slice index of every disc."""
     nx, ny = spec.matrix
@@ -368,8 +402,8 @@ def plan_grid(spec: DatasetSpec, subject: Subject, body: BodyOutline, pose: Pose
     fov_v = ny * sxy
     if spec.fov == "body" or fov_v >= body.v_post - body.v_ant + 16:
         centre_v = (body.v_post + body.v_ant) / 2
-    else:
-        centre_v = body.v_post + 8 - fov_v / 2
+    else:  # centred on the spine, as axial lumbar slices are planned; moved back only to keep the back's skin in
+        centre_v = max(SPINE_FOV_CENTRE_V, body.v_post + 8 - fov_v / 2)
     centre = np.array([pose.jitter_u, centre_v + pose.jitter_v])
     c, s = math.cos(pose.theta), math.sin(pose.theta)
     rot_centre = np.array([c * centre[0] - s * centre[1], s * centre[0] + c * centre[1]])
@@ -421,12 +455,28 @@ def _base_map(canvas: Canvas, body: BodyOutline, ct: bool) -> np.ndarray:
     return tissue
 
 
+def _fold(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Reflect coordinates into [lo, hi] (fields sampled outside their box mirror their inside)."""
+    length = hi - lo
+    t = np.mod(x - lo, 2.0 * length)
+    return (lo + np.where(t < length, t, 2.0 * length - t)).astype(np.float32)
+
+
+def muscle_texture(subject: Subject, fields: SubjectFields, z: float, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Zero-mean fat-fraction texture (diffuse field plus gated marbling) of muscle at points (u, v), height z."""
+    field = fields.muscle_smooth
+    top_v, top_u = (field.origin[i] + (field.data.shape[i] - 1) * field.spacing[i] for i in (1, 2))
+    vv = _fold(v - subject.spine_shift(z), field.origin[1], top_v)
+    uu = _fold(u, field.origin[2], top_u)
+    smooth = field.sample(np.float32(z), vv, uu)
+    ridge = np.exp(-((fields.muscle_marbling.sample(np.float32(z), vv, uu) / MARBLING_WIDTH) ** 2))
+    streaks = ridge * marbling_gate(smooth) - _GATED_MARBLING_MEAN
+    return (subject.ff_texture * smooth + subject.marbling * streaks).astype(np.float32)
+
+
 def muscle_fat_fraction(subject: Subject, fields: SubjectFields, z: float, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Fat fraction of the four back muscles at points (u, v) of height z: array (4, n)."""
-    vv = v - subject.spine_shift(z)
-    smooth = fields.muscle_smooth.sample(np.float32(z), vv, u)
-    ridge = np.exp(-((fields.muscle_marbling.sample(np.float32(z), vv, u) / MARBLING_WIDTH) ** 2))
-    texture = subject.ff_texture * smooth + subject.marbling * (ridge - _MARBLING_MEAN)
+    texture = muscle_texture(subject, fields, z, u, v)
     level = subject.ff_slope * (float(np.clip(subject.zeta(z), -0.3, 1.3)) - 0.5)
     bases = [subject.ff_es, subject.ff_mf, subject.ff_mf, subject.ff_es]  # R-ES, R-MF, L-MF, L-ES
     return np.stack([np.clip(b + level + texture, 0.005, 0.9) for b in bases]).astype(np.float32)
@@ -481,11 +531,17 @@ def render_scan(spec: DatasetSpec, subject: Subject, fields: SubjectFields, pose
         m = muscle[where]  # (n, 4)
         ffsum = (m * ff_k.T).sum(-1)
         msum = m.sum(-1)
+        other = frac[..., T["muscle"]]
+        where_other = other > 0
+        tex = muscle_texture(subject, fields, z, u_out[where_other], v_out[where_other]) * OTHER_MUSCLE_TEXTURE
+        other_ff = other[where_other] * np.maximum(tex, 0.005 - ff_tissue[T["muscle"]])
         ff_map[k] = frac @ ff_tissue
         ff_map[k][where] += ffsum
+        ff_map[k][where_other] += other_ff
         for name, ch_ in chans.items():
             plane = frac @ ch_.tissue_values
             plane[where] += ch_.c0 * msum + ch_.c1 * ffsum
+            plane[where_other] += ch_.c1 * other_ff
             out[name][k] = plane
     return ScanArrays(grid, discs, label, out, ff_map)
 
@@ -495,7 +551,7 @@ def _bias_field(grid: Grid, strength: float, rng: np.random.Generator) -> np.nda
     z = (np.arange(grid.nz) - grid.nz / 2)[:, None, None] * grid.spacing[2] / 120.0
     y = (np.arange(grid.ny) - grid.ny / 2)[None, :, None] * grid.spacing[1] / 120.0
     x = (np.arange(grid.nx) - grid.nx / 2)[None, None, :] * grid.spacing[0] / 120.0
-    log_bias = strength * y + 0.05 * float(rng.uniform(-1, 1)) * x
+    log_bias = strength * y + BIAS_TILT * float(rng.uniform(-1, 1)) * x
     for _ in range(3):  # a few long-wavelength ripples
         kx, ky, kz, phase = (
             rng.uniform(-1.2, 1.2),
@@ -503,22 +559,64 @@ def _bias_field(grid: Grid, strength: float, rng: np.random.Generator) -> np.nda
             rng.uniform(-0.6, 0.6),
             rng.uniform(0, 2 * np.pi),
         )
-        log_bias = log_bias + 0.04 * np.cos(kx * x + ky * y + kz * z + phase)
+        log_bias = log_bias + BIAS_RIPPLE * np.cos(kx * x + ky * y + kz * z + phase)
     return np.exp(log_bias).astype(np.float32)
 
 
+# Scan-to-scan acquisition differences within one dataset (same protocol, other session, other patient):
+# * noise: SNR changes with body size, coil loading and positioning by tens of per cent between sessions
+#   (Dietrich et al., JMRI 2007;26:375-385 on measuring SNR in multi-coil images); CT noise with the tube
+#   current modulated to the patient's size, about ±30 % (McCollough et al., Radiographics 2006;26:503-512);
+# * bias: receive-coil inhomogeneity of 10-40 % over the field of view at 1.5-3 T, larger near the surface coils
+#   (Sled et al., IEEE TMI 1998;17:87-97; the N4 paper, Tustison et al., IEEE TMI 2010;29:1310-1320): the
+#   posterior gradient, a left-right tilt and ripples vary per scan.
+NOISE_RANGE = (0.75, 1.35)  # x the dataset's noise
+BIAS_RANGE = (0.6, 1.4)  # x the dataset's posterior gradient
+BIAS_TILT, BIAS_RIPPLE = 0.12, 0.06
+
+
+# Respiratory motion of the anterior abdomen during a 2-D spin-echo or Dixon acquisition puts faint ghosts of
+# the bright abdominal fat along the phase-encoding direction (here antero-posterior), over the back muscles
+# (Wood & Henkelman, Med Phys 1985;12:143-151: periodic motion gives ghosts spaced N/period lines apart, of
+# intensity growing with the displacement). Amplitude and period are drawn per scan; the part that moves fades
+# from the anterior edge of the field of view to its centre, the back against the table stays still.
+GHOST_SHIFT_MM = (0.5, 3.0)  # peak displacement of the anterior abdomen during the acquisition
+GHOST_PERIOD_LINES = (6.0, 24.0)  # phase-encoding lines per breathing cycle
+
+
+def respiratory_ghosts(signals: dict[str, np.ndarray], grid: Grid, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Complex images (z, y, x) with ghosts of a periodically displaced anterior part along y (phase encoding)."""
+    ny = grid.ny
+    shift = float(rng.uniform(*GHOST_SHIFT_MM)) / grid.spacing[1]  # in voxels
+    period = float(rng.uniform(*GHOST_PERIOD_LINES))
+    phase = float(rng.uniform(0, 2 * np.pi))
+    freq = np.fft.fftfreq(ny)  # cycles per voxel of k-space line j (acquired in the order 0..ny-1)
+    order = np.argsort(np.argsort(freq))  # acquisition time of each line: from -k_max to +k_max
+    displacement = shift * np.sin(2 * np.pi * order / period + phase)
+    modulation = np.exp(-2j * np.pi * freq * displacement)[None, :, None]
+    rows = np.arange(ny, dtype=np.float32)
+    moving = np.clip((0.5 * ny - rows) / (0.25 * ny), 0.0, 1.0)[None, :, None]  # anterior edge 1 -> centre 0
+    out = {}
+    for name, image in signals.items():
+        still = image * (1.0 - moving)
+        ghosted = np.fft.ifft(np.fft.fft(image * moving, axis=1) * modulation, axis=1)
+        out[name] = (still + ghosted).astype(np.complex64)
+    return out
+
+
 def acquire(spec: DatasetSpec, scan: ScanArrays, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Noisy stored intensities (canonical arrays): Rician MRI with bias, Gaussian-noise CT in HU (int16)."""
+    """Noisy stored intensities (canonical arrays): Rician MRI with bias and ghosts, Gaussian-noise CT in HU."""
+    noise_sd = spec.noise * float(rng.uniform(*NOISE_RANGE))
     if spec.modality == "CT":
         noise = ndimage.gaussian_filter(rng.standard_normal(scan.label.shape).astype(np.float32), (0, 0.6, 0.6))
-        noise *= spec.noise / float(noise.std())
+        noise *= noise_sd / float(noise.std())
         return {"image": np.clip(np.rint(scan.channels["image"] + noise), -1024, 3071).astype(np.int16)}
-    bias = _bias_field(scan.grid, spec.bias, rng)
+    bias = _bias_field(scan.grid, spec.bias * float(rng.uniform(*BIAS_RANGE)), rng)
+    signals = respiratory_ghosts({name: clean * bias for name, clean in scan.channels.items()}, scan.grid, rng)
     out = {}
-    for name, clean in scan.channels.items():
-        signal = clean * bias
-        real = signal + spec.noise * rng.standard_normal(signal.shape).astype(np.float32)
-        imag = spec.noise * rng.standard_normal(signal.shape).astype(np.float32)
+    for name, signal in signals.items():
+        real = signal.real + noise_sd * rng.standard_normal(signal.shape).astype(np.float32)
+        imag = signal.imag + noise_sd * rng.standard_normal(signal.shape).astype(np.float32)
         out[name] = np.clip(np.rint(np.hypot(real, imag)), 0, 32767).astype(np.int16)
     return out
 

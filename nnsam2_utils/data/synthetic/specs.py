@@ -1,4 +1,11 @@
-"""What the synthetic cohort contains: one acquisition spec per dataset and the cohort sizes."""
+"""What the synthetic cohort contains: one acquisition spec per dataset and the cohort sizes.
+
+A spec fixes a dataset's protocol (matrix, in-plane spacing or a field of view fitted to the patient, slice
+thickness 4-5 mm for MRI as in clinical axial lumbar protocols, 1.5-2.5 mm for CT, storage orientation) and its
+nominal noise and coil-bias strength. Scans of one dataset differ around these nominal values (noise ×0.75-1.35,
+bias ×0.6-1.4, respiratory ghosts: :func:`nnsam2_utils.data.synthetic.render.acquire`), as sessions of one
+protocol do.
+"""
 
 from __future__ import annotations
 

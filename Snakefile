@@ -39,6 +39,7 @@ TRAIN_THREADS = P.refine.threads or workflow.cores
 WORK = f"{os.environ.get('NNSAM2_WORK', 'work')}/{PROFILE}"
 REPEAT_DONE = f"{WORK}/repeat/dsc.csv"  # written last by steps.repeat_train
 ENCODER_DONE = f"{WORK}/runlog/encoder__all.json"  # the step record of steps.encoder
+OWN_SCANS_DONE = f"{WORK}/runlog/own_scans__example.json"  # the step record of steps.own_scans_example
 
 wildcard_constraints:
     dataset="|".join(DATASETS) or "(?!)",
@@ -162,16 +163,31 @@ rule encoder:
         step_command("encoder")
 
 
-rule own_scans:
-    """The example chapter: it needs nothing of the run but stage 0's model, and runs when a core is free."""
+rule own_scans_example:
+    """The example chapter's dataset: it needs nothing of the run but stage 0's model, and runs when a core is free."""
     input:
-        notebook("09_own_scans"),
         ENCODER_DONE,
         code("own_scans"),
     output:
-        f"{G}/09_own_scans.ipynb",
+        OWN_SCANS_DONE,
+    priority: 5
     resources:
         gpu=GPU_STAGE0,
+    shell:
+        step_command("own_scans_example")
+
+
+rule own_scans:
+    """The example chapter's page: it also shows where this run's labels landed and what the run cost, so it runs
+    after the run record (its example dataset, rule own_scans_example, is read back)."""
+    input:
+        notebook("09_own_scans"),
+        OWN_SCANS_DONE,
+        f"{G}/08_run_record.ipynb",
+        code("own_scans"),
+    output:
+        f"{G}/09_own_scans.ipynb",
+    priority: 20
     shell:
         papermill()
 

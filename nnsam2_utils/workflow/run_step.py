@@ -1,7 +1,8 @@
 """Run one workflow step without a page: ``python -m nnsam2_utils.workflow.run_step STEP --profile P``.
 
 For the steps whose work is split from their page so that it can start earlier in the workflow: stage 0's model
-(the OpenVINO export) is built beside the cohort, the repeat's
+(the OpenVINO export) is built beside the cohort, the example own-scans dataset runs when a core is free (its page
+reads the whole run, so it comes last), the repeat's
 training runs beside the final stage (its page compares once both exist), each dataset's one-shot baselines
 start when its stage 0 is done (their page reads them back). Logs go to
 ``work/<profile>/logs/steps.log``; the exit status is 0 on success, 2 on nnsam2's own errors.
@@ -16,7 +17,7 @@ import sys
 from nnsam2_utils.errors import Nnsam2Error
 
 #: steps that may run without their page (functions of nnsam2_utils.steps); those in PER_DATASET take --dataset
-STEPS = ("encoder", "repeat_train", "oneshot_dataset")
+STEPS = ("encoder", "own_scans_example", "repeat_train", "oneshot_dataset")
 PER_DATASET = ("oneshot_dataset",)
 
 

@@ -511,7 +511,7 @@ def soft_tissue_shapes(subject: Subject, z: float) -> list[Shape]:
                 )
             )
     # quadratus lumborum: thins out towards the iliac crest; its posterior face lies against the erector spinae,
-    # only the thin middle layer of the thoracolumbar fascia between them (Willard et al., J Anat 2012;221:507-536)
+    # only the thin middle layer of the thoracolumbar fascia between them (Willard et al., J Anat 2012;221(6))
     g_ql = float(np.clip((0.9 - zeta) / 0.9, 0.0, 1.0)) ** 0.6
     paraspinal = paraspinal_shapes(subject, z)
     for sigma, side in ((-1.0, "R"), (1.0, "L")):

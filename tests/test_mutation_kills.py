@@ -556,3 +556,15 @@ def test_the_fixed_subject_model_in_full():
     with pytest.raises(StatsError, match=r"^fixed-subject model: 2 values for 2 parameters; no residual left\.$"):
         fixed_subject_tost(two)
     assert fixed_subject_tost(table.iloc[[0, 2, 4, 6, 1]]).n_obs == 5  # one residual degree of freedom is enough
+
+
+def test_a_repeated_key_is_refused_even_with_another_value_and_alpha_reaches_every_statistic():
+    table = _long_measurements({"a": (4, 0)})
+    with pytest.raises(StatsError, match=r"^2 rows repeat a \(dataset, case, class, measure, source\)"):
+        pair_measurements(pd.concat([table, table.iloc[[2]].assign(value=1.0)]))
+    row = agreement_table(table, alpha=0.10).iloc[0]
+    wide = table.pivot_table(index=["case", "class"], columns="source", values="value")
+    a, e = wide["auto"].to_numpy(), wide["expert"].to_numpy()
+    tost = tost_paired(a, e, 0.10, alpha=0.10)  # an 80 % CI
+    assert (row.tost_ci_low, row.tost_ci_high) == pytest.approx((tost.ci_low, tost.ci_high))
+    assert row.smallest_margin == pytest.approx(smallest_equivalence_margin(a, e, alpha=0.10))

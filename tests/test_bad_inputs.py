@@ -716,3 +716,15 @@ def test_the_good_dataset_of_the_catalogue_prepares(tmp_path):
     path.write_text(yaml.safe_dump(data))
     table = run_prepare(path)()
     assert table.n_slices.tolist() == [8]
+
+
+def test_a_checkpoint_variable_set_but_empty_is_named(tmp_path, monkeypatch):
+    from nnsam2_utils.data.checkpoints import expand_path
+
+    monkeypatch.setenv("NNSAM2_EMPTY_MODELS", "")
+    with pytest.raises(CheckpointError) as info:
+        expand_path("${NNSAM2_EMPTY_MODELS}/sam2.1_hiera_large.pt", tmp_path, "propagation.sam2_checkpoint")
+    message = str(info.value)
+    assert "NNSAM2_EMPTY_MODELS is set but empty" in message and "'/sam2.1_hiera_large.pt'" in message
+    monkeypatch.setenv("NNSAM2_EMPTY_MODELS", str(tmp_path / "models"))
+    assert expand_path("$NNSAM2_EMPTY_MODELS/a.pt", tmp_path) == tmp_path / "models" / "a.pt"

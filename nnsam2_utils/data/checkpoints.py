@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 def expand_path(value: str | os.PathLike, base: Path, setting: str = "checkpoint") -> Path:
     """A path setting as the run uses it: ``$VAR``/``${VAR}`` and ``~`` expanded, relative paths under ``base``.
 
-    A variable that is not set is an error naming it (instead of a path with ``$`` in it that fails later).
+    A variable that is not set, or set but empty, is an error naming it (instead of a path with ``$`` in it, or
+    a path at the file system's root, that fails later).
     """
     text = str(value)
     expanded = os.path.expandvars(text)
@@ -30,6 +31,15 @@ def expand_path(value: str | os.PathLike, base: Path, setting: str = "checkpoint
         raise CheckpointError(
             f"{setting} {text!r}: environment variable {', '.join(sorted(set(unset)))} is not set. Set it (export "
             f"{unset[0]}=/path/to/folder) before the run, or write the path out in the profile."
+        )
+    empty = sorted(
+        {name for name in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", text) if os.environ.get(name) == ""}
+    )
+    if empty:
+        raise CheckpointError(
+            f"{setting} {text!r}: environment variable {', '.join(empty)} is set but empty, so the path would be "
+            f"{expanded!r}. Set it to the folder (export {empty[0]}=/path/to/folder) or write the path out in the "
+            "profile."
         )
     path = Path(expanded).expanduser()
     return path if path.is_absolute() else Path(base) / path

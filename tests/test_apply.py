@@ -588,9 +588,11 @@ def test_the_export_installs_and_predicts_with_nnunets_own_tools(run, tmp_path, 
 
 @pytest.mark.slow
 def test_predict_on_unseen_scans_is_as_good_as_on_the_runs_own(tmp_path, monkeypatch):
-    """A final stage trained for 600 iterations on the run's three scans: ``predict`` on three scans the run never
-    saw (another seed, given as stored, their disc range as --slices) scores within 0.02 DSC of what the pipeline's
-    own prediction scores on the run's scans."""
+    """A final stage trained for 600 iterations on the run's three scans. ``predict`` on the run's own scans as
+    stored (their disc range as --slices) scores what the pipeline's own prediction scores (the reading, reorienting,
+    cropping and writing back lose nothing); on three scans the run never saw (another seed) it scores within 0.05.
+    The second gap is the model's, not predict's: trained on three subjects, it meets new ones (measured 0.036 on
+    the phantoms of issue 16, which vary sex, size and shape; 0.01 on the earlier, more alike ones)."""
     from nnsam2_utils.data.geometry import region_crop
     from nnsam2_utils.data.labels import map_labels
     from nnsam2_utils.data.manifest import load_manifest
@@ -619,16 +621,21 @@ def test_predict_on_unseen_scans_is_as_good_as_on_the_runs_own(tmp_path, monkeyp
         pairs.append((labels, sitk.GetArrayFromImage(prepared.label)))
     own_dsc = mean_dsc(pairs)
 
-    new = load_manifest(generate_cohort(tmp_path / "new", size="tiny", seed=1, datasets=[DATASET])[0])
-    pairs = []
-    for case in new.cases:
-        path = new.resolve(case.image)
-        slices = (case.discs.L5S1, case.discs.L3L4)
-        predict([path], tmp_path / "out" / case.id, profile="trained", slices=slices, progress=False)
-        crop, _ = region_crop(new, case, read_image(path), path)
-        labels = sitk.GetArrayFromImage(crop(read_image(tmp_path / "out" / case.id / f"{case.id}_lpm.nii.gz")))
-        truth = map_labels(sitk.GetArrayFromImage(crop(read_image(new.resolve(case.label)))), new.label_map, "truth")
-        pairs.append((labels, truth))
-    new_dsc = mean_dsc(pairs)
+    def predicted_pairs(manifest, out: Path) -> list:
+        pairs = []
+        for case in manifest.cases:
+            path = manifest.resolve(case.image)
+            slices = (case.discs.L5S1, case.discs.L3L4)
+            predict([path], out / case.id, profile="trained", slices=slices, progress=False)
+            crop, _ = region_crop(manifest, case, read_image(path), path)
+            labels = sitk.GetArrayFromImage(crop(read_image(out / case.id / f"{case.id}_lpm.nii.gz")))
+            label = sitk.GetArrayFromImage(crop(read_image(manifest.resolve(case.label))))
+            pairs.append((labels, map_labels(label, manifest.label_map, "truth")))
+        return pairs
+
     assert own_dsc > 0.6, own_dsc
-    assert new_dsc >= own_dsc - 0.02, (new_dsc, own_dsc)
+    as_stored = mean_dsc(predicted_pairs(own, tmp_path / "own"))
+    assert abs(as_stored - own_dsc) < 0.005, (as_stored, own_dsc)
+    new = load_manifest(generate_cohort(tmp_path / "new", size="tiny", seed=1, datasets=[DATASET])[0])
+    new_dsc = mean_dsc(predicted_pairs(new, tmp_path / "out"))
+    assert new_dsc >= own_dsc - 0.05, (new_dsc, own_dsc)

@@ -362,6 +362,8 @@ def test_the_landing_page_shows_the_method_figure_and_an_abstract_glued_from_the
     assert pasted[4] == f"{per_stage['stage0']:.3f}" and pasted[5] == "3"
     assert pasted[6] == "nnU-Net 3 (nnsam2)" and pasted[7] == f"{per_stage['nnunet3']:.3f}"
     assert pasted[8] == f"{per_stage['supervised']:.3f}"
+    assert pasted[9] == "cross-validated over subjects: each scan scored by a model that did not see it"
+    pasted = pasted[1:]
     assert pasted[9] == "10" and pasted[10:12] == [str(int((agreement.tost_p < 0.05).sum())), str(len(agreement))]
     variation = pd.read_csv(tmp / "work" / "demo" / "tables" / "variation_vs_margin.csv")
     assert pasted[12] == f"{variation.seed_change_mean_pct.max():.1f}"  # run-to-run variation, worst group

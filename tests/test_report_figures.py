@@ -237,20 +237,13 @@ def test_bland_altman_without_a_margin_draws_no_band():
 @pytest.fixture(scope="module")
 def trained_model(tmp_path_factory):
     """A real nnU-Net v2 trained for three short epochs on blobs; returns (nnU-Net root, final checkpoint)."""
+    from test_nnunet import blob_case
+
     from nnsam2_utils.refine import nnunet
     from nnsam2_utils.refine.stages import DATASET_IDS
 
     rng = np.random.default_rng(0)
-    cases = []
-    yy, xx = np.mgrid[:48, :48]
-    for i in range(4):
-        image = rng.normal(0, 0.2, (1, 48, 48)).astype(np.float32)
-        label = np.zeros((1, 48, 48), np.uint8)
-        for cls, cx in ((1, 15 + i % 2), (2, 33 - i % 2)):
-            inside = (yy - 24) ** 2 / 80 + (xx - cx) ** 2 / 30 < 1
-            label[:, inside] = cls
-            image[:, inside] += 1.0 + 0.5 * cls
-        cases.append(nnunet.TrainingCase(f"case{i}", make_image(image, spacing=(1.0, 1.0, 4.0)), label))
+    cases = [blob_case(i, rng) for i in range(4)]
     root = tmp_path_factory.mktemp("curves") / "nnunet"
     budget = nnunet.Budget(epochs=3, iterations_per_epoch=2, val_iterations=1, batch_size=2, target_spacing_mm=2.0)
     folder = nnunet.fit(root, DATASET_IDS["nnunet1"], "curves", cases, budget)

@@ -334,6 +334,24 @@ def _fit_random_intercept(frame: pd.DataFrame):
     return best, notes
 
 
+def _require_auto_and_expert(data: pd.DataFrame, source: str, model: str) -> None:
+    """StatsError unless the ``source`` column holds exactly ``auto`` and ``expert``."""
+    sources = set(data[source])
+    if not {"auto", "expert"} <= sources or sources - {"auto", "expert"}:
+        raise StatsError(f"{model}: {source} must hold exactly 'auto' and 'expert', found {sorted(map(str, sources))}.")
+
+
+def _effect_tost(estimate: float, se: float, margin: float, alpha: float, dist) -> tuple[float, float, float]:
+    """Two one-sided tests of an effect against ±margin with the test distribution ``dist`` (a frozen scipy
+    distribution: normal for the mixed model's Wald tests, t for least squares): (p_lower, p_upper, CI half-width
+    at level 1 − 2α)."""
+    return (
+        float(dist.sf((estimate + margin) / se)),
+        float(dist.cdf((estimate - margin) / se)),
+        float(dist.ppf(1 - alpha)) * se,
+    )
+
+
 def mixed_model_tost(
     table: pd.DataFrame,
     margin_fraction: float = 0.10,
@@ -362,11 +380,7 @@ def mixed_model_tost(
     dropped = len(table) - len(data)
     if dropped:
         log.warning("mixed model: dropped %d rows with NaN", dropped)
-    sources = set(data[source])
-    if not {"auto", "expert"} <= sources or sources - {"auto", "expert"}:
-        raise StatsError(
-            f"mixed model: {source} must hold exactly 'auto' and 'expert', found {sorted(map(str, sources))}."
-        )
+    _require_auto_and_expert(data, source, "mixed model")
     n_subjects = data[subject].nunique()
     if n_subjects < MIN_SUBJECTS:
         raise StatsError(
@@ -396,9 +410,7 @@ def mixed_model_tost(
     subject_var = float(fit.cov_re.iloc[0, 0]) * scale**2
     residual_var = float(fit.scale) * scale**2
     total = subject_var + residual_var
-    p_lower = float(sps.norm.sf((estimate + margin) / se))
-    p_upper = float(sps.norm.cdf((estimate - margin) / se))
-    half = float(sps.norm.ppf(1 - alpha)) * se
+    p_lower, p_upper, half = _effect_tost(estimate, se, margin, alpha, sps.norm())
     if subject_var <= 1e-12 * total:
         notes.append("subject variance at 0 (boundary fit)")
     note = "; ".join(notes)
@@ -442,11 +454,7 @@ def fixed_subject_tost(
     variance.
     """
     data = table[[subject, source, value]].dropna()
-    sources = set(data[source])
-    if not {"auto", "expert"} <= sources or sources - {"auto", "expert"}:
-        raise StatsError(
-            f"fixed-subject model: {source} must hold exactly 'auto' and 'expert', found {sorted(map(str, sources))}."
-        )
+    _require_auto_and_expert(data, source, "fixed-subject model")
     y = data[value].to_numpy(dtype=np.float64)
     auto = (data[source] == "auto").to_numpy(dtype=float)
     levels = sorted(data[subject].astype(str).unique())
@@ -464,9 +472,7 @@ def fixed_subject_tost(
         raise StatsError("fixed-subject model: no residual variance; automated and expert values differ exactly.")
     estimate = float(coef[1])
     margin = relative_margin(y[auto == 0], margin_fraction)
-    p_lower = float(sps.t.sf((estimate + margin) / se, df))
-    p_upper = float(sps.t.cdf((estimate - margin) / se, df))
-    half = float(sps.t.ppf(1 - alpha, df)) * se
+    p_lower, p_upper, half = _effect_tost(estimate, se, margin, alpha, sps.t(df))
     return MixedTostResult(
         max(p_lower, p_upper),
         p_lower,

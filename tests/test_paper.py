@@ -40,8 +40,18 @@ def test_agreement_and_budget_phrases():
         {"verdict": ["equivalent within ±10 %", "not equivalent within ±10 %", "equivalent"], "icc": [0.9, -0.2, 0.5]}
     )
     assert paper.agreement_phrase(summary) == "equivalent (TOST P < 0.05) in 2 of 3 comparisons; ICC -0.20–0.90"
-    refine = {"epochs": 25, "iterations_per_epoch": 30, "device": "cpu", "stage2": {"epochs": 4}}
+    refine = {
+        "epochs": 25,
+        "iterations_per_epoch": 30,
+        "device": "cpu",
+        "stage2": {"epochs": 4},
+        "stage3": {"epochs": 4},
+    }
     assert paper.budget_phrase(refine, "bf16") == "25 epochs × 30 iterations on a CPU (bf16); stages 2–3 4 epochs each"
+    # stage 3 without an entry of its own trains the section's 25 epochs
+    only_2 = {**refine, "stage3": None}
+    assert paper.budget_phrase(only_2, "bf16").endswith("; stage 2 4 epochs, stage 3 25 epochs")
+    assert paper.budget_phrase(refine, "bf16", stages=1) == "25 epochs × 30 iterations on a CPU (bf16)"
     assert paper.budget_phrase({"device": "cuda"}, "fp32") == "1000 epochs × 250 iterations on a GPU"
 
 

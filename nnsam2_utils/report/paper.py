@@ -35,14 +35,23 @@ def dsc_by_modality(dsc: pd.DataFrame, stage: str, modality: dict[str, str]) -> 
     return ", ".join(f"{_range(values)} ({name})" for name, values in groups)
 
 
-def budget_phrase(refine: dict, precision: str) -> str:
-    """The run's training budget in words, from the profile's ``refine`` section."""
+def budget_phrase(refine: dict, precision: str, stages: int = 3) -> str:
+    """The run's training budget in words, from the profile's ``refine`` section and its number of stages."""
     epochs = refine.get("epochs") or 1000
     iterations = refine.get("iterations_per_epoch") or 250
     device = "GPU" if refine.get("device") == "cuda" else f"CPU ({precision})"
-    later = [refine.get(f"stage{k}", {}) or {} for k in (2, 3)]
-    warm = f"; stages 2–3 {later[0].get('epochs', epochs)} epochs each" if later[0].get("epochs") else ""
-    return f"{epochs} epochs × {iterations} iterations on a {device}{warm}"
+    # a stage<k> entry overrides the section for that stage (refine.stages.stage_settings; not imported: it pulls torch)
+    later = {
+        k: (refine.get(f"stage{k}") or {}).get("epochs", refine.get("epochs")) or 1000 for k in range(2, stages + 1)
+    }
+    if not later or set(later.values()) == {epochs}:
+        return f"{epochs} epochs × {iterations} iterations on a {device}"
+    each = (
+        f"stages 2–{stages} {later[2]} epochs each"
+        if len(set(later.values())) == 1
+        else ", ".join(f"stage {k} {v} epochs" for k, v in later.items())
+    )
+    return f"{epochs} epochs × {iterations} iterations on a {device}; {each}"
 
 
 def agreement_phrase(summary: pd.DataFrame) -> str:
@@ -96,7 +105,7 @@ def run_facts(run, precision: str) -> dict[str, str]:
         "promptable model": BACKENDS.get(profile.propagation.backend, profile.propagation.backend),
         "nnU-Net": f"{refine.get('configuration', '2d')}, {profile.refine.stages} sequential stage(s)"
         + (", stages 2–3 warm-started" if refine.get("warm_start") else ", each trained anew"),
-        "training budget": budget_phrase(refine, precision),
+        "training budget": budget_phrase(refine, precision, profile.refine.stages),
     }
 
 

@@ -40,6 +40,9 @@ WORK = f"{os.environ.get('NNSAM2_WORK', 'work')}/{PROFILE}"
 REPEAT_DONE = f"{WORK}/repeat/dsc.csv"  # written last by steps.repeat_train
 ENCODER_DONE = f"{WORK}/runlog/encoder__all.json"  # the step record of steps.encoder
 OWN_SCANS_DONE = f"{WORK}/runlog/own_scans__example.json"  # the step record of steps.own_scans_example
+# the which-slice study's tables, each written last by its part (steps.which_slice_variants, steps.which_slice)
+WHICH_SLICE_VARIANTS = f"{WORK}/which_slice/dsc.csv"
+WHICH_SLICE_FINAL = f"{WORK}/which_slice/final_dsc.csv"
 
 wildcard_constraints:
     dataset="|".join(DATASETS) or "(?!)",
@@ -383,20 +386,49 @@ rule teaching:
         papermill()
 
 
-rule which_slice:
-    """Which slice to annotate: stage 0 again on one dataset per annotated slice and reference, each scan encoded once
-    (docs/method.md §10.6); it needs only the stage-0 pages and fills a free core."""
+rule which_slice_variants:
+    """Which slice to annotate, its stage 0: stage 0 again on one dataset per annotated slice and reference, each scan
+    encoded once (docs/method.md §10.6); it needs only the stage-0 pages and fills a free core."""
     input:
-        notebook("07_which_slice"),
         expand(f"{G}/02_stage0_{{dataset}}.ipynb", dataset=DATASETS),
         ENCODER_DONE,
         code("which_slice"),
     output:
-        f"{G}/07_which_slice.ipynb",
+        WHICH_SLICE_VARIANTS,
     threads: 1
     priority: 5
     resources:
         gpu=GPU_STAGE0,
+    shell:
+        step_command("which_slice_variants")
+
+
+if P.baselines.which_slice_epochs:
+
+    rule which_slice_nnunet:
+        """Which slice to annotate, its nnU-Nets: one per variant, trained side by side on the job's cores."""
+        input:
+            WHICH_SLICE_VARIANTS,
+            code("which_slice"),
+        output:
+            WHICH_SLICE_FINAL,
+        threads: workflow.cores  # its processes: one torch thread each (steps/which_slice.py)
+        resources:
+            gpu=GPU_REFINE,
+        shell:
+            step_command("which_slice")
+
+
+rule which_slice:
+    """The Which-slice page: reads the study back, beside the run's own nnU-Net 1."""
+    input:
+        notebook("07_which_slice"),
+        WHICH_SLICE_FINAL if P.baselines.which_slice_epochs else WHICH_SLICE_VARIANTS,
+        f"{G}/03_refine_1.ipynb",
+        code("which_slice"),
+    output:
+        f"{G}/07_which_slice.ipynb",
+    threads: 1
     shell:
         papermill()
 

@@ -195,3 +195,147 @@ def test_variants_with_the_real_litemedsam_reproduce_plain_propagation():
     assert means.min() > 0.5 and means.nunique() > 1
     table = page.variant_table(plan, dsc, notes)
     assert table["mean_dsc"].notna().all() and "On syn (MRI)" in page.teacher_paragraph(table, "syn", "MRI")
+
+
+# ----------------------------------------------------------------------------- the variants' nnU-Nets
+def final_table(level_means, random_means, final_levels, final_randoms, spread=0.0, final_spread=0.0, drop=()):
+    """A table whose stage-0 and nnU-Net means per variant are the given numbers (keys in ``drop``: no nnU-Net)."""
+    plan, dsc = fake_results(level_means, random_means, spread=spread)
+    _, final = fake_results(final_levels, final_randoms, spread=final_spread)
+    return page.variant_table(plan, dsc, final=final[~final["key"].isin(drop)])
+
+
+def test_table_final_columns_and_deltas():
+    # k0..k3: the levels (k0 today's), k4..k5: the random draws; k3 (mid-region) trained no nnU-Net
+    table = final_table(
+        [0.7, 0.8, 0.6, 0.8], [0.7, 0.75], [0.8, 0.9, 0.6, 0.9], [0.7, 0.85], final_spread=0.1, drop=["k3"]
+    )
+    by = table.set_index("variant")
+    assert by.loc["L4/L5", "final_mean_dsc"] == pytest.approx(0.9)
+    assert by.loc["L4/L5", "final_delta"] == pytest.approx(0.1)
+    assert by.loc["L5/S1", "final_delta"] == pytest.approx(-0.2) and by.loc["L3/L4", "final_delta"] == 0
+    # scans at mean − 0.1, mean, mean + 0.1: SD 0.1, lowest mean − 0.1; stage 0 unchanged beside it
+    assert by.loc["L3/L4", "final_sd_dsc"] == pytest.approx(0.1)
+    assert by.loc["L3/L4", "final_min_dsc"] == pytest.approx(0.7)
+    assert by.loc["L4/L5", "delta"] == pytest.approx(0.1) and by.loc["L4/L5", "sd_dsc"] == 0
+    assert by.loc["mid-region", list(page.FINAL_COLUMNS)].isna().all()
+    assert by.loc["mid-region", "mean_dsc"] == pytest.approx(0.8)
+    assert list(table.columns) == list(page.TABLE_COLUMNS)
+    # without nnU-Nets (none given, or the trainings off: no rows) the final columns are there and empty
+    plan, dsc = fake_results([0.7, 0.8, 0.6, 0.8], [0.7])
+    for final in (None, dsc.iloc[:0]):
+        empty = page.variant_table(plan, dsc, final=final)
+        assert list(empty.columns) == list(page.TABLE_COLUMNS) and empty[list(page.FINAL_COLUMNS)].isna().all().all()
+
+
+def test_page_table_shows_final_columns_only_when_some_variant_has_one():
+    plan, dsc = fake_results([0.7, 0.8, 0.6, 0.8], [0.7])
+    without = page.page_table(page.variant_table(plan, dsc))
+    assert page.HEADINGS["mean_dsc"] in without and page.HEADINGS["final_mean_dsc"] not in without
+    assert not any(heading.startswith("nnU-Net") for heading in without.columns)
+    table = final_table([0.7, 0.8, 0.6, 0.8], [0.7], [0.81234, 0.9, 0.6, 0.9], [0.7])
+    shown = page.page_table(table)
+    assert shown[page.HEADINGS["final_mean_dsc"]].tolist()[0] == 0.812
+    assert shown[page.HEADINGS["final_delta"]].tolist()[1] == pytest.approx(0.088)
+    assert page.HEADINGS["delta"] == "stage-0 Δ vs today" and page.HEADINGS["final_delta"] == "nnU-Net Δ vs today"
+
+
+def test_level_reference_and_spread_read_the_column_asked_for():
+    table = final_table(
+        [0.7, 0.8, 0.6, 0.8], [0.7, 0.75], [0.8, 0.9, 0.6, 0.9], [0.7, 0.6], final_spread=0.05, drop=["k3"]
+    )
+    level = page.level_effect(table, "final_mean_dsc")
+    assert level["levels"] == ["L3/L4", "L4/L5", "L5/S1"] and level["best"] == "L4/L5" and level["worst"] == "L5/S1"
+    assert level["spread"] == pytest.approx(0.3) and level["gain"] == pytest.approx(0.1)
+    assert page.level_effect(table)["spread"] == pytest.approx(0.2)  # stage 0 by default
+    reference = page.reference_effect(table, "final_mean_dsc")
+    assert reference["random_mean"] == pytest.approx(0.65) and reference["gain"] == pytest.approx(0.15)
+    assert page.reference_effect(table)["gain"] == pytest.approx(-0.025)
+    assert page.scan_spread(table, "final_sd_dsc") == pytest.approx(0.05) and page.scan_spread(table) == 0
+    # no nnU-Net for today's variant: no reference comparison; one level left: no level comparison
+    alone = final_table([0.7, 0.8, 0.6, 0.8], [0.7], [0.8, 0.9, 0.6, 0.9], [0.7], drop=["k0", "k2", "k3"])
+    assert page.reference_effect(alone, "final_mean_dsc") is None and page.level_effect(alone, "final_mean_dsc") is None
+    assert "nnU-Net DSC" in page.level_sentence(None, stage="nnU-Net")
+    assert "nnU-Net DSC" in page.reference_sentence(None, stage="nnU-Net")
+
+
+def test_sentences_name_their_stage():
+    table = final_table([0.7, 0.8, 0.6, 0.8], [0.7], [0.8, 0.9, 0.6, 0.9], [0.6])
+    level = page.level_sentence(page.level_effect(table, "final_mean_dsc"), 0.0, stage="nnU-Net")
+    assert "changed the mean nnU-Net DSC by at most 0.300" in level and "stage-0" not in level
+    reference = page.reference_sentence(page.reference_effect(table, "final_mean_dsc"), 0.0, stage="nnU-Net")
+    assert "gave a mean nnU-Net DSC of 0.600 against 0.800" in reference and "paid off by 0.200" in reference
+    assert "gave a mean stage-0 DSC of 0.700 against 0.700" in page.reference_sentence(page.reference_effect(table))
+
+
+def final_paragraph(stage0_levels, final_levels, margin=0.02):
+    return page.teacher_paragraph(final_table(stage0_levels, [0.7], final_levels, [0.7]), "ds", "MRI", margin)
+
+
+def test_teacher_paragraph_says_whether_nnunet_narrowed_the_level_gap():
+    # stage 0 spread 0.2 (0.6–0.8), nnU-Net spread 0.05: narrowed by 0.15
+    narrowed = final_paragraph([0.7, 0.8, 0.6, 0.8], [0.80, 0.82, 0.77, 0.82])
+    assert "narrowed the gap between the best and worst level" in narrowed
+    assert "0.200 at stage 0, 0.050 with the nnU-Nets (-0.150)" in narrowed and "L4/L5 did best at both" in narrowed
+    assert "changed the mean nnU-Net DSC by at most 0.050" in narrowed
+    # nnU-Net spread 0.4, best moved to L3/L4: widened
+    widened = final_paragraph([0.7, 0.8, 0.6, 0.8], [0.9, 0.8, 0.5, 0.8])
+    assert "widened the gap" in widened and "0.200 at stage 0, 0.400 with the nnU-Nets (+0.200)" in widened
+    assert "The best level moved from L4/L5 at stage 0 to L3/L4 with the nnU-Nets" in widened
+    # nnU-Net spread 0.21: within 0.02 of stage 0's, and not within a margin of 0.005
+    same = final_paragraph([0.7, 0.8, 0.6, 0.8], [0.7, 0.81, 0.6, 0.81])
+    assert "left the gap between the best and worst level (L3/L4, L4/L5, L5/S1, mid-region) about the same" in same
+    assert "a change of +0.010, within 0.02" in same and "narrowed" not in same and "widened" not in same
+    assert "widened the gap" in final_paragraph([0.7, 0.8, 0.6, 0.8], [0.7, 0.81, 0.6, 0.81], margin=0.005)
+    # the weak points: one seed per nnU-Net instead of "only stage 0"
+    assert "trained once (one seed)" in same and "smaller than about 0.02 may be training noise" in same
+    assert "only stage 0" not in same
+    without = paragraph([0.7, 0.8, 0.6, 0.8], [0.7])
+    assert "only stage 0 is compared" in without and "nnU-Net DSC" not in without and "the gap" not in without
+
+
+def test_level_gap_sentence_compares_the_levels_both_scored():
+    # mid-region (k3) trained no nnU-Net: the gap is taken over the three levels both stages scored
+    table = final_table([0.7, 0.8, 0.6, 0.95], [0.7], [0.8, 0.9, 0.6, 0.9], [0.7], drop=["k3"])
+    text = page.teacher_paragraph(table, "ds", "MRI")
+    assert "level (L3/L4, L4/L5, L5/S1): 0.200 at stage 0, 0.300 with the nnU-Nets (+0.100)" in text
+    assert "not known here" in page.level_gap_sentence(None, page.level_effect(table, "final_mean_dsc"))
+
+
+def test_budget_sentence_with_and_without_the_trainings():
+    budget = {"epochs": 10, "iterations_per_epoch": 25, "batch_size": 8, "configuration": "2d"}
+    text = page.budget_sentence(budget, 312.4, 5, 0.8125, 0.9, {"c1@0": 14, "c1@6": 9, "c0@0": 0})
+    assert "nnU-Net 1's network (2d)" in text and "10 epochs × 25 iterations = 250 iterations, batch size 8" in text
+    assert "5 nnU-Nets in 312 s" in text and "kept 0–14 slices per variant; c0@0 kept none" in text
+    assert "0.812, the run's own nnU-Net 1 0.900 on this dataset (-0.088)" in text
+    assert "compare with one another, not with it" in text
+    alone = page.budget_sentence(budget, 60.0, 1, 0.8, None, {"c1@0": 7})
+    assert "1 nnU-Net in 60 s" in alone and "kept 7 slices per variant." in alone
+    assert "0.800; the run's own nnU-Net 1 has no DSC on this dataset" in alone
+    assert "scored 0.900 on this dataset" in page.budget_sentence(budget, 60.0, 0, None, 0.9)
+    off = page.budget_sentence({}, 0.0, 0, None, None)
+    assert "Only stage 0 is compared" in off and "`baselines.which_slice_epochs`" in off and "nnU-Nets in" not in off
+
+
+def test_kept_slices_and_mean_scan_dsc():
+    selection = pd.DataFrame(
+        {"key": ["a", "a", "a", "b"], "dataset": "ds", "case": "c", "slice": [0, 1, 2, 0], "kept": [1, 0, 1, 0]}
+    ).assign(kept=lambda t: t["kept"].astype(bool))
+    assert page.kept_slices(selection) == {"a": 2, "b": 0} and page.kept_slices(selection.iloc[:0]) == {}
+    rows = pd.DataFrame({"case": ["x", "x", "y", "y"], "class": [1, 2, 1, 2], "dsc": [0.6, 0.8, 0.9, 0.9]})
+    assert page.mean_scan_dsc(rows) == pytest.approx(0.8) and page.mean_scan_dsc(rows.iloc[:0]) is None
+
+
+def test_variants_figure_adds_a_row_for_the_nnunets():
+    import matplotlib.pyplot as plt
+
+    plan, dsc = fake_results([0.7, 0.8, 0.6, 0.8], [0.7])
+    _, final = fake_results([0.8, 0.9, 0.6, 0.9], [0.7])
+    table = page.variant_table(plan, dsc, final=final)
+    one = page.variants_figure(table, dsc)
+    assert len(one.axes) == 2 and one.axes[0].get_ylabel().startswith("stage-0 DSC")
+    assert len(page.variants_figure(table, dsc, dsc.iloc[:0]).axes) == 2
+    two = page.variants_figure(table, dsc, final)
+    assert len(two.axes) == 4 and two.axes[2].get_ylabel().startswith("nnU-Net DSC per scan")
+    assert two.axes[2].get_xlim() == two.axes[0].get_xlim() and two.axes[3].get_xlim() == two.axes[1].get_xlim()
+    plt.close("all")

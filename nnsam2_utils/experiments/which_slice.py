@@ -141,26 +141,35 @@ def annotation_at(truth: np.ndarray, index: int) -> np.ndarray:
     return label_to_model(np.asarray(truth)[index : index + 1])[0]
 
 
-def run_variants(
+@dataclass(frozen=True)
+class VariantLabels:
+    """What one variant's propagation gave: per scan its pseudo-label (native stack, superior → inferior) and the
+    promptable model's confidence table (as stage 0 writes it)."""
+
+    labels: dict[str, np.ndarray]
+    confidence: pd.DataFrame
+
+
+def propagate_variants(
     propagator,
     plan: pd.DataFrame,
     stacks: Mapping[str, np.ndarray],
     truths: Mapping[str, np.ndarray],
     progress: bool = False,
-) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Propagate every distinct (reference, slice) of ``plan`` into every scan and score it; each scan encoded once.
+) -> tuple[dict[str, VariantLabels], dict[str, str]]:
+    """Propagate every distinct (reference, slice) of ``plan`` into every scan; each scan encoded once.
 
     ``stacks``: model-input stacks (superior → inferior); ``truths``: the expert labels as native stacks in the same
-    order (the annotated slice is read from them, as stage 0 reads the reference's label). Returns the DSC rows
-    (columns :data:`DSC_COLUMNS`, one per key, scan and class) and notes per key: an annotated slice without any label
-    is not run (stage 0 refuses it too), one without one of the classes runs with that class empty, as stage 0 does.
+    order (the annotated slice is read from them, as stage 0 reads the reference's label). Returns the pseudo-labels
+    per key and notes per key: an annotated slice without any label is not run (stage 0 refuses it too), one without
+    one of the classes runs with that class empty, as stage 0 does.
     """
     cases = list(stacks)
     dataset = str(plan["dataset"].iloc[0]) if len(plan) else ""
     keys = plan.loc[plan["key"] != "", ["key", "reference", "slice"]].drop_duplicates("key")
     encode = getattr(propagator, "encode", None)  # LiteMedSAM: hand the embeddings over; another backend encodes
     embeddings = {case: encode(stacks[case]) for case in cases} if encode else {}
-    rows: list[dict] = []
+    out: dict[str, VariantLabels] = {}
     notes: dict[str, str] = {}
     for key, reference, index in tqdm(list(keys.itertuples(index=False)), desc="variants", disable=not progress):
         index = int(index)
@@ -174,12 +183,39 @@ def run_variants(
             )
             if len(missing) == 2:
                 continue
+        labels, tables = {}, []
         for case in cases:
             extra = {"target_embeddings": embeddings[case]} if case in embeddings else {}
             result = propagator.propagate(
                 stacks[reference], index, mask, stacks[case], case, target_is_reference=case == reference, **extra
             )
-            native = label_from_model(result.masks, np.asarray(truths[case]).shape[1:])
-            rows += dsc_rows(dataset, case, key, native, np.asarray(truths[case]))
+            labels[case] = label_from_model(result.masks, np.asarray(truths[case]).shape[1:])
+            tables.append(result.confidence.assign(dataset=dataset, reference=reference))
+        out[key] = VariantLabels(labels, pd.concat(tables, ignore_index=True))
+    return out, notes
+
+
+def score_variants(
+    dataset: str, variants: Mapping[str, Mapping[str, np.ndarray]], truths: Mapping[str, np.ndarray]
+) -> pd.DataFrame:
+    """DSC rows (columns :data:`DSC_COLUMNS`, one per key, scan and class) of labels per key and scan (native stacks)
+    against the expert labels."""
+    rows: list[dict] = []
+    for key, labels in variants.items():
+        for case, label in labels.items():
+            rows += dsc_rows(dataset, case, key, np.asarray(label), np.asarray(truths[case]))
     table = pd.DataFrame(rows).rename(columns={"stage": "key"})
-    return table.reindex(columns=list(DSC_COLUMNS)), notes
+    return table.reindex(columns=list(DSC_COLUMNS))
+
+
+def run_variants(
+    propagator,
+    plan: pd.DataFrame,
+    stacks: Mapping[str, np.ndarray],
+    truths: Mapping[str, np.ndarray],
+    progress: bool = False,
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """:func:`propagate_variants` scored by :func:`score_variants`: the DSC rows and the notes per key."""
+    variants, notes = propagate_variants(propagator, plan, stacks, truths, progress)
+    dataset = str(plan["dataset"].iloc[0]) if len(plan) else ""
+    return score_variants(dataset, {key: v.labels for key, v in variants.items()}, truths), notes

@@ -48,7 +48,14 @@ def predict_scans(model_folder: Path, budget, scans: list[tuple[str, str]], work
 
 
 #: nnU-Net dataset ids of the run's trainings: the one place these numbers are named.
-DATASET_IDS: dict[str, int] = {"nnunet1": 501, "nnunet2": 502, "nnunet3": 503, "repeat": 590, "supervised": 599}
+DATASET_IDS: dict[str, int] = {
+    "nnunet1": 501,
+    "nnunet2": 502,
+    "nnunet3": 503,
+    "which_slice": 580,
+    "repeat": 590,
+    "supervised": 599,
+}
 
 
 def dataset_id(name: str) -> int:

@@ -85,6 +85,20 @@ def scan_table(workspace, datasets: list[str], current: str, previous: str, max_
     return pd.DataFrame(rows)
 
 
+def stage1_training_set(
+    confidence: pd.DataFrame, settings: dict, label_path, image_path
+) -> tuple[pd.DataFrame, list[TrainingCase]]:
+    """Stage 1's filter table and training cases from a confidence table (the ``refine`` settings' filter values;
+    ``label_path(dataset, case)`` gives the pseudo-labels, ``image_path(dataset, case)`` the prepared images)."""
+    selection = stage1_filter(
+        confidence,
+        settings.get("confidence_percentile", 90.0),
+        settings.get("slice_fraction", 0.02),
+        settings.get("min_slices_per_scan", 0),
+    )
+    return selection, sparse_training_cases(selection, label_path, image_path, settings.get("sparse_mode", "slices"))
+
+
 def training_set(workspace, datasets: list[str], stage: int, settings: dict) -> tuple[pd.DataFrame, list[TrainingCase]]:
     """The filter table and the nnU-Net training cases of a refinement stage (docs/method.md §5)."""
     name, previous, before = stage_names(stage)
@@ -94,15 +108,7 @@ def training_set(workspace, datasets: list[str], stage: int, settings: dict) -> 
         confidence = pd.concat(
             [read_csv(workspace.stage("stage0", d) / "confidence.csv") for d in datasets], ignore_index=True
         )
-        selection = stage1_filter(
-            confidence,
-            settings.get("confidence_percentile", 90.0),
-            settings.get("slice_fraction", 0.02),
-            settings.get("min_slices_per_scan", 0),
-        )
-        return selection, sparse_training_cases(
-            selection, label_path, image_path, settings.get("sparse_mode", "slices")
-        )
+        return stage1_training_set(confidence, settings, label_path, image_path)
     rules = {**STAGE_RULES[stage], **(settings.get(f"stage{stage}") or {})}
     scans = scan_table(workspace, datasets, previous, before, rules["max_growth"])
     selection = scan_filter(scans, rules["min_agreement"], rules["fraction"], rules["min_scans"])

@@ -17,6 +17,8 @@ results               :func:`results`                            ``tables/dsc.cs
 deliver               :func:`deliver`                            ``delivered/``, ``tables/quality.csv``
 measure, agreement    :func:`measure`, :func:`agreement`         ``tables/measurements.csv``, ``agreement.csv``
 own scans (example)   :func:`own_scans_example`                  ``own_scans/``
+which slice           :func:`which_slice_variants`,              ``which_slice/``
+                      :func:`which_slice`
 ====================  =========================================  ==========================
 """
 
@@ -37,6 +39,7 @@ if TYPE_CHECKING:  # for readers and type checkers; at run time each step is imp
     from nnsam2_utils.steps.results import results
     from nnsam2_utils.steps.stage0 import encoder, propagate_manifest, stage0
     from nnsam2_utils.steps.supervised import supervised
+    from nnsam2_utils.steps.which_slice import which_slice, which_slice_variants
 
 #: step function → the module that defines it (imported on first use: a page imports only its own step's code)
 _MODULES = {
@@ -57,6 +60,8 @@ _MODULES = {
     "results": "results",
     "stage0": "stage0",
     "supervised": "supervised",
+    "which_slice": "which_slice",
+    "which_slice_variants": "which_slice",
 }
 
 
@@ -96,4 +101,6 @@ __all__ = [
     "results",
     "stage0",
     "supervised",
+    "which_slice",
+    "which_slice_variants",
 ]

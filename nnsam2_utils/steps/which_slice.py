@@ -2,8 +2,14 @@
 
 Stage 0 is run again on one dataset with the annotated slice at each disc level and the mid-region slice (the medoid
 kept), and with random other scans as the reference (the L3/L4 slice kept); every scan is encoded once for all
-variants (:mod:`nnsam2_utils.experiments.which_slice`). Only stage 0 is compared: a nnU-Net per variant does not fit
-the chapter's budget (about 90 s on two busy cores).
+variants (:mod:`nnsam2_utils.experiments.which_slice`). Then each variant's pseudo-labels train a nnU-Net of their own
+under a small budget (:mod:`nnsam2_utils.experiments.variant_training`, ``baselines.which_slice_epochs``; 0: stage 0
+alone), so the chapter shows where the slice choice leaves the final model, not only stage 0.
+
+Files under ``which_slice/``: ``plan.csv``, ``notes.json``, ``variants/<key>/`` (each variant's pseudo-labels and
+confidence), ``dsc.csv`` (stage 0, written last of that part), ``nnunet/<key>/`` (the variant's nnU-Net),
+``final_selection.csv`` and ``final_dsc.csv`` (written last). Run records: ``which_slice__<dataset>`` (stage 0) and
+``which_slice_nnunet__<dataset>`` (the trainings).
 """
 
 from __future__ import annotations
@@ -33,7 +39,12 @@ class WhichSliceResult:
     dsc: pd.DataFrame  # experiments.which_slice.DSC_COLUMNS
     notes: dict  # per variant key: why it did not run, or which class its annotated slice lacks
     stage0_dsc: pd.DataFrame  # the run's stage-0 DSC rows of the dataset
-    seconds: float  # the step's recorded time (its run record)
+    seconds: float  # the stage-0 part's recorded time (its run record)
+    final_dsc: pd.DataFrame  # DSC_COLUMNS: each variant's nnU-Net (empty when which_slice_epochs is 0)
+    final_selection: pd.DataFrame  # the stage-1 filter table per variant (column key)
+    final_seconds: float  # the trainings' recorded time (0 when none ran)
+    final_budget: dict  # the variants' nnU-Net budget (empty when none ran)
+    run_final_dsc: pd.DataFrame  # the run's own nnU-Net 1 DSC rows of the dataset (empty when it did not train)
 
 
 def study_dataset(run: Run) -> str:
@@ -60,24 +71,99 @@ def _scan_shapes(run: Run, dataset: str) -> dict:
     }
 
 
-def which_slice(run: Run) -> WhichSliceResult:
-    """Run (or read back) the comparison on :func:`study_dataset`; writes ``which_slice/{plan,dsc}.csv`` (dsc last).
+@dataclass(frozen=True)
+class _Study:
+    """What both parts of the step need: the dataset, its medoid, the settings and the run-key parameters."""
 
-    The run key holds the propagation settings, the seeds, the dataset and the stage-0 and prepared folders' keys: a
-    rebuild with nothing changed reads the tables back and is not timed again.
-    """
-    from nnsam2_utils.experiments.which_slice import LEVELS, plan_variants
+    dataset: str
+    medoid: str
+    settings: dict  # stage 0's propagation settings
+    seeds: list[int]
+    epochs: int  # the variants' nnU-Net epochs (0: none)
+    refine: dict
+    parameters: dict  # the stage-0 part's record parameters
+
+
+def _study(run: Run) -> _Study:
+    """The study's settings, with the step's folder claimed for them (stale outputs removed, finished ones kept).
+
+    The run key holds the propagation settings, the seeds, the dataset, the variants' nnU-Net budget and the stage-0
+    and prepared folders' keys."""
+    from nnsam2_utils.experiments.which_slice import LEVELS
     from nnsam2_utils.steps.stage0 import propagation_settings
 
     ws = run.workspace
     dataset = study_dataset(run)
     stage_dir = ws.stage("stage0", dataset)
-    medoid = str(read_json(stage_dir / "annotation.json")["reference_case"])
     settings, _ = propagation_settings(run)
     seeds = [run.seed + i for i in range(N_SEEDS)]
+    epochs = int(run.profile.baselines.which_slice_epochs)
+    refine = run.section("refine")
     parameters = {"dataset": dataset, "levels": list(LEVELS), "seeds": seeds, **settings}
+    final = {"epochs": epochs, "refine": refine} if epochs else {}
+    key = run_key({**parameters, "final": final}, [ws.prepared(dataset), stage_dir], step=STEP)
+    claim_folder(ws.stage(STEP), key)
+    medoid = str(read_json(stage_dir / "annotation.json")["reference_case"])
+    return _Study(dataset, medoid, settings, seeds, epochs, refine, parameters)
+
+
+def which_slice_variants(run: Run) -> None:
+    """The stage-0 part alone (the workflow runs it on one core as soon as stage 0 is done; the trainings follow)."""
+    study = _study(run)
+    _stage0_part(run, study.dataset, study.medoid, study.seeds, study.settings, study.parameters)
+
+
+def which_slice(run: Run) -> WhichSliceResult:
+    """Run (or read back) the comparison on :func:`study_dataset`: stage 0 per variant, then a nnU-Net per variant.
+
+    A rebuild with nothing changed reads the tables back and is not timed again; an interrupted one resumes (the
+    stage-0 part as a whole, each finished training from its folder).
+    """
+    ws = run.workspace
+    study = _study(run)
+    dataset, medoid, stage_dir = study.dataset, study.medoid, ws.stage("stage0", study.dataset)
+    plan, notes, dsc, seconds = _stage0_part(run, dataset, medoid, study.seeds, study.settings, study.parameters)
+    final = _final_part(run, dataset, plan, study.refine, study.epochs) if study.epochs else None
+    plan = plan.assign(key=plan["key"].fillna("").astype(str), seed=plan["seed"].astype("Int64"))
+    plan["slice"] = plan["slice"].astype("Int64")
+    return WhichSliceResult(
+        dataset,
+        run.manifest(dataset).modality,
+        medoid,
+        plan,
+        dsc,
+        notes,
+        read_csv(stage_dir / "dsc.csv"),
+        seconds,
+        final["dsc"] if final else pd.DataFrame(columns=["dataset", "key", "case", "class", "dsc"]),
+        final["selection"] if final else pd.DataFrame(columns=["key", "dataset", "case", "slice", "kept"]),
+        final["seconds"] if final else 0.0,
+        final["budget"] if final else {},
+        _dataset_rows(ws.stage("nnunet1") / "dsc.csv", dataset),
+    )
+
+
+def _dataset_rows(path, dataset: str) -> pd.DataFrame:
+    """A DSC table's rows of one dataset (empty when the file does not exist)."""
+    if not path.exists():
+        return pd.DataFrame(columns=["dataset", "case", "class", "stage", "dsc"])
+    table = read_csv(path)
+    return table[table["dataset"] == dataset].reset_index(drop=True)
+
+
+def _variant_folder(run: Run, key: str):
+    """Where one variant's pseudo-labels and confidence table are kept (``@`` spelled out for nnU-Net's paths)."""
+    return run.workspace.stage(STEP) / "variants" / key.replace("@", "_at_")
+
+
+def _stage0_part(
+    run: Run, dataset: str, medoid: str, seeds: list[int], settings: dict, parameters: dict
+) -> tuple[pd.DataFrame, dict, pd.DataFrame, float]:
+    """Stage 0 per variant (or its files read back): the plan, the notes, the DSC rows and the part's seconds."""
+    from nnsam2_utils.experiments.which_slice import plan_variants
+
+    ws = run.workspace
     folder = ws.stage(STEP)
-    claim_folder(folder, run_key(parameters, [ws.prepared(dataset), stage_dir], step=STEP))
     record_path = ws.runlog / f"{STEP}__{dataset}.json"
     done = [folder / name for name in ("plan.csv", "notes.json", "dsc.csv")]
     if all(path.exists() for path in done) and record_path.exists():
@@ -95,23 +181,14 @@ def which_slice(run: Run) -> WhichSliceResult:
         write_csv(plan, done[0])
         write_json(notes, done[1])
         write_csv(dsc, done[2])
-    plan = plan.assign(key=plan["key"].fillna("").astype(str), seed=plan["seed"].astype("Int64"))
-    plan["slice"] = plan["slice"].astype("Int64")
-    return WhichSliceResult(
-        dataset,
-        run.manifest(dataset).modality,
-        medoid,
-        plan,
-        dsc,
-        notes,
-        read_csv(stage_dir / "dsc.csv"),
-        float(read_json(record_path)["seconds"]),
-    )
+    return plan, notes, dsc, float(read_json(record_path)["seconds"])
 
 
 def _propagate(run: Run, dataset: str, plan: pd.DataFrame, settings: dict) -> tuple[pd.DataFrame, dict, dict]:
-    """Load the dataset's stacks and expert labels, build stage 0's model and run every variant."""
-    from nnsam2_utils.experiments.which_slice import run_variants
+    """Load the dataset's stacks and expert labels, build stage 0's model, run every variant and keep its labels."""
+    from nnsam2_utils.data.geometry import from_stack
+    from nnsam2_utils.data.io import read_image, write_image
+    from nnsam2_utils.experiments.which_slice import propagate_variants, score_variants
     from nnsam2_utils.prepare.model_input import load_model_input, load_stack
     from nnsam2_utils.propagate import make_propagator
 
@@ -120,13 +197,72 @@ def _propagate(run: Run, dataset: str, plan: pd.DataFrame, settings: dict) -> tu
     stacks = {case: load_model_input(ws.prepared(dataset, case)) for case in cases}
     truths = {case: load_stack(ws.prepared(dataset, case), "label")[0] for case in cases}
     propagator = make_propagator(settings)
-    dsc, notes = run_variants(propagator, plan, stacks, truths)
+    variants, notes = propagate_variants(propagator, plan, stacks, truths)
+    for key, variant in variants.items():  # the labels a variant's nnU-Net trains on, as stage 0 writes its own
+        out = _variant_folder(run, key)
+        for case, label in variant.labels.items():
+            grid = read_image(ws.prepared(dataset, case) / "image.nii.gz")
+            write_image(from_stack(label, grid), out / f"{case}.nii.gz")
+        write_csv(variant.confidence, out / "confidence.csv")
     counters = {
         "slices_encoded": int(getattr(propagator, "slices_encoded", 0)),
         "decoder_calls": int(getattr(propagator, "decoder_calls", 0)),
         "model_seconds": {k: round(v, 2) for k, v in getattr(propagator, "seconds", {}).items()},
     }
-    return dsc, notes, counters
+    return score_variants(dataset, {k: v.labels for k, v in variants.items()}, truths), notes, counters
+
+
+def _final_part(run: Run, dataset: str, plan: pd.DataFrame, refine: dict, epochs: int) -> dict:
+    """A nnU-Net per propagated variant (or its files read back): DSC rows, filter tables, seconds and budget.
+
+    The network is planned once on the default variant's kept slices; every variant trains on that plan, side by
+    side in as many processes as torch has threads here (the job's cores). A variant whose filter kept no slice is
+    not trained (its filter table says so)."""
+    import torch
+
+    from nnsam2_utils.experiments.variant_training import VariantJob, plan_network, run_jobs, variant_budget
+    from nnsam2_utils.experiments.which_slice import score_variants
+    from nnsam2_utils.prepare.model_input import load_stack
+
+    ws = run.workspace
+    folder = ws.stage(STEP)
+    record_path = ws.runlog / f"{STEP}_nnunet__{dataset}.json"
+    budget = variant_budget(refine, epochs, seed=run.seed)
+    done = [folder / "final_selection.csv", folder / "final_dsc.csv"]
+    if not (all(path.exists() for path in done) and record_path.exists()):
+        keys = [k for k in dict.fromkeys(plan.sort_values("default", ascending=False)["key"].fillna("")) if k]
+        keys = [k for k in keys if (_variant_folder(run, k) / "confidence.csv").exists()]
+        cases = ws.case_ids(dataset)
+        images = {case: ws.prepared(dataset, case) / "image.nii.gz" for case in cases}
+        jobs = [
+            VariantJob(
+                key,
+                dataset,
+                _variant_folder(run, key),
+                images,
+                folder / "nnunet" / _variant_folder(run, key).name,
+                refine,
+                budget,
+                log=ws.logs / f"{STEP}_nnunet.log",
+            )
+            for key in keys
+        ]
+        workers = max(1, torch.get_num_threads())
+        with step_record(ws.runlog, f"{STEP}_nnunet", dataset, {"budget": budget.__dict__}) as record:
+            plans = plan_network(folder / "nnunet" / "_plan", jobs[0]) if jobs else None
+            results = run_jobs(jobs, plans, workers) if jobs else []
+            record.update(variants=len(jobs), trained=sum(bool(r[1]) for r in results), workers=workers)
+        truths = {case: load_stack(ws.prepared(dataset, case), "label")[0] for case in cases}
+        predictions = {job.key: labels for job, (_, labels) in zip(jobs, results) if labels}
+        selection = pd.concat([r[0] for r in results], ignore_index=True) if results else pd.DataFrame()
+        write_csv(selection, done[0])
+        write_csv(score_variants(dataset, predictions, truths), done[1])
+    return {
+        "selection": read_csv(done[0]),
+        "dsc": read_csv(done[1]),
+        "seconds": float(read_json(record_path)["seconds"]),
+        "budget": dict(budget.__dict__),
+    }
 
 
 def nnunet_training_seconds(run: Run, stage: str = "nnunet1") -> float | None:

@@ -93,7 +93,7 @@ STEP_CODE: dict[str, tuple[str, ...]] = {
         *_GRID,
     ),
     "own_scans": (*_STAGE0, "data/synthetic/*.py", "data/dicom.py", "data/checks.py", "steps/own_scans.py"),
-    "which_slice": (*_STAGE0, "experiments/*.py", "steps/which_slice.py"),
+    "which_slice": (*_STAGE0, *_NNUNET, "experiments/*.py", "steps/which_slice.py"),
     "agreement": (
         "evaluate/*.py",
         "report/results.py",

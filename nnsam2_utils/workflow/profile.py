@@ -113,6 +113,8 @@ class Baselines(_Section):
     oneshot: bool = False
     repeat: bool = False
     which_slice: bool = False  # the "Which slice to annotate" chapter (§10.6): its own page, not a 05_ baseline page
+    # epochs of the nnU-Net each of the chapter's variants trains (nnU-Net 1's budget otherwise); 0: stage 0 alone
+    which_slice_epochs: int = Field(0, ge=0)
 
 
 #: The baselines with a page of their own (05_<name>), in the book's order; the other ``baselines`` keys are settings.

@@ -3,11 +3,16 @@ and sentences decided by their numbers, and the variants run with the real LiteM
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from nnsam2_utils.data.io import array_to_image
 from nnsam2_utils.data.manifest import Discs
+from nnsam2_utils.evaluate.metrics import dice_per_class
 from nnsam2_utils.experiments.which_slice import (
     LEVELS,
     ScanShape,
@@ -143,6 +148,14 @@ def test_reference_sentence_follows_the_numbers():
     assert "no measurable difference" in page.reference_sentence(same)
     assert "not compared" in page.reference_sentence(None)
 
+    # the medoid matches the draws' mean, but the draws differ: the reference matters draw by draw
+    wide = page.reference_effect(page.variant_table(*fake_results([0.85, 0.8, 0.8, 0.8], [0.92, 0.76, 0.92])))
+    text = page.reference_sentence(wide)
+    assert "no measurable difference" not in text and "ranged over 0.160: which scan is annotated matters" in text
+    assert "stayed 0.090 above the worst draw" in text
+    lowest = page.reference_effect(page.variant_table(*fake_results([0.77, 0.8, 0.8, 0.8], [0.76, 0.76, 0.82])))
+    assert "did not avoid the worst draw" in page.reference_sentence(lowest)
+
 
 def test_strength_sentence_counts_scans_draws_and_shared_slices():
     text = page.strength_sentence(page.variant_table(*fake_results([0.5, 0.9, 0.5, 0.9], [0.8], n_scans=4)), "CT")
@@ -151,11 +164,6 @@ def test_strength_sentence_counts_scans_draws_and_shared_slices():
     rows = [{"dataset": "ds", "key": k, "case": "c0", "class": 1, "dsc": 0.5} for k in set(plan["key"])]
     shared = page.strength_sentence(page.variant_table(plan, pd.DataFrame(rows)), "MRI")
     assert "2 random draws" in shared and "mid-region fell on a slice already compared" in shared
-
-
-def test_training_sentence_uses_the_runs_own_training_time():
-    assert "about 10 min for the 5 propagations" in page.training_sentence(5, 120.0)
-    assert "not trained" in page.training_sentence(5, None)
 
 
 def test_stage0_difference():
@@ -339,3 +347,93 @@ def test_variants_figure_adds_a_row_for_the_nnunets():
     assert len(two.axes) == 4 and two.axes[2].get_ylabel().startswith("nnU-Net DSC per scan")
     assert two.axes[2].get_xlim() == two.axes[0].get_xlim() and two.axes[3].get_xlim() == two.axes[1].get_xlim()
     plt.close("all")
+
+
+# ----------------------------------------------------------------------------- a nnU-Net per variant, for real
+def _variant_files(folder, images, labels, confidence_of):
+    """One variant's pseudo-labels (``<case>.nii.gz``) and confidence table, as the step writes them."""
+    from nnsam2_utils.data.io import write_csv, write_image
+
+    rows = []
+    for case, label in labels.items():
+        write_image(array_to_image(label, images[case]), folder / f"{case}.nii.gz")
+        for z in range(label.shape[0]):
+            for cls in (1, 2):
+                iou, prompted = confidence_of(case, z)
+                rows.append({"case": case, "slice": z, "class": cls, "iou": iou, "area": 1, "prompted": prompted})
+    write_csv(pd.DataFrame(rows).assign(dataset="blobs", reference="s0"), folder / "confidence.csv")
+    return folder
+
+
+def test_each_variant_trains_its_own_nnunet_on_one_plan_in_worker_processes(tmp_path):
+    """Three blob scans, three variants: the truth as pseudo-labels, the classes swapped, and one with no target slice
+    to keep (every slice prompted). Every training shares the plan made once, two run in spawned workers of one thread,
+    the variant with nothing kept is not trained, and the truth-trained nnU-Net beats the swapped one on the truth."""
+    from conftest import make_image
+
+    from nnsam2_utils.data.io import write_image
+    from nnsam2_utils.experiments.variant_training import VariantJob, plan_network, run_jobs, variant_budget
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    images, truths, paths = {}, {}, {}
+    for i in range(3):
+        image = rng.normal(0, 0.2, (4, 64, 64)).astype(np.float32)
+        label = np.zeros((4, 64, 64), np.uint8)
+        for cls, cx in ((1, 20 + i), (2, 44 - i)):
+            inside = (yy - 32) ** 2 / 100 + (xx - cx) ** 2 / 50 < 1
+            label[:, inside], image[:, inside] = cls, image[:, inside] + 1.0 + 0.5 * cls
+        images[f"s{i}"], truths[f"s{i}"] = make_image(image, spacing=(1.0, 1.0, 4.0)), label
+        paths[f"s{i}"] = write_image(images[f"s{i}"], tmp_path / "images" / f"s{i}.nii.gz")
+    swapped = {case: np.where(t == 1, 2, np.where(t == 2, 1, 0)).astype(np.uint8) for case, t in truths.items()}
+    ranked = lambda case, z: (0.5 + 0.1 * z + 0.01 * int(case[1]), False)  # noqa: E731
+    variants = {
+        "truth": _variant_files(tmp_path / "v_truth", images, truths, ranked),
+        "swapped": _variant_files(tmp_path / "v_swapped", images, swapped, ranked),
+        "empty": _variant_files(tmp_path / "v_empty", images, truths, lambda case, z: (np.nan, True)),
+    }
+    refine = {"confidence_percentile": 50, "slice_fraction": 0.5, "target_spacing_mm": 2.0, "batch_size": 4}
+    budget = dataclasses.replace(variant_budget(refine, 3), iterations_per_epoch=10, val_iterations=1)
+    jobs = [
+        VariantJob(key, "blobs", folder, paths, tmp_path / "nnunet" / key, refine, budget)
+        for key, folder in variants.items()
+    ]
+    plans = plan_network(tmp_path / "nnunet" / "_plan", jobs[0])
+    results = run_jobs(jobs, plans, workers=2)
+
+    assert [set(r[0]["key"]) for r in results[:2]] == [{"truth"}, {"swapped"}]
+    kept = [int(r[0]["kept"].sum()) for r in results]
+    assert kept[0] == kept[1] > 0 and kept[2] == 0 and results[2][1] == {}
+    shared = json.loads(plans.read_text(encoding="utf-8"))["configurations"]["2d"]
+    for key in ("truth", "swapped"):
+        used = next((tmp_path / "nnunet" / key / "results").rglob("plans.json"))
+        assert json.loads(used.read_text(encoding="utf-8"))["configurations"]["2d"] == shared
+    assert not (tmp_path / "nnunet" / "empty").exists()
+    truth_dsc, swapped_dsc = (
+        np.mean([dice_per_class(results[k][1][c], truths[c][::-1])[1] for c in truths]) for k in (0, 1)
+    )
+    assert all(results[0][1][c].shape == truths[c].shape for c in truths)
+    assert truth_dsc > swapped_dsc + 0.3, (truth_dsc, swapped_dsc)
+
+
+def test_training_noise_widens_the_margin_of_the_nnunet_sentences():
+    plan, dsc = fake_results([0.70, 0.80, 0.60, 0.80], [0.70])
+    _, final = fake_results([0.85, 0.90, 0.80, 0.90], [0.86])
+    again = final[final["key"] == "k0"].assign(key="k0|again", dsc=lambda t: t["dsc"] - 0.08)
+    rows = pd.concat([final, again], ignore_index=True)
+    noise = page.training_noise(rows, "k0", "k0|again")
+    assert noise == pytest.approx(0.08) and page.training_noise(final, "k0", "k0|again") is None
+    table = page.variant_table(plan, dsc, final=rows)
+    assert "k0|again" not in set(table["key"])  # the second training is no variant of its own
+    quiet = page.teacher_paragraph(table, "ds", "MRI")
+    noisy = page.teacher_paragraph(table, "ds", "MRI", noise=noise)
+    # the nnU-Nets' levels spread 0.10: beyond a margin of 0.08, within one of 0.12
+    assert "changed the mean nnU-Net DSC by at most 0.100" in noisy and "That is within 0.08" not in noisy
+    wider = page.teacher_paragraph(table, "ds", "MRI", noise=0.12)
+    assert "by at most 0.100: from L5/S1 (0.800) to L4/L5 (0.900). That is within 0.12" in wider
+    assert "landed 0.080 away, so differences between the nnU-Nets smaller than 0.080 say nothing" in noisy
+    assert "may be training noise" in quiet and "landed" not in quiet
+    # the reference: medoid 0.85 vs the draw's 0.86 — within either margin
+    assert "no measurable difference" in noisy
+    small = page.strength_sentence(table, "MRI", 0.02, 0.01)
+    assert "landed 0.010 away, within 0.02: the nnU-Nets' differences beyond that are the slice's doing" in small

@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 NAME = "which_slice"
 
 
+def repeat_key(key: str) -> str:
+    """The key of a variant's second training with the next seed (its DSC rows say how noisy one training is)."""
+    return f"{key}|again"
+
+
 def variant_budget(refine: dict, epochs: int, seed: int = 0) -> Budget:
     """nnU-Net 1's budget from the profile's ``refine`` section, with ``epochs`` epochs (≥ 1)."""
     from nnsam2_utils.refine.stages import stage_budget
@@ -133,10 +138,13 @@ def plan_network(root: Path, job: VariantJob) -> Path | None:
 def run_jobs(jobs: list[VariantJob], plans: Path | None, workers: int = 1) -> list[tuple[pd.DataFrame, dict]]:
     """Every variant's training on the plan ``plans`` (:func:`plan_network`): in this process, or in ``workers``
     processes of one torch thread each when ``workers`` > 1 (trainings side by side use the cores better than one
-    training with several threads; a last job left alone takes them all). Results in the order given."""
+    training with several threads; a last job left alone takes them all; each augments in its own process, as a
+    pool's worker may start none). Results in the order given."""
     jobs = [dataclasses.replace(job, plans_from=plans) for job in jobs]
     if workers <= 1 or len(jobs) <= 1:
         return [run_job(job) for job in jobs]
+    # a pool's worker may start no process of its own: nnU-Net augments in the training process there
+    jobs = [dataclasses.replace(job, budget=dataclasses.replace(job.budget, augmentation_workers=0)) for job in jobs]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 

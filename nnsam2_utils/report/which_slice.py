@@ -269,7 +269,7 @@ def reference_sentence(
     )
     gain = effect["gain"]
     if abs(gain) <= margin:
-        return text + f" The choice of reference made no measurable difference here (within {margin:.2f})."
+        return text + _draw_spread_clause(effect, margin)
     size = "more" if _beyond(gain, sd) else "less"
     if gain > 0:
         advice = (
@@ -282,6 +282,24 @@ def reference_sentence(
         f" Here a random scan did better than the medoid, by {-gain:.3f} ({size} than the scans' own spread): the "
         "rule did not help on these scans, so do not promise students that it always will."
     )
+
+
+def _draw_spread_clause(effect: dict, margin: float) -> str:
+    """When the medoid matches the random draws' mean: whether the draws themselves differed (the reference scan then
+    matters draw by draw even though the rule gains nothing on average), and where the medoid falls among them."""
+    spread = effect["random_max"] - effect["random_min"]
+    if spread <= margin:
+        return f" The choice of reference made no measurable difference here (within {margin:.2f})."
+    text = (
+        f" On average the random references did about as well as the medoid (within {margin:.2f}), but from one draw "
+        f"to another the DSC ranged over {spread:.3f}: which scan is annotated matters."
+    )
+    if effect["medoid_dsc"] > effect["random_min"] + margin:
+        return text + (
+            f" The medoid stayed {effect['medoid_dsc'] - effect['random_min']:.3f} above the worst draw: tell students "
+            "that the most typical scan protects against a bad pick rather than finds the best one."
+        )
+    return text + " The medoid did not avoid the worst draw here: do not promise students that it will."
 
 
 def level_gap_sentence(stage0: dict | None, final: dict | None, margin: float = 0.02) -> str:
@@ -316,13 +334,23 @@ def level_gap_sentence(stage0: dict | None, final: dict | None, margin: float = 
     return text + f" The best level moved from {stage0['best']} at stage 0 to {final['best']} with the nnU-Nets."
 
 
-def strength_sentence(table: pd.DataFrame, modality: str, margin: float = 0.02) -> str:
+def strength_sentence(table: pd.DataFrame, modality: str, margin: float = 0.02, noise: float | None = None) -> str:
     """Where the comparison is weak: how many scans and draws it rests on, which variants coincided, and (when the
-    table holds the variants' nnU-Nets) that each trained once, so differences within ``margin`` may be noise."""
+    table holds the variants' nnU-Nets) that each trained once, so differences within ``margin`` may be noise — or,
+    with ``noise`` measured (:func:`training_noise`), how far a second seed moved today's variant."""
     default = table[table["default"].astype(bool)]
     n = int(default["scans"].iloc[0]) if len(default) else 0
     seeds = int((table["comparison"] == "reference").sum())
-    if has_final(table):
+    if has_final(table) and noise is not None:
+        stages = (
+            f"; each variant's nnU-Net trained once, and today's trained again with the next seed landed {noise:.3f} "
+            f"away, so differences between the nnU-Nets smaller than {max(margin, noise):.3f} say nothing about the "
+            "slice: at this chapter's small budget a training's seed weighs as much as the choice of slice."
+            if noise > margin
+            else f"; each variant's nnU-Net trained once, and today's trained again with the next seed landed "
+            f"{noise:.3f} away, within {margin:.2f}: the nnU-Nets' differences beyond that are the slice's doing."
+        )
+    elif has_final(table):
         stages = (
             f"; each variant's nnU-Net trained once (one seed), so differences between the nnU-Nets smaller than "
             f"about {margin:.2f} may be training noise rather than the slice's doing."
@@ -343,10 +371,23 @@ def strength_sentence(table: pd.DataFrame, modality: str, margin: float = 0.02) 
     return text
 
 
-def teacher_paragraph(table: pd.DataFrame, dataset: str, modality: str, margin: float = 0.02) -> str:
+def training_noise(final: pd.DataFrame, key: str, again: str) -> float | None:
+    """How far one variant's nnU-Net landed from its second training with another seed (keys ``key`` and ``again``):
+    |difference of their mean DSC over scans|; None when either is missing."""
+    first, second = mean_scan_dsc(final[final["key"] == key]), mean_scan_dsc(final[final["key"] == again])
+    return None if first is None or second is None else abs(first - second)
+
+
+def teacher_paragraph(
+    table: pd.DataFrame, dataset: str, modality: str, margin: float = 0.02, noise: float | None = None
+) -> str:
     """The page's "what a teacher should tell students": level and reference at stage 0, then (when the table holds
-    them) the same for the variants' nnU-Nets and whether training narrowed the level's gap, then the weak points."""
+    them) the same for the variants' nnU-Nets and whether training narrowed the level's gap, then the weak points.
+
+    ``noise`` (:func:`training_noise`): the nnU-Net comparisons use the larger of it and ``margin``, since a difference
+    smaller than two seeds of one variant apart says nothing about the slice."""
     head = f"On {dataset} ({modality}): "
+    final_margin = max(margin, noise or 0.0)
     parts = [
         head + level_sentence(level_effect(table), scan_spread(table), margin),
         reference_sentence(reference_effect(table), scan_spread(table), margin),
@@ -356,25 +397,11 @@ def teacher_paragraph(table: pd.DataFrame, dataset: str, modality: str, margin: 
         both = table[table["mean_dsc"].notna() & table["final_mean_dsc"].notna()]
         parts += [
             "Each variant's pseudo-labels then trained a nnU-Net of its own, scored against the same expert labels.",
-            level_sentence(level_effect(table, "final_mean_dsc"), sd, margin, stage="nnU-Net"),
-            reference_sentence(reference_effect(table, "final_mean_dsc"), sd, margin, stage="nnU-Net"),
-            level_gap_sentence(level_effect(both), level_effect(both, "final_mean_dsc"), margin),
+            level_sentence(level_effect(table, "final_mean_dsc"), sd, final_margin, stage="nnU-Net"),
+            reference_sentence(reference_effect(table, "final_mean_dsc"), sd, final_margin, stage="nnU-Net"),
+            level_gap_sentence(level_effect(both), level_effect(both, "final_mean_dsc"), final_margin),
         ]
-    return " ".join([*parts, strength_sentence(table, modality, margin)])
-
-
-def training_sentence(variants: int, training_seconds: float | None, stage: str = "nnU-Net 1") -> str:
-    """Why only stage 0 is compared: what a training per variant would have cost, from this run's own record."""
-    if training_seconds is None:
-        return (
-            f"Only stage 0 is compared: {stage} was not trained in this run, so the cost of one training per variant "
-            "is not known here."
-        )
-    return (
-        f"Only stage 0 is compared. {stage} took {training_seconds:.0f} s to train in this run (its run record); one "
-        f"training per variant would add about {variants * training_seconds / 60:.0f} min for the {variants} "
-        "propagations compared here, beyond this chapter's budget."
-    )
+    return " ".join([*parts, strength_sentence(table, modality, margin, noise)])
 
 
 def _iterations(budget: dict) -> str:

@@ -14,7 +14,9 @@ confidence), ``dsc.csv`` (stage 0, written last of that part), ``nnunet/<key>/``
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -98,7 +100,8 @@ def _study(run: Run) -> _Study:
     settings, _ = propagation_settings(run)
     seeds = [run.seed + i for i in range(N_SEEDS)]
     epochs = int(run.profile.baselines.which_slice_epochs)
-    refine = run.section("refine")
+    batch = run.profile.baselines.which_slice_batch_size
+    refine = run.section("refine") | ({"batch_size": int(batch)} if batch else {})
     parameters = {"dataset": dataset, "levels": list(LEVELS), "seeds": seeds, **settings}
     final = {"epochs": epochs, "refine": refine} if epochs else {}
     key = run_key({**parameters, "final": final}, [ws.prepared(dataset), stage_dir], step=STEP)
@@ -216,11 +219,19 @@ def _final_part(run: Run, dataset: str, plan: pd.DataFrame, refine: dict, epochs
     """A nnU-Net per propagated variant (or its files read back): DSC rows, filter tables, seconds and budget.
 
     The network is planned once on the default variant's kept slices; every variant trains on that plan, side by
-    side in as many processes as torch has threads here (the job's cores). A variant whose filter kept no slice is
+    side in as many processes as torch has threads here (the job's cores), and today's variant trains a second time
+    with the next seed (key :func:`~nnsam2_utils.experiments.variant_training.repeat_key`): how far two seeds land
+    apart is the run's own measure of training noise. A variant whose filter kept no slice is
     not trained (its filter table says so)."""
     import torch
 
-    from nnsam2_utils.experiments.variant_training import VariantJob, plan_network, run_jobs, variant_budget
+    from nnsam2_utils.experiments.variant_training import (
+        VariantJob,
+        plan_network,
+        repeat_key,
+        run_jobs,
+        variant_budget,
+    )
     from nnsam2_utils.experiments.which_slice import score_variants
     from nnsam2_utils.prepare.model_input import load_stack
 
@@ -247,6 +258,10 @@ def _final_part(run: Run, dataset: str, plan: pd.DataFrame, refine: dict, epochs
             )
             for key in keys
         ]
+        if jobs:  # today's variant once more with the next seed: the run's own measure of training noise
+            first, again = jobs[0], dataclasses.replace(budget, seed=budget.seed + 1)
+            root = Path(f"{first.root}_again")
+            jobs.append(dataclasses.replace(first, key=repeat_key(first.key), root=root, budget=again))
         workers = max(1, torch.get_num_threads())
         with step_record(ws.runlog, f"{STEP}_nnunet", dataset, {"budget": budget.__dict__}) as record:
             plans = plan_network(folder / "nnunet" / "_plan", jobs[0]) if jobs else None
@@ -263,9 +278,3 @@ def _final_part(run: Run, dataset: str, plan: pd.DataFrame, refine: dict, epochs
         "seconds": float(read_json(record_path)["seconds"]),
         "budget": dict(budget.__dict__),
     }
-
-
-def nnunet_training_seconds(run: Run, stage: str = "nnunet1") -> float | None:
-    """How long the run's ``stage`` trained (its run record), or None when it did not train."""
-    path = run.workspace.runlog / f"{stage}_train__pooled.json"
-    return float(read_json(path)["seconds"]) if path.exists() else None

@@ -115,6 +115,7 @@ class Baselines(_Section):
     which_slice: bool = False  # the "Which slice to annotate" chapter (§10.6): its own page, not a 05_ baseline page
     # epochs of the nnU-Net each of the chapter's variants trains (nnU-Net 1's budget otherwise); 0: stage 0 alone
     which_slice_epochs: int = Field(0, ge=0)
+    which_slice_batch_size: int | None = Field(None, ge=1)  # their batch size (None: refine.batch_size)
 
 
 #: The baselines with a page of their own (05_<name>), in the book's order; the other ``baselines`` keys are settings.

@@ -65,3 +65,24 @@ def test_page_presentation_code_is_not_part_of_any_run_key():
         assert "workflow/notebook.py" in {
             p.name and p.relative_to(code_deps.PACKAGE).as_posix() for p in code_deps.view_files(step)
         }
+
+
+def test_a_read_back_keeps_the_record_of_the_work(tmp_path):
+    """A page executed again only reads finished work back: with ``reuse`` the existing record (and the time the
+    work took) stays; without a record, or without ``reuse``, the block's own time is written."""
+    import json
+    import time
+
+    with runlog.step_record(tmp_path, "nnunet1_train", "pooled", {"epochs": 2}, reuse=True) as extra:
+        time.sleep(0.2)  # no record yet: this one is written even with reuse
+        extra["note"] = "trained"
+    path = tmp_path / "nnunet1_train__pooled.json"
+    first = json.loads(path.read_text(encoding="utf-8"))
+    assert first["seconds"] >= 0.2 and first["note"] == "trained"
+    with runlog.step_record(tmp_path, "nnunet1_train", "pooled", {"epochs": 2}, reuse=True) as extra:
+        extra["note"] = "read back"
+    assert json.loads(path.read_text(encoding="utf-8")) == first
+    with runlog.step_record(tmp_path, "nnunet1_train", "pooled", {"epochs": 2}) as extra:
+        pass
+    again = json.loads(path.read_text(encoding="utf-8"))
+    assert again["seconds"] < 0.2 and "note" not in again

@@ -9,8 +9,8 @@ import pandas as pd
 
 from nnsam2_utils.data.io import write_csv
 from nnsam2_utils.evaluate.scans import stage_dsc
-from nnsam2_utils.refine.nnunet import Budget
-from nnsam2_utils.refine.stages import fit_stage, predict_all, stage_budget, stage_names
+from nnsam2_utils.refine.nnunet import Budget, is_trained
+from nnsam2_utils.refine.stages import dataset_id, fit_stage, predict_all, stage_budget, stage_names
 from nnsam2_utils.refine.training_set import training_set
 from nnsam2_utils.workflow.runlog import captured_output, claim_folder, run_key, step_record
 from nnsam2_utils.workflow.session import Run
@@ -40,9 +40,12 @@ def refine(run: Run, stage: int) -> RefineResult:
     selection, cases = training_set(ws, run.datasets, stage, settings)
     write_csv(selection, ws.stage(name) / "selection.csv")
     parameters = {**settings, "budget": budget.__dict__, "cases": len(cases)}
-    with step_record(ws.runlog, f"{name}_train", "pooled", parameters), captured_output(ws.logs / f"{name}.log"):
+    trained = is_trained(ws.stage(name) / "nnunet", dataset_id(name), name, budget)
+    log = ws.logs / f"{name}.log"
+    with step_record(ws.runlog, f"{name}_train", "pooled", parameters, reuse=trained), captured_output(log):
         model = fit_stage(ws, stage, cases, budget, settings)
-    with step_record(ws.runlog, f"{name}_predict", "pooled"), captured_output(ws.logs / f"{name}.log"):
+    predicted = all(ws.labels(name, d, c).exists() for d in run.datasets for c in ws.case_ids(d))
+    with step_record(ws.runlog, f"{name}_predict", "pooled", reuse=predicted), captured_output(log):
         predict_all(model, budget, run.datasets, ws, name)
     dsc = stage_dsc(ws, run.datasets, name)
     write_csv(dsc, ws.stage(name) / "dsc.csv")

@@ -9,7 +9,7 @@ import pandas as pd
 
 from nnsam2_utils.data.io import write_csv
 from nnsam2_utils.evaluate.scans import stage_dsc
-from nnsam2_utils.refine.nnunet import Budget, fit
+from nnsam2_utils.refine.nnunet import Budget, fit, is_trained
 from nnsam2_utils.refine.stages import dataset_id, predict_scans
 from nnsam2_utils.refine.training_set import labelled_scans, subject_folds, supervised_cases
 from nnsam2_utils.workflow.runlog import captured_output, claim_folder, run_key, step_record
@@ -68,10 +68,13 @@ def supervised(run: Run) -> tuple[int, pd.DataFrame]:
         where = "pooled" if k == 1 else f"fold{fold}"
         root = ws.stage(STAGE) / "nnunet" if k == 1 else ws.stage(STAGE) / f"nnunet_fold{fold}"
         parameters = {**settings, "epochs": budget.epochs, "cases": len(train), "fold": fold, "folds": k}
-        with step_record(ws.runlog, "supervised_train", where, parameters), captured_output(log):
+        trained = is_trained(root, dataset_id(STAGE), STAGE, budget)
+        with step_record(ws.runlog, "supervised_train", where, parameters, reuse=trained), captured_output(log):
             model = fit(root, dataset_id(STAGE), STAGE, supervised_cases(ws, train), budget)
         scans = list(zip(scored.dataset, scored.case)) + (unlabelled if fold == 0 else [])
-        with step_record(ws.runlog, "supervised_predict", where, {"scans": len(scans)}), captured_output(log):
+        predicted = all(ws.labels(STAGE, d, c).exists() for d, c in scans)
+        record = step_record(ws.runlog, "supervised_predict", where, {"scans": len(scans)}, reuse=predicted)
+        with record, captured_output(log):
             predict_scans(model, budget, scans, ws, STAGE)
     dsc = stage_dsc(ws, run.datasets, STAGE)
     write_csv(dsc, ws.stage(STAGE) / "dsc.csv")

@@ -54,12 +54,19 @@ def peak_rss_mb() -> float:
 
 
 @contextlib.contextmanager
-def step_record(folder: str | Path, step: str, dataset: str, parameters: dict | None = None) -> Iterator[dict]:
+def step_record(
+    folder: str | Path, step: str, dataset: str, parameters: dict | None = None, reuse: bool = False
+) -> Iterator[dict]:
     """Time a step and write ``<folder>/<step>__<dataset>.json`` (seconds, peak MB, parameters, versions).
 
     The yielded dict can be filled with extra provenance (model checksums, chosen reference, …).
-    Nothing is written when the step fails.
+    Nothing is written when the step fails. ``reuse``: the block only reads back work that was already finished (a
+    page executed again): an existing record is kept as it is, so the run record keeps the time the work took.
     """
+    path = Path(folder) / f"{step}__{dataset}.json"
+    if reuse and path.is_file():
+        yield {}
+        return
     extra: dict = {}
     start = time.perf_counter()
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -76,7 +83,7 @@ def step_record(folder: str | Path, step: str, dataset: str, parameters: dict | 
         "packages": package_versions(),
         **extra,
     }
-    write_json(record, Path(folder) / f"{step}__{dataset}.json")
+    write_json(record, path)
 
 
 @contextlib.contextmanager

@@ -388,14 +388,15 @@ rule teaching:
 
 rule which_slice_variants:
     """Which slice to annotate, its stage 0: stage 0 again on one dataset per annotated slice and reference, each scan
-    encoded once (docs/method.md §10.6); it needs only the stage-0 pages and fills a free core."""
+    encoded once (docs/method.md §10.6); it needs only the stage-0 pages. On the job's cores (two threads: half the
+    time for the same core-seconds, which keeps the chapter within its two minutes)."""
     input:
         expand(f"{G}/02_stage0_{{dataset}}.ipynb", dataset=DATASETS),
         ENCODER_DONE,
         code("which_slice"),
     output:
         WHICH_SLICE_VARIANTS,
-    threads: 1
+    threads: workflow.cores
     priority: 5
     resources:
         gpu=GPU_STAGE0,

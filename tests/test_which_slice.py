@@ -18,8 +18,9 @@ from nnsam2_utils.experiments.which_slice import (
     ScanShape,
     level_slice,
     plan_variants,
+    propagate_variants,
     random_references,
-    run_variants,
+    score_variants,
 )
 from nnsam2_utils.report import which_slice as page
 
@@ -190,7 +191,8 @@ def test_variants_with_the_real_litemedsam_reproduce_plain_propagation():
     plan = plan_variants("syn", {case: shape for case in scans}, "c1", [0], levels=("L3L4", "L5S1"))
     assert plan["key"].tolist() == ["c1@0", "c1@3", "c0@0"]
     propagator = LiteMedSAMPropagator(device="cpu")
-    dsc, notes = run_variants(propagator, plan, stacks, truths)
+    variants, notes = propagate_variants(propagator, plan, stacks, truths)
+    dsc = score_variants("syn", {key: variant.labels for key, variant in variants.items()}, truths)
 
     assert propagator.slices_encoded == 8 and notes == {}
     assert set(dsc["key"]) == set(plan["key"]) and len(dsc) == 3 * 2 * 2

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,15 +43,6 @@ def variant_budget(refine: dict, epochs: int, seed: int = 0) -> Budget:
     if int(epochs) < 1:
         raise ValueError(f"a variant's nnU-Net trains at least one epoch; got {epochs}.")
     return dataclasses.replace(stage_budget(refine, 1, seed=seed), epochs=int(epochs), warm_start=False)
-
-
-def variant_cases(
-    confidence: pd.DataFrame, refine: dict, label_path: Callable, image_path: Callable
-) -> tuple[pd.DataFrame, list[TrainingCase]]:
-    """Stage 1's filter (the run's values) on one variant's confidence table, and the training cases it keeps."""
-    from nnsam2_utils.refine.training_set import stage1_training_set
-
-    return stage1_training_set(confidence, refine, label_path, image_path)
 
 
 def train_variant(root: Path, cases: list[TrainingCase], budget: Budget, plans_from: Path | None = None) -> Path:
@@ -92,21 +83,29 @@ class VariantJob:
     log: Path | None = None  # where nnU-Net's own output goes
 
 
-def run_job(job: VariantJob, threads: int | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """Filter, train (or resume) and predict one variant: its filter table and its predictions (native stacks, empty
-    when the filter kept no slice). ``threads``: torch's CPU threads for this job (None: as they are)."""
-    import torch
+def job_cases(job: VariantJob) -> tuple[pd.DataFrame, list[TrainingCase]]:
+    """Stage 1's filter (the run's values) on the job's confidence table, and the training cases it keeps."""
+    from nnsam2_utils.data.io import read_csv
+    from nnsam2_utils.refine.training_set import stage1_training_set
 
-    from nnsam2_utils.data.io import read_csv, read_image
-
-    if threads:
-        torch.set_num_threads(int(threads))
-    selection, cases = variant_cases(
+    return stage1_training_set(
         read_csv(job.labels / "confidence.csv"),
         job.refine,
         lambda d, c: job.labels / f"{c}.nii.gz",
         lambda d, c: job.images[c],
     )
+
+
+def run_job(job: VariantJob, threads: int | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Filter, train (or resume) and predict one variant: its filter table and its predictions (native stacks, empty
+    when the filter kept no slice). ``threads``: torch's CPU threads for this job (None: as they are)."""
+    import torch
+
+    from nnsam2_utils.data.io import read_image
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    selection, cases = job_cases(job)
     selection = selection.assign(key=job.key)
     if not cases:
         return selection, {}
@@ -119,16 +118,10 @@ def run_job(job: VariantJob, threads: int | None = None) -> tuple[pd.DataFrame, 
 def plan_network(root: Path, job: VariantJob) -> Path | None:
     """Plan the network every variant trains (nnU-Net's planner on ``job``'s kept slices) under ``root``; returns
     the plans file, or None when that variant kept no slice (each training then plans its own)."""
-    from nnsam2_utils.data.io import read_csv
     from nnsam2_utils.refine.nnunet import plan_only
     from nnsam2_utils.refine.stages import dataset_id
 
-    _, cases = variant_cases(
-        read_csv(job.labels / "confidence.csv"),
-        job.refine,
-        lambda d, c: job.labels / f"{c}.nii.gz",
-        lambda d, c: job.images[c],
-    )
+    _, cases = job_cases(job)
     if not cases:
         return None
     with captured_output(job.log) if job.log else contextlib.nullcontext():
@@ -154,11 +147,3 @@ def run_jobs(jobs: list[VariantJob], plans: Path | None, workers: int = 1) -> li
         threads[-1] = workers
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
         return list(pool.map(run_job, jobs, threads))
-
-
-def model_folder_of(job: VariantJob) -> Path:
-    """The trained model folder of a job (nnU-Net's results folder under its root)."""
-    from nnsam2_utils.refine.nnunet import model_folder
-    from nnsam2_utils.refine.stages import dataset_id
-
-    return model_folder(job.root, dataset_id(NAME), NAME, job.budget)

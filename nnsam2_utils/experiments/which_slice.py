@@ -52,7 +52,7 @@ PLAN_COLUMNS: tuple[str, ...] = (
     "key",
     "default",
 )
-#: Columns of :func:`run_variants`.
+#: Columns of :func:`score_variants`.
 DSC_COLUMNS: tuple[str, ...] = ("dataset", "key", "case", "class", "dsc")
 
 
@@ -206,16 +206,3 @@ def score_variants(
             rows += dsc_rows(dataset, case, key, np.asarray(label), np.asarray(truths[case]))
     table = pd.DataFrame(rows).rename(columns={"stage": "key"})
     return table.reindex(columns=list(DSC_COLUMNS))
-
-
-def run_variants(
-    propagator,
-    plan: pd.DataFrame,
-    stacks: Mapping[str, np.ndarray],
-    truths: Mapping[str, np.ndarray],
-    progress: bool = False,
-) -> tuple[pd.DataFrame, dict[str, str]]:
-    """:func:`propagate_variants` scored by :func:`score_variants`: the DSC rows and the notes per key."""
-    variants, notes = propagate_variants(propagator, plan, stacks, truths, progress)
-    dataset = str(plan["dataset"].iloc[0]) if len(plan) else ""
-    return score_variants(dataset, {key: v.labels for key, v in variants.items()}, truths), notes

@@ -111,7 +111,8 @@ def _study(run: Run) -> _Study:
 
 
 def which_slice_variants(run: Run) -> None:
-    """The stage-0 part alone (the workflow runs it on one core as soon as stage 0 is done; the trainings follow)."""
+    """The stage-0 part alone (the workflow runs it on the job's cores as soon as stage 0 is done; the trainings
+    follow)."""
     study = _study(run)
     _stage0_part(run, study.dataset, study.medoid, study.seeds, study.settings, study.parameters)
 

@@ -4,7 +4,7 @@ For the steps whose work is split from their page so that it can start earlier i
 (the OpenVINO export) is built beside the cohort, the example own-scans dataset runs when a core is free (its page
 reads the whole run, so it comes last), the repeat's
 training runs beside the final stage (its page compares once both exist), each dataset's one-shot baselines
-start when its stage 0 is done (their page reads them back), the which-slice study's stage 0 (one core) and its
+start when its stage 0 is done (their page reads them back), the which-slice study's stage 0 and its
 trainings (side by side) run before its page, which also waits for nnU-Net 1. Logs go to
 ``work/<profile>/logs/steps.log``; the exit status is 0 on success, 2 on nnsam2's own errors.
 """

@@ -40,6 +40,7 @@ WORK = f"{os.environ.get('NNSAM2_WORK', 'work')}/{PROFILE}"
 REPEAT_DONE = f"{WORK}/repeat/dsc.csv"  # written last by steps.repeat_train
 ENCODER_DONE = f"{WORK}/runlog/encoder__all.json"  # the step record of steps.encoder
 OWN_SCANS_DONE = f"{WORK}/runlog/own_scans__example.json"  # the step record of steps.own_scans_example
+NEW_SUBJECTS_DONE = f"{WORK}/new_subjects/dsc.csv"  # written last by steps.new_subjects
 # the which-slice study's tables, each written last by its part (steps.which_slice_variants, steps.which_slice)
 WHICH_SLICE_VARIANTS = f"{WORK}/which_slice/dsc.csv"
 WHICH_SLICE_FINAL = f"{WORK}/which_slice/final_dsc.csv"
@@ -348,10 +349,26 @@ rule supervised:
         papermill()
 
 
+rule new_subjects:
+    """The final nnU-Net on a fresh draw of the generated datasets (subjects the run never saw): it needs the final
+    model alone, so it runs beside the baselines; the results page reads it back."""
+    input:
+        f"{G}/03_refine_{STAGES[-1]}.ipynb",
+        code("new_subjects"),
+    output:
+        NEW_SUBJECTS_DONE,
+    priority: 20
+    resources:
+        gpu=GPU_REFINE,
+    shell:
+        step_command("new_subjects")
+
+
 rule results:
     input:
         notebook("04_results"),
         expand(f"{G}/03_refine_{{stage}}.ipynb", stage=STAGES),
+        [NEW_SUBJECTS_DONE] if P.generated_datasets else [],  # a run of the user's own data alone draws none
         expand(f"{G}/05_{{baseline}}.ipynb", baseline=BASELINES),
         expand(f"{G}/02_stage0_{{dataset}}__{{backend}}.ipynb", dataset=DATASETS, backend=COMPARE),
         code("results"),

@@ -43,7 +43,15 @@ def test_paper_profile_dry_run_puts_gpu_rules_on_the_gpu_partition():
     assert count("refine") == paper["refine"]["stages"] == 3
     assert count("supervised") == 1 and count("book") == 1
     for rule, resources in jobs:
-        gpu = rule in {"encoder", "stage0", "stage0_compare", "refine", "supervised", "own_scans_example"}
+        gpu = rule in {
+            "encoder",
+            "stage0",
+            "stage0_compare",
+            "refine",
+            "supervised",
+            "own_scans_example",
+            "new_subjects",
+        }
         assert resources.get("gpu", "0") == ("1" if gpu else "0"), (rule, resources)
         assert resources["slurm_partition"] == ("gpu" if gpu else "cpu"), (rule, resources)
         assert resources["slurm_account"] == "acct"

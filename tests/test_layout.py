@@ -159,6 +159,7 @@ STEP_PAGES = {
     "agreement": ("06_agreement",),
     "teaching": ("07_teaching",),
     "which_slice": ("07_which_slice",),
+    "new_subjects": (),  # no page: the results page reads it back
 }
 
 

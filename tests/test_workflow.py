@@ -276,6 +276,37 @@ def test_run_to_run_variation_of_training_is_measured_and_shown_beside_the_margi
     assert "refine stage: 3" not in dag_parents(command, env, "repeat_train")
 
 
+def test_the_final_model_meets_new_subjects_through_predict_and_the_results_page_says_how_it_scores(built_book):
+    """Step new_subjects (method §13.1): the generated datasets drawn again (other subjects, never the user's own
+    dataset), two scans each segmented by ``predict`` with the final model (its SHA-256 in their provenance), scored
+    as the run scores its own; the results page shows the gap table and its sentence with the run's numbers."""
+    from nnsam2_utils.data.io import sha256
+    from nnsam2_utils.data.manifest import load_manifest
+    from nnsam2_utils.evaluate.new_subjects import scan_rows
+
+    tmp, book, _, _ = built_book
+    work = tmp / "work" / "demo"
+    folder = work / "new_subjects"
+    table = pd.read_csv(folder / "dsc.csv")
+    assert set(table.dataset) == {"backpain_t2w", "totalseg_ct"}  # not clinic_no_labels: no second draw of it
+    assert table.groupby("dataset").case.nunique().tolist() == [2, 2]
+    for dataset, rows in table.groupby("dataset"):
+        manifest = load_manifest(folder / "data" / f"{dataset}.yaml")
+        run_images = {sha256(p) for p in (work / "data" / dataset / "images").iterdir()}
+        for case, scan in rows.groupby("case"):
+            out = folder / "predicted" / dataset / case
+            assert sha256(out.parent.parent.parent / "data" / dataset / "images" / f"{case}.nii.gz") not in run_images
+            entry = next(c for c in manifest.cases if c.id == case)
+            again = pd.DataFrame(scan_rows(manifest, entry, out / f"{case}_lpm.nii.gz"))
+            assert np.allclose(again.dsc, scan.dsc, equal_nan=True) and np.allclose(again.truth_ml, scan.truth_ml)
+            record = json.loads((out / "provenance.json").read_text(encoding="utf-8"))
+            assert record["stage"] == "nnunet3" and record["model"]["sha256"] == sha256(record["model"]["checkpoint"])
+    html = (book / "_build" / "html" / "generated" / "04_results.html").read_text(encoding="utf-8")
+    assert "On subjects the run never saw" in html
+    new_mean = table.groupby(["dataset", "case"]).dsc.mean().groupby("dataset").mean().mean()
+    assert f"scores a mean DSC of {new_mean:.3f}" in html
+
+
 def test_a_second_run_with_nothing_changed_does_nothing(built_book):
     _, _, command, env = built_book
     result = subprocess.run(

@@ -77,8 +77,15 @@ def delivered_stage(workspace: Workspace, dataset: str | None) -> str:
     return stage
 
 
-def find_model(profile: str, stage: str = "final", device: str | None = None, like: str | None = None) -> TrainedModel:
-    """The trained model of a run profile's stage; ``device`` replaces the profile's ``refine.device``.
+def find_model(
+    profile: str,
+    stage: str = "final",
+    device: str | None = None,
+    like: str | None = None,
+    work_dir: str | Path | None = None,
+) -> TrainedModel:
+    """The trained model of a run profile's stage; ``device`` replaces the profile's ``refine.device``; ``work_dir``
+    the run's work folder (default: ``work/<profile>``, or under ``NNSAM2_WORK``).
 
     ``stage="delivered"``: the nnU-Net the run delivered for the dataset ``like`` (:func:`delivered_stage`).
 
@@ -92,8 +99,9 @@ def find_model(profile: str, stage: str = "final", device: str | None = None, li
     if stage not in STAGES:
         raise ConfigError(f"--stage {stage}: choose one of {', '.join(STAGES)}.")
     loaded = load_profile(profile)
+    workspace = Workspace(Path(work_dir).resolve()) if work_dir else Workspace.for_profile(loaded.profile)
     if stage == "delivered":
-        stage = delivered_stage(Workspace.for_profile(loaded.profile), like)
+        stage = delivered_stage(workspace, like)
     name = stage_name(stage, loaded.refine.stages)
     k = int(name.removeprefix("nnunet"))
     if k > loaded.refine.stages:
@@ -105,7 +113,6 @@ def find_model(profile: str, stage: str = "final", device: str | None = None, li
     budget = stage_budget({**loaded.section("refine"), "precision": "fp32"}, k, seed=loaded.seed)
     if device:
         budget = dataclasses.replace(budget, device=device)
-    workspace = Workspace.for_profile(loaded.profile)
     folder = model_folder(workspace.stage(name) / "nnunet", dataset_id(name), name, budget)
     checkpoint = folder / f"fold_{budget.fold}" / "checkpoint_final.pth"
     if not checkpoint.is_file():

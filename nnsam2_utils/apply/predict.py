@@ -158,12 +158,14 @@ def predict(
     like: str | None = None,
     discs: Sequence[Mapping[str, int]] | None = None,
     slab_mm: float = SLAB_HALF_WIDTH_MM,
+    work_dir: str | Path | None = None,
 ) -> PredictResult:
     """Segment new scans with the trained model of ``profile``'s ``stage`` into the folder ``out``.
 
     ``stage="delivered"`` with ``like=DATASET``: the nnU-Net the run delivered for that dataset. ``discs``: each
     scan's disc levels (level → slice number, in the order of the scans): the scans are then measured per level
     too, over the slices within ±``slab_mm`` of each disc, into ``level_measurements.csv`` (docs/method.md §8.1).
+    ``work_dir``: the run's work folder when it is not ``work/<profile>`` (see :func:`find_model`).
 
     Writes ``<scan>_lpm.nii.gz`` (0 background, 1 right, 2 left LPM, on the scan's grid; 0 outside the slices
     segmented), ``<scan>_overlay.png``, ``measurements.csv`` (and ``level_measurements.csv`` with ``discs``) and
@@ -171,7 +173,7 @@ def predict(
     Nothing is written before every input is read and checked; an existing output is refused unless ``force``.
     """
     slab_mm = check_half_width(slab_mm)
-    model = find_model(profile, stage, device, like=like)
+    model = find_model(profile, stage, device, like=like, work_dir=work_dir)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: is a file; give a folder for the outputs (-o).")

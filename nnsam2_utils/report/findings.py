@@ -177,22 +177,74 @@ def delivered_finding(delivered: pd.DataFrame) -> str:
     return text + (f"; stage 0 is kept for {', '.join(kept0)}." if kept0 else ".")
 
 
+def new_subjects_finding(gaps: pd.DataFrame, same: float = 0.005, same_size: float = 0.05) -> str:
+    """How the final model scores on subjects the run never saw, against the run's own DSC (``gaps``: the table of
+    :func:`nnsam2_utils.evaluate.new_subjects.gap_table`, its last row ``all``); empty without new scans. A mean
+    gap within ``same`` reads as the same; muscle sizes within ``same_size`` (a fraction) go unmentioned."""
+    if "all" not in gaps.index:
+        return ""
+    pooled, per = gaps.loc["all"], gaps.drop(index="all")
+    scans = int(per["new_scans"].max())
+    text = (
+        f"**On subjects the run never saw** (the phantoms drawn again with another seed, {scans} scans per dataset, "
+        f"segmented by `nnsam2 predict`) the final model scores a mean DSC of {pooled['new']:.3f}, against "
+        f"{pooled['book']:.3f} on the run's own scans: "
+    )
+    if abs(pooled["gap"]) <= same:
+        text += "the same on average"
+    else:
+        text += f"{abs(pooled['gap']):.3f} {'lower' if pooled['gap'] > 0 else 'higher'} on average"
+    text += (
+        f" (per dataset from {per['gap'].min():+.3f} to {per['gap'].max():+.3f}, the run's minus the new). The "
+        "run's DSC is measured on the scans whose pseudo-labels trained its nnU-Nets (the method has no held-out split)"
+    )
+    if pooled["gap"] > same:
+        text += "; expect new scans of the same kind to score about this much lower"
+    spread = per["new_sd"].max()
+    if scans > 1 and pd.notna(spread):
+        text += (
+            f". With {scans} new scans a dataset's gap also carries the spread between subjects "
+            f"(SD of a new scan's DSC up to {spread:.3f})"
+        )
+    return text + "." + size_clause(pooled.get("book_ml"), pooled.get("new_ml"), same_size)
+
+
+def size_clause(book_ml: float | None, new_ml: float | None, same_size: float = 0.05) -> str:
+    """A sentence on how the new subjects' muscles compare in size with the run's (mean true class volume in the
+    region, mL), when they differ by more than ``same_size`` (a fraction); empty otherwise."""
+    if book_ml is None or new_ml is None or not (pd.notna(book_ml) and pd.notna(new_ml)) or book_ml <= 0:
+        return ""
+    change = new_ml / book_ml - 1
+    if abs(change) <= same_size:
+        return ""
+    return (
+        f" The new subjects' muscles are {abs(change):.0%} {'smaller' if change < 0 else 'larger'} than the run's "
+        f"({new_ml:.0f} against {book_ml:.0f} mL per class in the region): DSC weighs the voxels at a muscle's border "
+        f"against its volume, so a smaller muscle scores lower with any model, and part of a gap is the subjects', "
+        "not the model's."
+    )
+
+
 def results_findings(
     dsc: pd.DataFrame,
     delivered: pd.DataFrame | None = None,
     supervised_folds: int = 1,
     supervised_budget: str = "per_fold",
     synthetic: bool = False,
+    new_subjects: pd.DataFrame | None = None,
 ) -> str:
     """The 'what this shows' paragraph of the results and landing pages (Markdown bullet list).
 
     ``synthetic``: the scored datasets include generated phantoms; a real-scan reference point is added.
+    ``new_subjects``: the final model's gap to new subjects (:func:`new_subjects_finding`).
     """
     parts = [
         refinement_finding(dsc),
         later_stages_finding(dsc),
         baseline_finding(dsc, supervised_folds, supervised_budget),
     ]
+    if new_subjects is not None:
+        parts.append(new_subjects_finding(new_subjects))
     if synthetic:
         parts.append(real_scan_finding(dsc))
     if delivered is not None and len(delivered):

@@ -13,6 +13,7 @@ stages 1-3            :func:`refine` (per stage)                 ``nnunet<k>/``
 supervised bound      :func:`supervised`                         ``supervised/``
 one-shot baselines    :func:`oneshot_dataset`, :func:`oneshot`   ``registration/``, ``threshold/``
 repeat                :func:`repeat_train`, :func:`repeat`       ``repeat/``, ``tables/repeatability.csv``
+new subjects          :func:`new_subjects`                       ``new_subjects/``
 results               :func:`results`                            ``tables/dsc.csv``
 deliver               :func:`deliver`                            ``delivered/``, ``tables/quality.csv``
 measure, agreement    :func:`measure`, :func:`agreement`         ``tables/measurements.csv``, ``agreement.csv``
@@ -31,6 +32,7 @@ if TYPE_CHECKING:  # for readers and type checkers; at run time each step is imp
     from nnsam2_utils.steps.agreement import agreement, measure
     from nnsam2_utils.steps.cohort import cohort
     from nnsam2_utils.steps.deliver import deliver
+    from nnsam2_utils.steps.new_subjects import new_subjects
     from nnsam2_utils.steps.oneshot import oneshot, oneshot_dataset
     from nnsam2_utils.steps.own_scans import own_scans_example
     from nnsam2_utils.steps.prepare import prepare, prepare_manifest
@@ -48,6 +50,7 @@ _MODULES = {
     "deliver": "deliver",
     "encoder": "stage0",
     "measure": "agreement",
+    "new_subjects": "new_subjects",
     "oneshot": "oneshot",
     "oneshot_dataset": "oneshot",
     "own_scans_example": "own_scans",
@@ -89,6 +92,7 @@ __all__ = [
     "agreement",
     "cohort",
     "measure",
+    "new_subjects",
     "oneshot",
     "oneshot_dataset",
     "own_scans_example",

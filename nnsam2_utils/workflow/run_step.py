@@ -5,7 +5,8 @@ For the steps whose work is split from their page so that it can start earlier i
 reads the whole run, so it comes last), the repeat's
 training runs beside the final stage (its page compares once both exist), each dataset's one-shot baselines
 start when its stage 0 is done (their page reads them back), the which-slice study's stage 0 and its
-trainings (side by side) run before its page, which also waits for nnU-Net 1. Logs go to
+trainings (side by side) run before its page, which also waits for nnU-Net 1, and the final model's scores on new
+subjects run beside the baselines (the results page reads them back). Logs go to
 ``work/<profile>/logs/steps.log``; the exit status is 0 on success, 2 on nnsam2's own errors.
 """
 
@@ -18,7 +19,15 @@ import sys
 from nnsam2_utils.errors import Nnsam2Error
 
 #: steps that may run without their page (functions of nnsam2_utils.steps); those in PER_DATASET take --dataset
-STEPS = ("encoder", "own_scans_example", "repeat_train", "oneshot_dataset", "which_slice_variants", "which_slice")
+STEPS = (
+    "encoder",
+    "own_scans_example",
+    "repeat_train",
+    "oneshot_dataset",
+    "which_slice_variants",
+    "which_slice",
+    "new_subjects",
+)
 PER_DATASET = ("oneshot_dataset",)
 
 

@@ -14,13 +14,62 @@ def test_step_record_writes_seconds_memory_and_versions(tmp_path):
     assert table.columns.tolist() == ["step", "dataset", "seconds", "peak_mb"] and len(table) == 1
 
 
-def test_a_failed_step_writes_no_record(tmp_path):
+def test_a_failed_step_writes_no_record_only_its_partial_time(tmp_path):
+    import time
+
     try:
         with runlog.step_record(tmp_path, "stage0", "ds"):
+            time.sleep(0.1)
             raise KeyboardInterrupt
     except KeyboardInterrupt:
         pass
-    assert not list(tmp_path.iterdir())
+    assert [p.name for p in tmp_path.iterdir()] == [runlog.PARTIAL]
+    assert (
+        runlog.earlier_seconds(tmp_path / runlog.PARTIAL / "stage0__ds.json", runlog.attempt_identity({}, None)) >= 0.1
+    )
+    assert runlog.timings_table(tmp_path).empty  # the run record lists finished steps only
+
+
+def test_a_killed_step_s_time_is_counted_when_the_same_work_resumes(tmp_path):
+    """A step killed mid-way (SIGKILL: no clean-up runs) left its elapsed time from its heartbeat; the attempt that
+    finishes the same work (same run key) records both parts. Another key (the folder was recomputed) or, without a
+    key, other parameters start from zero."""
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import time\n"
+        "from nnsam2_utils.workflow.runlog import step_record\n"
+        f"with step_record({str(tmp_path)!r}, 'nnunet1_train', 'pooled', {{'epochs': 3}}, key='k1', heartbeat_s=0.1):\n"
+        "    time.sleep(120)\n"
+    )
+    partial = tmp_path / runlog.PARTIAL / "nnunet1_train__pooled.json"
+    process = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if partial.is_file() and json.loads(partial.read_text(encoding="utf-8"))["seconds"] >= 1.0:
+                break
+            time.sleep(0.05)
+    finally:
+        process.kill()
+        process.wait()
+    killed = json.loads(partial.read_text(encoding="utf-8"))["seconds"]
+    assert killed >= 1.0 and not (tmp_path / "nnunet1_train__pooled.json").exists()
+    with runlog.step_record(tmp_path, "nnunet1_train", "pooled", {"epochs": 3}, key="k1"):
+        time.sleep(0.2)
+    path = tmp_path / "nnunet1_train__pooled.json"
+    record = json.loads(path.read_text(encoding="utf-8"))
+    assert record["resumed_after_s"] == killed and record["seconds"] >= killed + 0.2
+    assert not partial.exists()  # finished: the partial time is in the record
+    runlog._write_partial(partial, runlog.attempt_identity({"epochs": 3}, "k1"), killed)
+    with runlog.step_record(tmp_path, "nnunet1_train", "pooled", {"epochs": 3}, key="k2"):
+        pass  # a recomputed folder: the killed attempt's work is gone, so is its time
+    assert "resumed_after_s" not in json.loads(path.read_text(encoding="utf-8"))
+    runlog._write_partial(partial, runlog.attempt_identity({"size": 1}, None), 5.0)
+    assert runlog.earlier_seconds(partial, runlog.attempt_identity({"size": 2}, None)) == 0.0
+    assert runlog.earlier_seconds(partial, runlog.attempt_identity({"size": 1}, None)) == 5.0
 
 
 def test_claim_folder_resumes_same_key_and_clears_stale_outputs(tmp_path):

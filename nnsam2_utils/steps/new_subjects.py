@@ -19,7 +19,7 @@ import pandas as pd
 from nnsam2_utils.data.io import read_csv, write_csv
 from nnsam2_utils.data.manifest import DatasetManifest, load_manifest
 from nnsam2_utils.evaluate.new_subjects import COLUMNS, new_cases, region_slices, scan_rows
-from nnsam2_utils.workflow.runlog import claim_folder, run_key, step_record
+from nnsam2_utils.workflow.runlog import claim_folder, read_key, run_key, step_record
 from nnsam2_utils.workflow.session import Run
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def new_subjects(run: Run, scans: int = NEW_SCANS) -> pd.DataFrame:
     if table_path.exists():
         return read_csv(table_path)
     rows: list[dict] = []
-    with step_record(ws.runlog, "new_subjects", "pooled", parameters):
+    with step_record(ws.runlog, "new_subjects", "pooled", parameters, key=read_key(folder)):
         manifests = draw(folder / "data", run.profile.cohort.size, seed, run.generated_datasets, scans)
         for manifest in manifests:
             rows += segment_and_score(run, manifest, scans, folder / "predicted")

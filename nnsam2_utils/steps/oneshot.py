@@ -10,7 +10,7 @@ import pandas as pd
 
 from nnsam2_utils.baselines.oneshot import run_dataset_baselines
 from nnsam2_utils.data.io import read_csv, write_csv
-from nnsam2_utils.workflow.runlog import captured_output, claim_folder, run_key, step_record
+from nnsam2_utils.workflow.runlog import captured_output, claim_folder, read_key, run_key, step_record
 from nnsam2_utils.workflow.session import Run
 
 STAGES = ("registration", "threshold")
@@ -33,7 +33,8 @@ def oneshot_dataset(run: Run, dataset: str) -> pd.DataFrame:
     tables = [ws.stage(stage, dataset) / "dsc.csv" for stage in STAGES]
     if all(resumed) and all(path.exists() for path in tables):
         return pd.concat([read_csv(path) for path in tables], ignore_index=True)[COLUMNS]
-    with step_record(ws.runlog, "oneshot_baselines", dataset), captured_output(ws.logs / "oneshot.log"):
+    key = read_key(ws.stage(STAGES[0], dataset))
+    with step_record(ws.runlog, "oneshot_baselines", dataset, key=key), captured_output(ws.logs / "oneshot.log"):
         dsc = run_dataset_baselines(ws, dataset, manifest.modality, manifest.sequence)
     for stage, path in zip(STAGES, tables):
         write_csv(dsc.loc[dsc["stage"] == stage, COLUMNS], path)

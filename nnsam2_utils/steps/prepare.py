@@ -24,7 +24,7 @@ def prepare_manifest(ws: Workspace, manifest: DatasetManifest, upstream: list[Pa
     )
     out = ws.prepared(manifest.name)
     resumed = claim_folder(out, key)
-    with step_record(ws.runlog, "prepare", manifest.name, {"resumed": resumed}):
+    with step_record(ws.runlog, "prepare", manifest.name, {"resumed": resumed}, key=key):
         cases = prepare_dataset(manifest, out)
         write_prepared_annotation(manifest, out)  # the user's own annotated slice, if the manifest names one
     write_csv(cases, out / "cases.csv")

@@ -12,7 +12,7 @@ from nnsam2_utils.evaluate.scans import stage_dsc
 from nnsam2_utils.refine.nnunet import Budget, is_trained
 from nnsam2_utils.refine.stages import dataset_id, fit_stage, predict_all, stage_budget, stage_names
 from nnsam2_utils.refine.training_set import training_set
-from nnsam2_utils.workflow.runlog import captured_output, claim_folder, run_key, step_record
+from nnsam2_utils.workflow.runlog import captured_output, claim_folder, read_key, run_key, step_record
 from nnsam2_utils.workflow.session import Run
 
 
@@ -42,7 +42,8 @@ def refine(run: Run, stage: int) -> RefineResult:
     parameters = {**settings, "budget": budget.__dict__, "cases": len(cases)}
     trained = is_trained(ws.stage(name) / "nnunet", dataset_id(name), name, budget)
     log = ws.logs / f"{name}.log"
-    with step_record(ws.runlog, f"{name}_train", "pooled", parameters, reuse=trained), captured_output(log):
+    key = read_key(ws.stage(name))
+    with step_record(ws.runlog, f"{name}_train", "pooled", parameters, reuse=trained, key=key), captured_output(log):
         model = fit_stage(ws, stage, cases, budget, settings)
     predicted = all(ws.labels(name, d, c).exists() for d in run.datasets for c in ws.case_ids(d))
     with step_record(ws.runlog, f"{name}_predict", "pooled", reuse=predicted), captured_output(log):

@@ -17,7 +17,7 @@ from nnsam2_utils.propagate import make_propagator
 from nnsam2_utils.propagate.run import rerun_stage0_case
 from nnsam2_utils.refine.stages import fit_stage, predict_all, stage_budget, stage_names
 from nnsam2_utils.refine.training_set import training_set
-from nnsam2_utils.workflow.runlog import captured_output, claim_folder, run_key, step_record
+from nnsam2_utils.workflow.runlog import captured_output, claim_folder, read_key, run_key, step_record
 from nnsam2_utils.workflow.session import Run
 
 
@@ -66,7 +66,7 @@ def repeat_train(run: Run) -> pd.DataFrame:
     write_csv(selection, folder / "selection.csv")
     parameters = {**settings, "budget": budget.__dict__, "cases": len(cases)}
     log = ws.logs / f"{REPEAT_STAGE}.log"
-    with step_record(ws.runlog, "repeat_train", "pooled", parameters), captured_output(log):
+    with step_record(ws.runlog, "repeat_train", "pooled", parameters, key=read_key(folder)), captured_output(log):
         model = fit_stage(ws, final, cases, budget, settings, name=REPEAT_STAGE)
     with step_record(ws.runlog, "repeat_predict", "pooled"), captured_output(log):
         predict_all(model, budget, run.datasets, ws, REPEAT_STAGE)

@@ -12,7 +12,7 @@ from nnsam2_utils.evaluate.scans import stage_dsc
 from nnsam2_utils.prepare.annotation import user_annotation
 from nnsam2_utils.propagate import make_propagator
 from nnsam2_utils.propagate.run import propagate_dataset, select_reference
-from nnsam2_utils.workflow.runlog import claim_folder, run_key, step_record
+from nnsam2_utils.workflow.runlog import claim_folder, read_key, run_key, step_record
 from nnsam2_utils.workflow.session import Run
 from nnsam2_utils.workflow.workspace import Workspace
 
@@ -50,7 +50,7 @@ def propagate_manifest(
     resumed = claim_folder(stage_dir, run_key({"dataset": dataset, **settings}, [ws.prepared(dataset)], step="stage0"))
     user = user_annotation(ws.prepared(dataset), manifest)  # (scan, slice) or None
     propagator = make_propagator(settings)
-    with step_record(ws.runlog, record_as or stage, dataset, settings) as record:
+    with step_record(ws.runlog, record_as or stage, dataset, settings, key=read_key(stage_dir)) as record:
         distances = None
         if user:
             reference_case, annotated = user

@@ -12,7 +12,7 @@ from nnsam2_utils.evaluate.scans import stage_dsc
 from nnsam2_utils.refine.nnunet import Budget, fit, is_trained
 from nnsam2_utils.refine.stages import dataset_id, predict_scans
 from nnsam2_utils.refine.training_set import labelled_scans, subject_folds, supervised_cases
-from nnsam2_utils.workflow.runlog import captured_output, claim_folder, run_key, step_record
+from nnsam2_utils.workflow.runlog import captured_output, claim_folder, read_key, run_key, step_record
 from nnsam2_utils.workflow.session import Run
 
 STAGE = "supervised"
@@ -69,7 +69,8 @@ def supervised(run: Run) -> tuple[int, pd.DataFrame]:
         root = ws.stage(STAGE) / "nnunet" if k == 1 else ws.stage(STAGE) / f"nnunet_fold{fold}"
         parameters = {**settings, "epochs": budget.epochs, "cases": len(train), "fold": fold, "folds": k}
         trained = is_trained(root, dataset_id(STAGE), STAGE, budget)
-        with step_record(ws.runlog, "supervised_train", where, parameters, reuse=trained), captured_output(log):
+        record = step_record(ws.runlog, "supervised_train", where, parameters, trained, read_key(ws.stage(STAGE)))
+        with record, captured_output(log):
             model = fit(root, dataset_id(STAGE), STAGE, supervised_cases(ws, train), budget)
         scans = list(zip(scored.dataset, scored.case)) + (unlabelled if fold == 0 else [])
         predicted = all(ws.labels(STAGE, d, c).exists() for d, c in scans)

@@ -22,7 +22,7 @@ import pandas as pd
 
 from nnsam2_utils.data.io import read_csv, read_json, write_csv, write_json
 from nnsam2_utils.errors import DataError
-from nnsam2_utils.workflow.runlog import claim_folder, run_key, step_record
+from nnsam2_utils.workflow.runlog import claim_folder, read_key, run_key, step_record
 from nnsam2_utils.workflow.session import Run
 
 STEP = "which_slice"
@@ -174,7 +174,7 @@ def _stage0_part(
         plan, notes, dsc = read_csv(done[0]), read_json(done[1]), read_csv(done[2])
     else:
         plan = plan_variants(dataset, _scan_shapes(run, dataset), medoid, seeds)
-        with step_record(ws.runlog, STEP, dataset, parameters) as record:
+        with step_record(ws.runlog, STEP, dataset, parameters, key=read_key(folder)) as record:
             dsc, notes, counters = _propagate(run, dataset, plan, settings)
             record.update(
                 medoid=medoid,
@@ -264,7 +264,8 @@ def _final_part(run: Run, dataset: str, plan: pd.DataFrame, refine: dict, epochs
             root = Path(f"{first.root}_again")
             jobs.append(dataclasses.replace(first, key=repeat_key(first.key), root=root, budget=again))
         workers = max(1, torch.get_num_threads())
-        with step_record(ws.runlog, f"{STEP}_nnunet", dataset, {"budget": budget.__dict__}) as record:
+        parameters = {"budget": budget.__dict__}
+        with step_record(ws.runlog, f"{STEP}_nnunet", dataset, parameters, key=read_key(folder)) as record:
             plans = plan_network(folder / "nnunet" / "_plan", jobs[0]) if jobs else None
             results = run_jobs(jobs, plans, workers) if jobs else []
             record.update(variants=len(jobs), trained=sum(bool(r[1]) for r in results), workers=workers)

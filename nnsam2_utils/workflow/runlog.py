@@ -8,6 +8,7 @@ import importlib.metadata as md
 import logging
 import platform
 import resource
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from nnsam2_utils.data.io import read_json, remove_temporaries, write_json
+from nnsam2_utils.errors import DataError
 
 PACKAGES = (
     "nnsam2-utils",
@@ -36,6 +38,11 @@ PACKAGES = (
 
 log = logging.getLogger(__name__)
 
+#: a running step writes its elapsed time this often (seconds) into ``<runlog>/.partial/``: killed, its time is then
+#: counted when it resumes (to within this interval)
+HEARTBEAT_S = 10.0
+PARTIAL = ".partial"
+
 
 def package_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     """Installed versions of the packages that shape the results."""
@@ -53,37 +60,109 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _canonical(parameters: dict | None) -> str:
+    import json
+
+    return json.dumps(parameters or {}, sort_keys=True, default=str)
+
+
+def earlier_seconds(partial: Path, identity: str) -> float:
+    """Seconds an interrupted attempt of a step ran before it stopped (its ``.partial`` file), when it had the same
+    ``identity`` (:func:`attempt_identity`); 0 when there was none, or it was another run's."""
+    if not partial.is_file():
+        return 0.0
+    try:
+        earlier = read_json(partial)
+    except (OSError, ValueError, DataError):
+        return 0.0  # gone or unreadable: not counted
+    if earlier.get("identity") != identity:
+        return 0.0
+    return float(earlier.get("seconds", 0.0))
+
+
+def attempt_identity(parameters: dict | None, key: str | None) -> str:
+    """What makes two attempts of a step the same work: the run key of its output folder when given (the folder is
+    kept, and resumed, only under that key), else its parameters."""
+    return f"key:{key}" if key else f"parameters:{_canonical(parameters)}"
+
+
+def _write_partial(partial: Path, identity: str, seconds: float) -> None:
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    write_json({"identity": identity, "seconds": round(seconds, 2)}, partial)
+
+
+def _start_heartbeat(partial: Path, identity: str, earlier: float, start: float, every: float):
+    """Write the step's elapsed time into ``partial`` every ``every`` seconds from a daemon thread; returns the
+    function that stops it."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            _write_partial(partial, identity, earlier + time.perf_counter() - start)
+
+    thread = threading.Thread(target=beat, name="step-heartbeat", daemon=True)
+    thread.start()
+
+    def halt() -> None:
+        stop.set()
+        thread.join()
+
+    return halt
+
+
 @contextlib.contextmanager
 def step_record(
-    folder: str | Path, step: str, dataset: str, parameters: dict | None = None, reuse: bool = False
+    folder: str | Path,
+    step: str,
+    dataset: str,
+    parameters: dict | None = None,
+    reuse: bool = False,
+    key: str | None = None,
+    heartbeat_s: float = HEARTBEAT_S,
 ) -> Iterator[dict]:
     """Time a step and write ``<folder>/<step>__<dataset>.json`` (seconds, peak MB, parameters, versions).
 
     The yielded dict can be filled with extra provenance (model checksums, chosen reference, …).
     Nothing is written when the step fails. ``reuse``: the block only reads back work that was already finished (a
     page executed again): an existing record is kept as it is, so the run record keeps the time the work took.
+    A step killed or failed on the way leaves its elapsed time in ``<folder>/.partial/`` (written every
+    ``heartbeat_s``); the attempt that then finishes the same work adds that time (its record's ``seconds``;
+    ``resumed_after_s`` says how much came before). The same work: the same ``key`` (the run key of the step's output
+    folder, :func:`read_key`), or without one the same parameters.
     """
     path = Path(folder) / f"{step}__{dataset}.json"
     if reuse and path.is_file():
         yield {}
         return
+    partial = Path(folder) / PARTIAL / path.name
+    identity = attempt_identity(parameters, key)
+    earlier = earlier_seconds(partial, identity)
     extra: dict = {}
     start = time.perf_counter()
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    yield extra
+    halt = _start_heartbeat(partial, identity, earlier, start, heartbeat_s)
+    try:
+        yield extra
+    except BaseException:
+        halt()
+        _write_partial(partial, identity, earlier + time.perf_counter() - start)
+        raise
+    halt()
     record = {
         "step": step,
         "dataset": dataset,
-        "seconds": round(time.perf_counter() - start, 2),
+        "seconds": round(earlier + time.perf_counter() - start, 2),
         "peak_mb": round(peak_rss_mb(), 1),
         "started": started,
         "python": platform.python_version(),
         "machine": platform.machine(),
         "parameters": parameters or {},
         "packages": package_versions(),
+        **({"resumed_after_s": round(earlier, 2)} if earlier else {}),
         **extra,
     }
     write_json(record, path)
+    partial.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -41,15 +41,16 @@ def draw(folder: Path, size: str, seed: int, datasets: list[str], scans: int) ->
 
 
 def segment_and_score(run: Run, manifest: DatasetManifest, scans: int, folder: Path) -> list[dict]:
-    """``predict`` each new scan of ``manifest`` with the run's final model (skipped when its labels are already
+    """``predict`` each new scan of ``manifest`` with the run's final model (skipped when its outputs are all
     written) and its DSC rows against the truth."""
+    from nnsam2_utils.apply.outputs import PROVENANCE
     from nnsam2_utils.apply.predict import predict
 
     rows = []
     for case in new_cases(manifest, scans):
         out = folder / manifest.name / case.id
         labels = out / f"{case.id}_lpm.nii.gz"
-        if not labels.exists():  # written last by predict: a scan interrupted mid-way is predicted again
+        if not (out / PROVENANCE).exists():  # written last by predict: a scan interrupted mid-way is predicted again
             image = manifest.resolve(case.image)
             predict([image], out, run.name, slices=region_slices(case), progress=False, force=True,
                      work_dir=run.workspace.root)  # fmt: skip

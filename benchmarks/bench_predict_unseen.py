@@ -55,10 +55,10 @@ def row(dataset: str, seed: int, scores: list[tuple[float, float]]) -> dict:
 
 def book_final_dsc(tables: Path, stage: str) -> pd.Series:
     """The book's mean DSC per dataset of ``stage`` (mean over classes per scan, then over scans)."""
+    from nnsam2_utils.evaluate.metrics import summarise_dsc
+
     dsc = pd.read_csv(tables / "dsc.csv")
-    rows = dsc[dsc["stage"] == stage]
-    per_scan = rows.groupby(["dataset", "case"])["dsc"].mean()
-    return per_scan.groupby(level="dataset").mean()
+    return summarise_dsc(dsc[dsc["stage"] == stage]).set_index("dataset")["mean"]
 
 
 def main(argv: list[str] | None = None) -> int:

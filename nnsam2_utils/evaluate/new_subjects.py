@@ -42,9 +42,10 @@ def region_slices(case: Case) -> tuple[int, int]:
 
 
 def class_volumes_ml(label: np.ndarray, spacing: tuple[float, ...], classes: tuple[int, ...] = (1, 2)) -> dict:
-    """Each class's volume (mL) in a label array of voxel ``spacing`` (mm)."""
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    return {cls: int(np.count_nonzero(label == cls)) * voxel_ml for cls in classes}
+    """Each class's volume (mL) in a label array of voxel ``spacing`` (mm), by the run's own volume measure."""
+    from nnsam2_utils.evaluate.measurements import volume_ml
+
+    return {cls: volume_ml(label == cls, spacing) for cls in classes}
 
 
 def scan_rows(manifest: DatasetManifest, case: Case, labels_path: str | Path) -> list[dict]:
@@ -90,19 +91,18 @@ def own_volumes(workspace, datasets: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["dataset", "case", "class", "truth_ml"])
 
 
-def per_scan(dsc: pd.DataFrame) -> pd.DataFrame:
-    """Each scan's mean class DSC (dataset, case, dsc); an empty class (NaN) is left out of its scan's mean."""
-    return dsc.groupby(["dataset", "case"], as_index=False)["dsc"].mean()
-
-
 def gap_table(new: pd.DataFrame, book: pd.DataFrame, stage: str, volumes: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per dataset with new scans: the book's mean DSC of ``stage`` on the run's own scans (``book``: the run's DSC
     rows), the mean and SD over the new scans, their number, and the gap (book minus new: positive when the new
     subjects score lower); with ``volumes`` (the own scans' :func:`own_volumes`), the mean true class volume (mL) of
     the own scans and of the new ones. The last row, ``all``, pools the datasets' means (each weighs the same)."""
+    from nnsam2_utils.evaluate.metrics import summarise_dsc
+
     columns = ["book", "book_scans", "new", "new_sd", "new_scans", "gap", "book_ml", "new_ml"]
-    own = per_scan(book[book["stage"] == stage]).groupby("dataset")["dsc"].agg(book="mean", book_scans="count")
-    fresh = per_scan(new).groupby("dataset")["dsc"].agg(new="mean", new_sd="std", new_scans="count")
+    own = summarise_dsc(book[book["stage"] == stage]).set_index("dataset")
+    fresh = summarise_dsc(new.assign(stage="new")).set_index("dataset")
+    own = own[["mean", "n"]].rename(columns={"mean": "book", "n": "book_scans"})
+    fresh = fresh[["mean", "sd", "n"]].rename(columns={"mean": "new", "sd": "new_sd", "n": "new_scans"})
     table = own.join(fresh, how="inner")
     table["gap"] = table["book"] - table["new"]
     table["new_ml"] = new.groupby("dataset")["truth_ml"].mean()

@@ -47,7 +47,8 @@ def segment_and_score(run: Run, manifest: DatasetManifest, scans: int, folder: P
     from nnsam2_utils.apply.predict import predict
 
     rows = []
-    for case in new_cases(manifest, scans):
+    cases = new_cases(manifest, scans)
+    for case in cases:
         out = folder / manifest.name / case.id
         labels = out / f"{case.id}_lpm.nii.gz"
         if not (out / PROVENANCE).exists():  # written last by predict: a scan interrupted mid-way is predicted again
@@ -55,6 +56,7 @@ def segment_and_score(run: Run, manifest: DatasetManifest, scans: int, folder: P
             predict([image], out, run.name, slices=region_slices(case), progress=False, force=True,
                      work_dir=run.workspace.root)  # fmt: skip
         rows += scan_rows(manifest, case, labels)
+    log.info("%s: %d new scans segmented and scored", manifest.name, len(cases))
     return rows
 
 
@@ -75,7 +77,6 @@ def new_subjects(run: Run, scans: int = NEW_SCANS) -> pd.DataFrame:
         manifests = draw(folder / "data", run.profile.cohort.size, seed, run.generated_datasets, scans)
         for manifest in manifests:
             rows += segment_and_score(run, manifest, scans, folder / "predicted")
-            log.info("%s: %d new scans segmented and scored", manifest.name, len(new_cases(manifest, scans)))
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     write_csv(table, table_path)
     return table

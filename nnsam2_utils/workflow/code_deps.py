@@ -88,6 +88,7 @@ STEP_CODE: dict[str, tuple[str, ...]] = {
     "results": (
         "evaluate/quality.py",
         "evaluate/new_subjects.py",
+        "evaluate/measurements.py",
         "report/delivery.py",
         "steps/deliver.py",
         "report/results.py",

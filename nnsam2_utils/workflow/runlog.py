@@ -69,8 +69,6 @@ def _canonical(parameters: dict | None) -> str:
 def earlier_seconds(partial: Path, identity: str) -> float:
     """Seconds an interrupted attempt of a step ran before it stopped (its ``.partial`` file), when it had the same
     ``identity`` (:func:`attempt_identity`); 0 when there was none, or it was another run's."""
-    if not partial.is_file():
-        return 0.0
     try:
         earlier = read_json(partial)
     except (OSError, ValueError, DataError):
@@ -214,10 +212,9 @@ def code_fingerprint(step: str | None = None) -> str:
 def run_key(parameters: dict, upstream: list[str | Path] = (), step: str | None = None) -> str:
     """A key for a step's outputs: its parameters, its helper code and the keys of the steps it reads."""
     import hashlib
-    import json
 
     parts = {"parameters": parameters, "code": code_fingerprint(step), "upstream": [read_key(p) for p in upstream]}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(_canonical(parts).encode()).hexdigest()
 
 
 def read_key(folder: str | Path) -> str | None:

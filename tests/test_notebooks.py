@@ -52,6 +52,21 @@ def test_a_failing_notebook_leaves_no_output(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["in.ipynb"]
 
 
+def test_a_kernel_slow_to_report_after_a_cell_does_not_fail_the_page(tmp_path):
+    # On a starved machine the kernel can send a cell's reply and report idle seconds later; papermill's own
+    # 4 s wait then failed the page. Here the kernel itself waits 6 s after each reply before it reports.
+    slow = (
+        "import time\n"
+        "kernel = get_ipython().kernel\n"
+        "after = kernel.post_handler_hook\n"
+        "kernel.post_handler_hook = lambda: (time.sleep(6), after())\n"
+        "print('ran', stage)"
+    )
+    source = make_notebook(tmp_path / "in.ipynb", slow)
+    out = notebooks.execute(source, tmp_path / "out.ipynb", {"stage": 2})
+    assert "ran 2" in nbformat.read(str(out), as_version=4).cells[-1].outputs[0]["text"]
+
+
 def test_stage_notebooks_are_committed_without_outputs_and_with_parameters():
     from pathlib import Path
 

@@ -38,6 +38,11 @@ import yaml  # noqa: E402
 
 from nnsam2_utils.data.io import atomic_path  # noqa: E402
 
+#: How long a page waits, after a cell's reply, for the kernel to report the cell's last output and go idle.
+#: papermill's default (4 s) failed a page on a machine starved by other work (nbclient's "Timeout waiting for
+#: IOPub output"); the wait ends the moment the kernel reports, so a long one costs a healthy run nothing.
+IOPUB_TIMEOUT_S = 300
+
 log = logging.getLogger(__name__)
 
 
@@ -103,6 +108,7 @@ def execute(
             # the kernel is stopped once the last cell ran: every step has written its outputs (atomically) by
             # then, and a graceful shutdown waited 1.2-2.6 s per page for a kernel holding torch (measured)
             shutdown_kernel="immediate",
+            iopub_timeout=IOPUB_TIMEOUT_S,
         )
         show_values_run_with(tmp, parameters)
     log.info("executed %s → %s", notebook, output)

@@ -102,7 +102,7 @@ def test_exported_once_with_named_files(ov_propagator, cache_folder):
 
 def test_compiled_in_fp32_with_torch_threads(ov_propagator):
     ov = ee.openvino_module()
-    compiled = ov_propagator._image_encoder.compiled
+    compiled = ov_propagator.image_encoder().compiled
     assert ov_propagator.encoder == "openvino"
     assert compiled.get_property(ov.properties.hint.inference_precision()) == ov.Type.f32
     assert compiled.get_property(ov.properties.inference_num_threads()) == torch.get_num_threads()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -410,6 +411,8 @@ def test_each_variant_trains_its_own_nnunet_on_one_plan_in_worker_processes(tmp_
     for key in ("truth", "swapped"):
         used = next((tmp_path / "nnunet" / key / "results").rglob("plans.json"))
         assert json.loads(used.read_text(encoding="utf-8"))["configurations"]["2d"] == shared
+        fold = next((tmp_path / "nnunet" / key / "results").rglob("fold_all"))
+        assert (fold / "checkpoint_final.pth").is_file() and not (fold / "progress.png").exists()  # no page shows it
     assert not (tmp_path / "nnunet" / "empty").exists()
     truth_dsc, swapped_dsc = (
         np.mean([dice_per_class(results[k][1][c], truths[c][::-1])[1] for c in truths]) for k in (0, 1)
@@ -439,3 +442,42 @@ def test_training_noise_widens_the_margin_of_the_nnunet_sentences():
     assert "no measurable difference" in noisy
     small = page.strength_sentence(table, "MRI", 0.02, 0.01)
     assert "landed 0.010 away, within 0.02: the nnU-Nets' differences beyond that are the slice's doing" in small
+
+
+# ----------------------------------------------------------------------------- the steps on a real run
+@pytest.mark.slow
+def test_the_chapter_reads_the_slices_stage0_encoded_and_reproduces_its_labels(tmp_path, monkeypatch):
+    """The steps as the workflow runs them, on the tiny MRI phantom with the chapter on (stage 0 alone): stage 0 keeps
+    the embeddings of the chapter's dataset only; the chapter's propagations read every slice from there (no slice
+    encoded, none written into stage 0's folder) and its default variant reproduces stage 0's DSC."""
+    import yaml
+
+    from nnsam2_utils import steps
+    from nnsam2_utils.data.io import read_csv
+    from nnsam2_utils.workflow.session import open_run
+
+    config = tmp_path / "config"
+    config.mkdir()
+    profile = yaml.safe_load((Path(__file__).parents[1] / "config" / "tiny.yaml").read_text(encoding="utf-8"))
+    profile |= {"profile": "chapter", "baselines": {"which_slice": True, "which_slice_epochs": 0}}
+    (config / "chapter.yaml").write_text(yaml.safe_dump(profile), encoding="utf-8")
+    monkeypatch.setenv("NNSAM2_CONFIG_DIR", str(config))
+    monkeypatch.setenv("NNSAM2_WORK", str(tmp_path / "work"))
+    run = open_run("chapter")
+    steps.cohort(run)
+    for dataset in run.datasets:
+        steps.prepare(run, dataset)
+        steps.stage0(run, dataset)
+    chapter, other = run.datasets  # backpain_t2w (MRI, labelled) is the chapter's; totalseg_ct keeps nothing
+    kept = sorted((run.workspace.stage("stage0", chapter) / "embeddings").rglob("*.npy"))
+    slices = sum(int(row.n_slices) for row in run.workspace.case_table(chapter).itertuples())
+    assert len(kept) == slices and not (run.workspace.stage("stage0", other) / "embeddings").exists()
+
+    result = steps.which_slice(run)
+    record = json.loads((run.workspace.runlog / f"which_slice__{chapter}.json").read_text(encoding="utf-8"))
+    assert record["slices_encoded"] == 0 and record["slices_from_stage0"] == slices
+    assert sorted((run.workspace.stage("stage0", chapter) / "embeddings").rglob("*.npy")) == kept
+    default = result.plan.loc[result.plan["default"].astype(bool), "key"].iloc[0]
+    ours = result.dsc[result.dsc["key"] == default].set_index(["case", "class"])["dsc"].sort_index()
+    theirs = read_csv(run.workspace.stage("stage0", chapter) / "dsc.csv").set_index(["case", "class"])["dsc"]
+    assert np.allclose(ours.to_numpy(), theirs.loc[ours.index].to_numpy())

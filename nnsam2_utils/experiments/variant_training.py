@@ -42,7 +42,8 @@ def variant_budget(refine: dict, epochs: int, seed: int = 0) -> Budget:
 
     if int(epochs) < 1:
         raise ValueError(f"a variant's nnU-Net trains at least one epoch; got {epochs}.")
-    return dataclasses.replace(stage_budget(refine, 1, seed=seed), epochs=int(epochs), warm_start=False)
+    budget = stage_budget(refine, 1, seed=seed)  # no progress plot: no page shows a variant's training curve
+    return dataclasses.replace(budget, epochs=int(epochs), warm_start=False, progress_plot=False)
 
 
 def train_variant(root: Path, cases: list[TrainingCase], budget: Budget, plans_from: Path | None = None) -> Path:

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nnsam2_utils.errors import ConfigError
 from nnsam2_utils.propagate.base import CONFIDENCE_COLUMNS, PropagationResult, Propagator
 
+if TYPE_CHECKING:
+    from nnsam2_utils.propagate.embedding_store import EmbeddingStore
+
 BACKENDS = ("litemedsam", "sam2")
 
 
-def make_propagator(settings: dict[str, Any]) -> Propagator:
-    """Build the backend a run profile's ``propagation`` section asks for (no silent fallback)."""
+def make_propagator(settings: dict[str, Any], embedding_store: EmbeddingStore | None = None) -> Propagator:
+    """Build the backend a run profile's ``propagation`` section asks for (no silent fallback).
+
+    ``embedding_store``: slice embeddings kept on disk (LiteMedSAM only; SAM2 encodes inside its video predictor)."""
     backend = settings.get("backend", "litemedsam")
     device = settings.get("device", "cpu")
     if backend == "litemedsam":
         from nnsam2_utils.propagate.litemedsam import LiteMedSAMPropagator
 
         return LiteMedSAMPropagator(
-            device=device, encoder=settings.get("encoder", "torch"), encoder_cache=settings.get("encoder_cache")
+            device=device,
+            encoder=settings.get("encoder", "torch"),
+            encoder_cache=settings.get("encoder_cache"),
+            embedding_store=embedding_store,
         )
     if backend == "sam2":
         from pathlib import Path

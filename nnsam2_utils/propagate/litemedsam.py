@@ -55,6 +55,7 @@ from nnsam2_utils.propagate.base import (
     confidence_frame,
     empty_confidence,
 )
+from nnsam2_utils.propagate.embedding_store import EmbeddingStore, encoder_identity
 from nnsam2_utils.propagate.postprocess import clean_pseudo_label, largest_component
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,9 @@ class LiteMedSAMPropagator:
     (slice embeddings kept in the LRU cache; each takes 4 MiB), ``encoder`` (``"torch"``,
     ``"openvino"`` or ``"openvino-bf16"``, see :data:`ENCODERS`; on a GPU torch is kept),
     ``encoder_cache`` (folder of the exported OpenVINO encoder; None:
-    :func:`~nnsam2_utils.propagate.encoder_export.default_cache_folder`).
+    :func:`~nnsam2_utils.propagate.encoder_export.default_cache_folder`), ``embedding_store``
+    (:class:`~nnsam2_utils.propagate.embedding_store.EmbeddingStore`: slice embeddings kept on disk, read before
+    encoding and, when writable, written after; with a store the encoder is built only when a slice is missing).
 
     Counters for tests and benchmarks: ``slices_encoded``, ``encoder_calls``, ``decoder_calls``,
     and ``seconds`` (time inside encoder and decoder forward passes).
@@ -189,6 +192,7 @@ class LiteMedSAMPropagator:
         max_shrink: int | None = 1,
         encoder: str = "torch",
         encoder_cache: str | Path | None = None,
+        embedding_store: EmbeddingStore | None = None,
     ) -> None:
         if threads is not None:
             torch.set_num_threads(int(threads))
@@ -196,7 +200,13 @@ class LiteMedSAMPropagator:
         self.model = load_model(self.device)
         self.checkpoint_sha256 = self.model.checkpoint_sha256
         self.encoder = self._encoder_choice(encoder)
-        self._image_encoder = self._build_encoder(encoder_cache)
+        self._encoder_cache = encoder_cache
+        self._image_encoder: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.store = embedding_store
+        if self.store is not None:  # the encoder is built when a slice is not in the store
+            self.store.bind(encoder_identity(self.checkpoint_sha256, self.encoder))
+        else:  # built (for OpenVINO: exported or verified) now, so a broken encoder fails at once
+            self.image_encoder()
         self.box_margin = int(box_margin)
         self.max_shrink = max_shrink
         self.batch_size = max(1, int(batch_size))
@@ -222,6 +232,12 @@ class LiteMedSAMPropagator:
             return "torch"
         return encoder
 
+    def image_encoder(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The callable image encoder, built at first use (a run whose slices all come from the store builds none)."""
+        if self._image_encoder is None:
+            self._image_encoder = self._build_encoder(self._encoder_cache)
+        return self._image_encoder
+
     def _build_encoder(self, cache: str | Path | None) -> Callable[[torch.Tensor], torch.Tensor]:
         """The callable image encoder: the torch module, or the cached, verified and compiled OpenVINO IR."""
         precision = ENCODERS[self.encoder]
@@ -237,7 +253,7 @@ class LiteMedSAMPropagator:
         """One encoder forward pass over a few slices: (b, 256, 64, 64) float32 on the device."""
         start = time.perf_counter()
         with torch.inference_mode():
-            out = self._image_encoder(encoder_input(frames).to(self.device))
+            out = self.image_encoder()(encoder_input(frames).to(self.device))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.seconds["encoder"] += time.perf_counter() - start
@@ -255,7 +271,8 @@ class LiteMedSAMPropagator:
             self._cache.popitem(last=False)
 
     def encode(self, frames: np.ndarray) -> torch.Tensor:
-        """Image embeddings (n, 256, 64, 64) of uint8 (n, 256, 256) slices; cached slices are not re-encoded."""
+        """Image embeddings (n, 256, 64, 64) of uint8 (n, 256, 256) slices; slices in the memory cache or the
+        embedding store are not re-encoded, and newly encoded ones are kept in the store (when writable)."""
         frames = np.asarray(frames)
         encoder_input(frames[:0])  # shape check only
         keys = [slice_key(f) for f in frames]
@@ -265,6 +282,11 @@ class LiteMedSAMPropagator:
                 self._cache.move_to_end(k)
                 found[k] = self._cache[k]
         first_seen = {k: i for i, k in reversed(list(enumerate(keys)))}
+        if self.store is not None:
+            for k in first_seen:
+                if k not in found and (stored := self.store.get(k, EMBEDDING_SHAPE)) is not None:
+                    found[k] = stored.to(self.device)
+                    self._remember(k, found[k])
         todo = [i for k, i in first_seen.items() if k not in found]
         todo.sort()
         for b in range(0, len(todo), self.batch_size):
@@ -273,6 +295,8 @@ class LiteMedSAMPropagator:
             for i, emb in zip(idx, out):
                 found[keys[i]] = emb
                 self._remember(keys[i], emb)
+                if self.store is not None:
+                    self.store.put(keys[i], emb)
         if not keys:
             return torch.empty((0, *EMBEDDING_SHAPE), device=self.device)
         return torch.stack([found[k] for k in keys])

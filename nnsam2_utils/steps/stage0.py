@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -41,15 +42,25 @@ def propagation_settings(run: Run, backend: str | None = None) -> tuple[dict, st
 
 
 def propagate_manifest(
-    ws: Workspace, manifest: DatasetManifest, settings: dict, stage: str = "stage0", record_as: str | None = None
+    ws: Workspace,
+    manifest: DatasetManifest,
+    settings: dict,
+    stage: str = "stage0",
+    record_as: str | None = None,
+    keep_embeddings: bool = False,
 ) -> Stage0Result:
-    """Stage 0 of one prepared dataset in ``ws``: choose the reference, propagate, write labels and tables."""
+    """Stage 0 of one prepared dataset in ``ws``: choose the reference, propagate, write labels and tables.
+
+    ``keep_embeddings``: keep every encoded slice's embedding in :func:`embeddings_folder` (LiteMedSAM)."""
+    from nnsam2_utils.propagate.embedding_store import EmbeddingStore
+
     dataset = manifest.name
     cases = ws.case_ids(dataset)
     stage_dir = ws.stage(stage, dataset)
     resumed = claim_folder(stage_dir, run_key({"dataset": dataset, **settings}, [ws.prepared(dataset)], step="stage0"))
     user = user_annotation(ws.prepared(dataset), manifest)  # (scan, slice) or None
-    propagator = make_propagator(settings)
+    store = EmbeddingStore(embeddings_folder(ws, dataset, stage)) if keep_embeddings else None
+    propagator = make_propagator(settings, embedding_store=store)
     with step_record(ws.runlog, record_as or stage, dataset, settings, key=read_key(stage_dir)) as record:
         distances = None
         if user:
@@ -77,6 +88,7 @@ def propagate_manifest(
             backend=propagator.name,
             resumed=resumed,
             annotation="user" if user else "medoid top slice",
+            **({"embeddings_kept": store.writes} if store else {}),
         )
     write_csv(confidence, stage_dir / "confidence.csv")
     dsc = stage_dsc(ws, [dataset], stage)
@@ -87,9 +99,30 @@ def propagate_manifest(
 
 
 def stage0(run: Run, dataset: str, backend: str | None = None) -> Stage0Result:
-    """Stage 0 of one dataset of the run, with the profile's backend or a compared one (``backend``)."""
+    """Stage 0 of one dataset of the run, with the profile's backend or a compared one (``backend``).
+
+    On the dataset of the Which-slice chapter (:func:`which_slice_dataset`) stage 0 keeps its slice embeddings
+    (``embeddings/``, about 4 MiB a slice), which the chapter's propagations then read instead of encoding again."""
     settings, stage = propagation_settings(run, backend)
-    return propagate_manifest(run.workspace, run.manifest(dataset), settings, stage)
+    keep = stage == "stage0" and run.profile.baselines.which_slice and dataset == which_slice_dataset(run)
+    return propagate_manifest(run.workspace, run.manifest(dataset), settings, stage, keep_embeddings=keep)
+
+
+def which_slice_dataset(run: Run) -> str | None:
+    """The dataset the Which-slice chapter runs on (``steps.which_slice``): the run's first with expert labels on
+    every scan, at least two scans and no drawn annotation (whose slice is the user's, not a level to move); None
+    when no dataset qualifies. Decided from the manifests, so any step can ask before the datasets are prepared."""
+    for dataset in run.datasets:
+        manifest = run.manifest(dataset)
+        cases = manifest.cases
+        if len(cases) >= 2 and all(case.label is not None for case in cases) and manifest.annotation is None:
+            return dataset
+    return None
+
+
+def embeddings_folder(ws: Workspace, dataset: str, stage: str = "stage0") -> Path:
+    """Where stage 0 keeps a dataset's slice embeddings (:mod:`~nnsam2_utils.propagate.embedding_store`)."""
+    return ws.stage(stage, dataset) / "embeddings"
 
 
 def encoder(run: Run) -> None:

@@ -50,17 +50,16 @@ class WhichSliceResult:
 
 
 def study_dataset(run: Run) -> str:
-    """The dataset the chapter runs on: the run's first with expert labels on every scan, at least two scans and no
-    user-drawn annotation (whose slice is the user's, not a level to move)."""
-    ws = run.workspace
-    for dataset in run.datasets:
-        cases = ws.case_table(dataset)
-        if len(cases) >= 2 and cases["has_label"].astype(bool).all() and run.manifest(dataset).annotation is None:
-            return dataset
-    raise DataError(
-        f"profile {run.name}: no dataset with expert labels on every scan, two scans or more and no drawn "
-        "annotation, so there is nothing to compare the annotated slice on. Set baselines.which_slice: false."
-    )
+    """The dataset the chapter runs on (:func:`~nnsam2_utils.steps.stage0.which_slice_dataset`)."""
+    from nnsam2_utils.steps.stage0 import which_slice_dataset
+
+    dataset = which_slice_dataset(run)
+    if dataset is None:
+        raise DataError(
+            f"profile {run.name}: no dataset with expert labels on every scan, two scans or more and no drawn "
+            "annotation, so there is nothing to compare the annotated slice on. Set baselines.which_slice: false."
+        )
+    return dataset
 
 
 def _scan_shapes(run: Run, dataset: str) -> dict:
@@ -195,12 +194,16 @@ def _propagate(run: Run, dataset: str, plan: pd.DataFrame, settings: dict) -> tu
     from nnsam2_utils.experiments.which_slice import propagate_variants, score_variants
     from nnsam2_utils.prepare.model_input import load_model_input, load_stack
     from nnsam2_utils.propagate import make_propagator
+    from nnsam2_utils.propagate.embedding_store import EmbeddingStore
+    from nnsam2_utils.steps.stage0 import embeddings_folder
 
     ws = run.workspace
     cases = ws.case_ids(dataset)
     stacks = {case: load_model_input(ws.prepared(dataset, case)) for case in cases}
     truths = {case: load_stack(ws.prepared(dataset, case), "label")[0] for case in cases}
-    propagator = make_propagator(settings)
+    # the slices stage 0 encoded are read from its folder, never written there; a missing one is encoded here
+    store = EmbeddingStore(embeddings_folder(ws, dataset), writable=False)
+    propagator = make_propagator(settings, embedding_store=store)
     variants, notes = propagate_variants(propagator, plan, stacks, truths)
     for key, variant in variants.items():  # the labels a variant's nnU-Net trains on, as stage 0 writes its own
         out = _variant_folder(run, key)
@@ -210,6 +213,7 @@ def _propagate(run: Run, dataset: str, plan: pd.DataFrame, settings: dict) -> tu
         write_csv(variant.confidence, out / "confidence.csv")
     counters = {
         "slices_encoded": int(getattr(propagator, "slices_encoded", 0)),
+        "slices_from_stage0": store.hits,
         "decoder_calls": int(getattr(propagator, "decoder_calls", 0)),
         "model_seconds": {k: round(v, 2) for k, v in getattr(propagator, "seconds", {}).items()},
     }

@@ -182,12 +182,14 @@ class nnUNetTrainer_nnsam2(nnUNetTrainer):
             self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
 
     def on_train_start(self) -> None:
-        """nnU-Net's start; its progress plot is then drawn only after the last epoch."""
+        """nnU-Net's start; its progress plot is then drawn only after the last epoch, or never when
+        ``NNSAM2_PROGRESS_PLOT`` is 0."""
         super().on_train_start()
         draw = self.logger.plot_progress_png
+        wanted = _env_int("NNSAM2_PROGRESS_PLOT", 1) != 0
 
         def draw_at_the_end(output_folder: str) -> None:
-            if self.current_epoch >= self.num_epochs - 1:
+            if wanted and self.current_epoch >= self.num_epochs - 1:
                 draw(output_folder)
 
         self.logger.plot_progress_png = draw_at_the_end

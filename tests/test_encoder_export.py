@@ -147,6 +147,60 @@ def test_unknown_encoder_is_refused():
         LiteMedSAMPropagator(device="cpu", encoder="openvino-int8")
 
 
+# ----------------------------------------------------------------------------- the real decoder
+@pytest.fixture(scope="module")
+def decoder_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("openvino_decoder")
+
+
+@pytest.fixture(scope="module")
+def ov_decoder_propagator(decoder_cache) -> LiteMedSAMPropagator:
+    """Eager torch's encoder with the prompt encoder + mask decoder through OpenVINO."""
+    return LiteMedSAMPropagator(device="cpu", decoder="openvino", encoder_cache=decoder_cache)
+
+
+def test_the_decoder_is_exported_under_its_own_name(ov_decoder_propagator, decoder_cache):
+    paths = ee.ir_paths(decoder_cache, ov_decoder_propagator.checkpoint_sha256, "f32", part="decoder")
+    assert files_of(decoder_cache) == sorted(paths[ext].name for ext in ("xml", "bin", "json", "lock"))
+    assert paths["xml"].name.startswith("litemedsam_decoder-") and ov_decoder_propagator.decoder == "openvino"
+    record = json.loads(paths["json"].read_text(encoding="utf-8"))
+    assert record["part"] == "decoder" and record["input_shape"] == [[1, 256, 64, 64], [2, 1, 4]]
+
+
+@pytest.mark.parametrize("boxes", [[(40, 60, 120, 180)], [(40, 60, 120, 180), (130, 60, 210, 180)]], ids=["1", "2"])
+def test_decoder_logits_match_torch(ov_decoder_propagator, torch_propagator, target_scan, boxes):
+    embedding = torch_propagator.encode(target_scan[0])[1]
+    (ours, our_iou), (theirs, their_iou) = (
+        p.decode(embedding, boxes) for p in (ov_decoder_propagator, torch_propagator)
+    )
+    assert ours.shape == theirs.shape == (len(boxes), 256, 256) and our_iou.shape == (len(boxes),)
+    assert float(np.abs(ours - theirs).max()) <= 1e-4 and float(np.abs(our_iou - their_iou).max()) <= 1e-5
+    with pytest.raises(ValueError, match="1 to 2 boxes"):
+        ov_decoder_propagator.decode(embedding, boxes * 2 if len(boxes) == 2 else [])
+
+
+@pytest.mark.parametrize("on_reference", [False, True], ids=["target", "reference"])
+def test_masks_with_the_openvino_decoder_match_torch(
+    ov_decoder_propagator, torch_propagator, reference_scan, target_scan, on_reference
+):
+    frames, labels = reference_scan
+    target = frames if on_reference else target_scan[0]
+    ours, theirs = (
+        p.propagate(frames, 0, labels[0], target, "case", target_is_reference=on_reference)
+        for p in (ov_decoder_propagator, torch_propagator)
+    )
+    assert np.count_nonzero(ours.masks != theirs.masks) <= MASK_PIXELS_MAX
+    assert np.allclose(ours.confidence["iou"], theirs.confidence["iou"], atol=1e-4, equal_nan=True)
+
+
+def test_make_propagator_reads_the_decoder_setting_and_refuses_an_unknown_one(decoder_cache):
+    settings = {"backend": "litemedsam", "decoder": "openvino", "encoder_cache": str(decoder_cache)}
+    assert make_propagator(settings).decoder == "openvino"
+    assert make_propagator({"backend": "litemedsam"}).decoder == "torch"
+    with pytest.raises(ConfigError, match="propagation.decoder"):
+        LiteMedSAMPropagator(device="cpu", decoder="openvino-bf16")
+
+
 # ----------------------------------------------------------------------------- the cache, on a tiny network
 @pytest.fixture()
 def tiny() -> TinyEncoderModel:

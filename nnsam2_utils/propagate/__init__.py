@@ -27,6 +27,7 @@ def make_propagator(settings: dict[str, Any], embedding_store: EmbeddingStore | 
             encoder=settings.get("encoder", "torch"),
             encoder_cache=settings.get("encoder_cache"),
             embedding_store=embedding_store,
+            decoder=settings.get("decoder", "torch"),
         )
     if backend == "sam2":
         from pathlib import Path

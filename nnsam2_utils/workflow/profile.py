@@ -44,6 +44,8 @@ class Propagation(_Section):
     # LiteMedSAM's image encoder: eager torch, or exported to OpenVINO (exact fp32, built once and cached under
     # work/_models with the weights' SHA-256); bf16 only on CPUs with native bf16 (docs/method.md §4.1)
     encoder: Literal["torch", "openvino", "openvino-bf16"] = "torch"
+    # its prompt encoder and mask decoder: eager torch, or exported to OpenVINO (fp32, the same cache; on the CPU)
+    decoder: Literal["torch", "openvino"] = "torch"
     sam2_config: str = "configs/sam2.1/sam2.1_hiera_l.yaml"
     sam2_checkpoint: str | None = None
     sam2_sha256: str | None = None

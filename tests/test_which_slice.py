@@ -313,6 +313,14 @@ def test_level_gap_sentence_compares_the_levels_both_scored():
     assert "not known here" in page.level_gap_sentence(None, page.level_effect(table, "final_mean_dsc"))
 
 
+def test_encoding_clause_says_where_the_embeddings_came_from():
+    assert "its 39 slices are the ones the run's stage 0 computed" in page.encoding_clause(39, 0)
+    assert page.encoding_clause(30, 1) == (
+        "30 of its slices' embeddings come from what the run's stage 0 kept, and 1 was encoded here"
+    )
+    assert page.encoding_clause(0, 12) == "each of its 12 slices is encoded once here"
+
+
 def test_budget_sentence_with_and_without_the_trainings():
     budget = {"epochs": 10, "iterations_per_epoch": 25, "batch_size": 8, "configuration": "2d"}
     text = page.budget_sentence(budget, 312.4, 5, 0.8125, 0.9, {"c1@0": 14, "c1@6": 9, "c0@0": 0})
@@ -476,6 +484,7 @@ def test_the_chapter_reads_the_slices_stage0_encoded_and_reproduces_its_labels(t
     result = steps.which_slice(run)
     record = json.loads((run.workspace.runlog / f"which_slice__{chapter}.json").read_text(encoding="utf-8"))
     assert record["slices_encoded"] == 0 and record["slices_from_stage0"] == slices
+    assert (result.slices_from_stage0, result.slices_encoded) == (slices, 0)
     assert sorted((run.workspace.stage("stage0", chapter) / "embeddings").rglob("*.npy")) == kept
     default = result.plan.loc[result.plan["default"].astype(bool), "key"].iloc[0]
     ours = result.dsc[result.dsc["key"] == default].set_index(["case", "class"])["dsc"].sort_index()

@@ -443,6 +443,22 @@ def _beside_run(default_final: float | None, run_final: float | None) -> str:
     return ""
 
 
+def encoding_clause(from_stage0: int, encoded: int) -> str:
+    """Where the variants' slice embeddings came from (the stage-0 part's run record): stage 0's kept ones, or
+    encoded here."""
+    if from_stage0 and not encoded:
+        return (
+            f"the embeddings of its {from_stage0} slices are the ones the run's stage 0 computed and kept for this "
+            "dataset (no slice is encoded again)"
+        )
+    if from_stage0:
+        return (
+            f"{from_stage0} of its slices' embeddings come from what the run's stage 0 kept, and {encoded} "
+            f"{'was' if encoded == 1 else 'were'} encoded here"
+        )
+    return f"each of its {encoded} slices is encoded once here"
+
+
 def budget_sentence(
     budget: dict,
     seconds: float,

@@ -42,6 +42,8 @@ class WhichSliceResult:
     notes: dict  # per variant key: why it did not run, or which class its annotated slice lacks
     stage0_dsc: pd.DataFrame  # the run's stage-0 DSC rows of the dataset
     seconds: float  # the stage-0 part's recorded time (its run record)
+    slices_from_stage0: int  # slice embeddings read from what stage 0 kept (its run record)
+    slices_encoded: int  # slices encoded by the stage-0 part itself
     final_dsc: pd.DataFrame  # DSC_COLUMNS: each variant's nnU-Net (empty when which_slice_epochs is 0)
     final_selection: pd.DataFrame  # the stage-1 filter table per variant (column key)
     final_seconds: float  # the trainings' recorded time (0 when none ran)
@@ -125,7 +127,7 @@ def which_slice(run: Run) -> WhichSliceResult:
     ws = run.workspace
     study = _study(run)
     dataset, medoid, stage_dir = study.dataset, study.medoid, ws.stage("stage0", study.dataset)
-    plan, notes, dsc, seconds = _stage0_part(run, dataset, medoid, study.seeds, study.settings, study.parameters)
+    plan, notes, dsc, record = _stage0_part(run, dataset, medoid, study.seeds, study.settings, study.parameters)
     final = _final_part(run, dataset, plan, study.refine, study.epochs) if study.epochs else None
     plan = plan.assign(key=plan["key"].fillna("").astype(str), seed=plan["seed"].astype("Int64"))
     plan["slice"] = plan["slice"].astype("Int64")
@@ -137,7 +139,9 @@ def which_slice(run: Run) -> WhichSliceResult:
         dsc,
         notes,
         read_csv(stage_dir / "dsc.csv"),
-        seconds,
+        float(record["seconds"]),
+        int(record.get("slices_from_stage0", 0)),
+        int(record.get("slices_encoded", 0)),
         final["dsc"] if final else pd.DataFrame(columns=["dataset", "key", "case", "class", "dsc"]),
         final["selection"] if final else pd.DataFrame(columns=["key", "dataset", "case", "slice", "kept"]),
         final["seconds"] if final else 0.0,
@@ -161,8 +165,8 @@ def _variant_folder(run: Run, key: str):
 
 def _stage0_part(
     run: Run, dataset: str, medoid: str, seeds: list[int], settings: dict, parameters: dict
-) -> tuple[pd.DataFrame, dict, pd.DataFrame, float]:
-    """Stage 0 per variant (or its files read back): the plan, the notes, the DSC rows and the part's seconds."""
+) -> tuple[pd.DataFrame, dict, pd.DataFrame, dict]:
+    """Stage 0 per variant (or its files read back): the plan, the notes, the DSC rows and the part's run record."""
     from nnsam2_utils.experiments.which_slice import plan_variants
 
     ws = run.workspace
@@ -184,7 +188,7 @@ def _stage0_part(
         write_csv(plan, done[0])
         write_json(notes, done[1])
         write_csv(dsc, done[2])
-    return plan, notes, dsc, float(read_json(record_path)["seconds"])
+    return plan, notes, dsc, read_json(record_path)
 
 
 def _propagate(run: Run, dataset: str, plan: pd.DataFrame, settings: dict) -> tuple[pd.DataFrame, dict, dict]:

@@ -11,6 +11,10 @@ and their ratio. Then accuracy against torch: the largest absolute embedding dif
 masks of a full box-chaining propagation run on each encoder's embeddings (DSC per class against the
 torch masks, and the number of differing pixels). The IR comes from the cache in ``--cache`` (default:
 ``encoder_export.default_cache_folder()``), exported there first if needed (about a minute).
+
+Then the prompt encoder + mask decoder (``propagation.decoder``): seconds per call with two box prompts on one
+slice embedding, torch against OpenVINO fp32 (interleaved, best of ``--repeats``), their ratio, and the largest
+logit and IoU differences for one and two boxes.
 """
 
 from __future__ import annotations
@@ -115,6 +119,41 @@ def main() -> None:
             float(torch_emb.abs().max()),
             {c: round(v, 5) for c, v in agree["dsc"].items()},
             agree["pixels"],
+        )
+    decoder_report(propagator, cache, torch_emb, args.repeats)
+
+
+def decoder_report(propagator: LiteMedSAMPropagator, cache: Path, embeddings: torch.Tensor, repeats: int) -> None:
+    """Timings and accuracy of the OpenVINO decoder against torch's on the given slice embeddings."""
+    ov = LiteMedSAMPropagator(device="cpu", decoder="openvino", encoder_cache=cache, cache_slices=0)
+    boxes = [(40, 60, 120, 180), (130, 60, 210, 180)]
+
+    def per_call(p: LiteMedSAMPropagator) -> float:
+        start = time.perf_counter()
+        for embedding in embeddings:
+            p.decode(embedding, boxes)
+        return (time.perf_counter() - start) / len(embeddings)
+
+    per_call(propagator), per_call(ov)  # warm-up
+    best = {"torch": float("inf"), "openvino": float("inf")}
+    for _ in range(repeats):
+        best["torch"] = min(best["torch"], per_call(propagator))
+        best["openvino"] = min(best["openvino"], per_call(ov))
+    log.info(
+        "decoder (2 boxes, %d threads): torch %.1f ms/call, openvino-f32 %.1f ms/call, ratio %.2f",
+        torch.get_num_threads(),
+        1000 * best["torch"],
+        1000 * best["openvino"],
+        best["openvino"] / best["torch"],
+    )
+    for count in (1, 2):
+        (a, ia), (b, ib) = (p.decode(embeddings[0], boxes[:count]) for p in (propagator, ov))
+        log.info(
+            "decoder, %d box(es): max |logit diff| %.3g (max |logit| %.3g), max |IoU diff| %.3g",
+            count,
+            float(np.abs(a - b).max()),
+            float(np.abs(a).max()),
+            float(np.abs(ia - ib).max()),
         )
 
 

@@ -14,8 +14,9 @@ round the weights to fp16). :func:`load_encoder` compiles it for the CPU with
 The prompt encoder and mask decoder (``part="decoder"``, fp32 only) are exported the same way, as one network of
 static inputs: one slice embedding ``(1, 256, 64, 64)`` and :data:`DECODER_BOXES` box prompts ``(2, 1, 4)`` (one
 per class; a single box is padded with a copy and its copy's output dropped: SAM's decoder treats each prompt on
-its own, so the padding changes nothing). It is 1.3–1.5× faster than eager torch on two cores, with logits within
-1e-4 of torch's (benchmarks/bench_encoder.py); the Which-slice chapter spends most of its stage 0 there.
+its own, so the padding changes nothing). It takes 0.55–0.65× eager torch's time on one or two threads, with
+logits within 1e-4 of torch's (benchmarks/bench_encoder.py); the Which-slice chapter spends most of its stage 0
+there.
 
 The cache, in one folder (default: :func:`default_cache_folder`), per part, weights, OpenVINO version and
 precision (the decoder's files are named ``litemedsam_decoder-…``)::

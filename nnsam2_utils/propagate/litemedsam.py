@@ -177,7 +177,7 @@ class LiteMedSAMPropagator:
     (:class:`~nnsam2_utils.propagate.embedding_store.EmbeddingStore`: slice embeddings kept on disk, read before
     encoding and, when writable, written after; with a store the encoder is built only when a slice is missing),
     ``decoder`` (``"torch"`` or ``"openvino"``: the prompt encoder and mask decoder exported to OpenVINO fp32 in the
-    same cache, 1.3–1.5× faster on the CPU, logits within 1e-4 of torch's; on a GPU torch is kept).
+    same cache, 0.55–0.65× torch's time on the CPU, logits within 1e-4 of torch's; on a GPU torch is kept).
 
     Counters for tests and benchmarks: ``slices_encoded``, ``encoder_calls``, ``decoder_calls``,
     and ``seconds`` (time inside encoder and decoder forward passes).

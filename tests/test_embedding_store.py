@@ -59,7 +59,9 @@ def test_another_encoder_never_reads_this_one(kept):
     store.bind(encoder_identity("0" * 64, "torch"))
     assert store.get(slice_key(frames[0]), EMBEDDING_SHAPE) is None
     identities = {p.name for p in folder.iterdir()}
-    assert len(identities) == 1 and next(iter(identities)).endswith("-torch")
+    assert len(identities) == 1 and next(iter(identities)).endswith("-torch-cpu")
+    assert encoder_identity("0" * 64, "torch", "cuda") != encoder_identity("0" * 64, "torch")
+    assert "-openvino-ov" in encoder_identity("0" * 64, "openvino")
     with pytest.raises(RuntimeError, match="bind"):
         EmbeddingStore(folder).get("x", EMBEDDING_SHAPE)
 

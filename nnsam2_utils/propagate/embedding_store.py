@@ -4,8 +4,9 @@ LiteMedSAM's image encoder is most of stage 0's cost, and the Which-slice chapte
 dataset again from other annotated slices: it needs exactly the embeddings stage 0 computed. An
 :class:`EmbeddingStore` keeps each slice's embedding as one ``.npy`` file (float32, 4 MiB per 256² slice), named by
 the slice's content (:func:`~nnsam2_utils.propagate.litemedsam.slice_key`) under a folder named by the encoder that
-made it (its weights' SHA-256, the encoder kind and, for OpenVINO, its version), so an embedding is only ever
-reused for the same slice bytes through the same encoder, and a missing or unreadable file is simply encoded again.
+made it (its weights' SHA-256, the encoder kind and, for OpenVINO, its version; for torch, the device type), so an
+embedding is only ever reused for the same slice bytes through the same encoder, and a missing or unreadable file is
+simply encoded again.
 
 Files are written under a temporary name and moved in place (a killed step leaves no half file under a final
 name); a store opened read-only never writes, so a step never changes another step's folder.
@@ -24,14 +25,15 @@ from nnsam2_utils.data.io import atomic_path
 log = logging.getLogger(__name__)
 
 
-def encoder_identity(weights_sha256: str, encoder: str) -> str:
-    """The folder name of one encoder's embeddings: weights, encoder kind and, for OpenVINO, its version."""
+def encoder_identity(weights_sha256: str, encoder: str, device: str = "cpu") -> str:
+    """The folder name of one encoder's embeddings: weights, encoder kind and, for OpenVINO, its version (CPU only);
+    for torch the device type (a GPU's embeddings differ from the CPU's in the last digits)."""
     identity = f"{weights_sha256[:16]}-{encoder}"
     if encoder.startswith("openvino"):
         import openvino
 
-        identity += f"-ov{openvino.__version__.split('-')[0]}"
-    return identity
+        return f"{identity}-ov{openvino.__version__.split('-')[0]}"
+    return f"{identity}-{device}"
 
 
 class EmbeddingStore:

@@ -211,7 +211,7 @@ class LiteMedSAMPropagator:
         self._ov_decoder = self._build_decoder(encoder_cache) if self.decoder == "openvino" else None
         self.store = embedding_store
         if self.store is not None:  # the encoder is built when a slice is not in the store
-            self.store.bind(encoder_identity(self.checkpoint_sha256, self.encoder))
+            self.store.bind(encoder_identity(self.checkpoint_sha256, self.encoder, self.device.type))
         else:  # built (for OpenVINO: exported or verified) now, so a broken encoder fails at once
             self.image_encoder()
         self.box_margin = int(box_margin)

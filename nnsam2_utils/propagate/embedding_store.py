@@ -29,10 +29,10 @@ def encoder_identity(weights_sha256: str, encoder: str, device: str = "cpu") -> 
     """The folder name of one encoder's embeddings: weights, encoder kind and, for OpenVINO, its version (CPU only);
     for torch the device type (a GPU's embeddings differ from the CPU's in the last digits)."""
     identity = f"{weights_sha256[:16]}-{encoder}"
-    if encoder.startswith("openvino"):
-        import openvino
+    if encoder.startswith("openvino"):  # imported with OpenVINO's telemetry declined, as for the encoder's export
+        from nnsam2_utils.propagate.encoder_export import openvino_release
 
-        return f"{identity}-ov{openvino.__version__.split('-')[0]}"
+        return f"{identity}-ov{openvino_release()}"
     return f"{identity}-{device}"
 
 

@@ -99,6 +99,11 @@ def openvino_version() -> str:
     return openvino_module().__version__
 
 
+def openvino_release() -> str:
+    """The OpenVINO release without its build suffix, e.g. ``2026.4.1`` (names cached files)."""
+    return openvino_version().split("-")[0]
+
+
 def cpu_supports_bf16() -> bool:
     """Whether OpenVINO's CPU plugin reports native bf16 (``OPTIMIZATION_CAPABILITIES`` contains ``BF16``)."""
     ov = openvino_module()
@@ -135,8 +140,7 @@ def default_cache_folder() -> Path:
 
 def ir_stem(weights_sha256: str, precision: str, part: str = "encoder") -> str:
     """File name stem of a cached IR: the part, the weights' SHA-256, the OpenVINO release and the precision."""
-    release = openvino_version().split("-")[0]
-    return f"litemedsam_{part}-{weights_sha256.lower()}-ov{release}-{precision}"
+    return f"litemedsam_{part}-{weights_sha256.lower()}-ov{openvino_release()}-{precision}"
 
 
 def ir_paths(folder: str | Path, weights_sha256: str, precision: str, part: str = "encoder") -> dict[str, Path]:
@@ -174,12 +178,10 @@ class BoxDecoder(torch.nn.Module):
 
 
 def _network(model: torch.nn.Module, part: str) -> tuple[torch.nn.Module, tuple[tuple[int, ...], ...]]:
-    """The module one part exports and its static input shapes."""
-    if part == "encoder":
-        return model.image_encoder.eval(), (INPUT_SHAPE,)
-    if part == "decoder":
-        return BoxDecoder(model).eval(), DECODER_SHAPES
-    raise ConfigError(f"OpenVINO part '{part}' is unknown; use one of {PARTS}.")
+    """The module one part exports and its static input shapes (:func:`_network_shapes`)."""
+    shapes = _network_shapes(part)  # refuses an unknown part first
+    module = model.image_encoder if part == "encoder" else BoxDecoder(model)
+    return module.eval(), shapes
 
 
 def _convert(model: torch.nn.Module, part: str = "encoder") -> Any:
@@ -239,6 +241,8 @@ def export_encoder(model: torch.nn.Module, folder: str | Path, precision: str = 
 
 def _network_shapes(part: str) -> tuple[tuple[int, ...], ...]:
     """The static input shapes of one part's IR."""
+    if part not in PARTS:
+        raise ConfigError(f"OpenVINO part '{part}' is unknown; use one of {PARTS}.")
     return (INPUT_SHAPE,) if part == "encoder" else DECODER_SHAPES
 
 

@@ -204,11 +204,11 @@ class LiteMedSAMPropagator:
         self.device = torch.device(device)
         self.model = load_model(self.device)
         self.checkpoint_sha256 = self.model.checkpoint_sha256
-        self.encoder = self._encoder_choice(encoder)
+        self.encoder = self._cpu_choice("encoder", encoder, tuple(ENCODERS))
         self._encoder_cache = encoder_cache
         self._image_encoder: Callable[[torch.Tensor], torch.Tensor] | None = None
-        self.decoder = self._decoder_choice(decoder)
-        self._ov_decoder = self._build_decoder(encoder_cache) if self.decoder == "openvino" else None
+        self.decoder = self._cpu_choice("decoder", decoder, DECODERS)
+        self._decoder = self._build_decoder(encoder_cache) if self.decoder == "openvino" else self._decode_torch
         self.store = embedding_store
         if self.store is not None:  # the encoder is built when a slice is not in the store
             self.store.bind(encoder_identity(self.checkpoint_sha256, self.encoder, self.device.type))
@@ -224,29 +224,26 @@ class LiteMedSAMPropagator:
         self.encoder_calls = 0
         self.decoder_calls = 0
         self.seconds = {"encoder": 0.0, "decoder": 0.0}
-        with torch.inference_mode():
-            self._image_pe = self.model.prompt_encoder.get_dense_pe()
+        from nnsam2_utils.propagate.encoder_export import BoxDecoder
+
+        self._box_decoder = BoxDecoder(self.model).eval()  # what the OpenVINO decoder exports, run in torch
 
     # ----------------------------------------------------------------- encoding
-    def _encoder_choice(self, encoder: str) -> str:
-        """The encoder that will run: ``encoder`` if known, torch on a GPU (with a warning if another was asked)."""
-        if encoder not in ENCODERS:
-            raise ConfigError(f"propagation.encoder '{encoder}' is unknown; use one of {tuple(ENCODERS)}.")
-        if encoder != "torch" and self.device.type != "cpu":
+    def _cpu_choice(self, setting: str, value: str, known: tuple[str, ...]) -> str:
+        """What runs for ``propagation.<setting>``: ``value`` if known, torch on a GPU (with a warning if another
+        was asked: the OpenVINO networks run on the CPU only)."""
+        if value not in known:
+            raise ConfigError(f"propagation.{setting} '{value}' is unknown; use one of {known}.")
+        if value != "torch" and self.device.type != "cpu":
             log.warning(
-                "propagation.encoder '%s' runs on the CPU only; on %s the encoder stays in torch", encoder, self.device
+                "propagation.%s '%s' runs on the CPU only; on %s the %s stays in torch",
+                setting,
+                value,
+                self.device,
+                setting,
             )
             return "torch"
-        return encoder
-
-    def _decoder_choice(self, decoder: str) -> str:
-        """The decoder that will run: ``decoder`` if known, torch on a GPU (with a warning if another was asked)."""
-        if decoder not in DECODERS:
-            raise ConfigError(f"propagation.decoder '{decoder}' is unknown; use one of {DECODERS}.")
-        if decoder != "torch" and self.device.type != "cpu":
-            log.warning("propagation.decoder '%s' runs on the CPU only; on %s it stays in torch", decoder, self.device)
-            return "torch"
-        return decoder
+        return value
 
     def _build_decoder(self, cache: str | Path | None) -> Callable:
         """The cached, verified and compiled OpenVINO prompt encoder + mask decoder."""
@@ -337,26 +334,17 @@ class LiteMedSAMPropagator:
     def decode(self, embedding: torch.Tensor, boxes: list[Box]) -> tuple[np.ndarray, np.ndarray]:
         """Masks logits (b, 256, 256) and predicted IoU (b,) for box prompts on one slice embedding."""
         start = time.perf_counter()
-        if self._ov_decoder is not None:
-            logits, iou = self._ov_decoder(embedding, boxes)
-            self.seconds["decoder"] += time.perf_counter() - start
-            self.decoder_calls += 1
-            return logits, iou
-        with torch.inference_mode():
-            box_tensor = torch.as_tensor(boxes, dtype=torch.float32, device=self.device)[:, None, :]
-            sparse, dense = self.model.prompt_encoder(points=None, boxes=box_tensor, masks=None)
-            logits, iou = self.model.mask_decoder(
-                image_embeddings=embedding[None],
-                image_pe=self._image_pe,
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=False,
-            )
-            logits = logits[:, 0].float().cpu().numpy()
-            iou = iou[:, 0].float().cpu().numpy()
+        logits, iou = self._decoder(embedding, boxes)
         self.seconds["decoder"] += time.perf_counter() - start
         self.decoder_calls += 1
         return logits, iou
+
+    def _decode_torch(self, embedding: torch.Tensor, boxes: list[Box]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`decode` in eager torch, on the model's device."""
+        with torch.inference_mode():
+            box_tensor = torch.as_tensor(boxes, dtype=torch.float32, device=self.device)[:, None, :]
+            logits, iou = self._box_decoder(embedding[None], box_tensor)
+            return logits[:, 0].float().cpu().numpy(), iou[:, 0].float().cpu().numpy()
 
     def _chain(
         self,
